@@ -1,0 +1,327 @@
+//! Configuration: the values a [`Builder`](crate::Builder) sets, their defaults, and how they
+//! are read from `STALLSCOPE_*` environment variables.
+//!
+//! Every parser here names the variable and the expected form in its error, so a typo fails at
+//! start-up with a message a user can act on instead of being silently replaced by a default.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Poll-duration histogram bounds in seconds: tens of microseconds to tens of seconds.
+///
+/// Fast polls (a well-behaved task polls for microseconds) land in the low buckets; the
+/// interesting range, 10 ms to seconds, has a bucket every 2-2.5x so p99 stays readable.
+pub const DEFAULT_HISTOGRAM_BOUNDS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0,
+];
+
+/// Default slow-poll threshold, the same as asyncio's `slow_callback_duration`.
+pub const DEFAULT_SLOW_POLL_THRESHOLD: Duration = Duration::from_millis(100);
+
+/// The resolved configuration of one stallscope instance.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A poll (or a blocking job's queue wait) longer than this is reported.
+    pub slow_poll_threshold: Duration,
+    /// Emit one WARN event per slow poll.
+    pub report_slow_polls: bool,
+    /// Log the worst offenders when the guard drops.
+    pub summary_on_drop: bool,
+    /// How often runtime metrics are sampled.
+    pub sample_interval: Duration,
+    /// Histogram bucket bounds, in seconds, strictly increasing.
+    pub histogram_bounds: Vec<f64>,
+    /// Distinct (spawn location, task name) pairs tracked; further ones share one overflow site.
+    pub max_sites: usize,
+    /// Distinct task names tracked per spawn location; further names are recorded as `<other>`.
+    pub max_task_names_per_location: usize,
+    /// Whether OTLP export runs.
+    pub otlp: Toggle,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            slow_poll_threshold: DEFAULT_SLOW_POLL_THRESHOLD,
+            report_slow_polls: true,
+            summary_on_drop: true,
+            sample_interval: Duration::from_secs(1),
+            histogram_bounds: DEFAULT_HISTOGRAM_BOUNDS.to_vec(),
+            max_sites: 512,
+            max_task_names_per_location: 16,
+            otlp: Toggle::Auto,
+        }
+    }
+}
+
+/// On, off, or decided by the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Toggle {
+    /// OTLP runs when an `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`
+    /// is set.
+    Auto,
+    /// Always on (the OTLP default endpoint, localhost, when none is set).
+    On,
+    /// Never on.
+    Off,
+}
+
+impl Config {
+    /// Reads every `STALLSCOPE_*` variable that is set over the defaults.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::default().apply_env(&|name| std::env::var(name).ok())
+    }
+
+    /// Applies the variables `lookup` returns over `self` (a function so tests need not touch
+    /// the process environment).
+    pub(crate) fn apply_env(
+        mut self,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        if let Some(v) = var(lookup, vars::SLOW_POLL_THRESHOLD) {
+            self.slow_poll_threshold = parse_duration(vars::SLOW_POLL_THRESHOLD, &v)?;
+        }
+        if let Some(v) = var(lookup, vars::REPORT) {
+            self.report_slow_polls = parse_bool(vars::REPORT, &v)?;
+        }
+        if let Some(v) = var(lookup, vars::SUMMARY) {
+            self.summary_on_drop = parse_bool(vars::SUMMARY, &v)?;
+        }
+        if let Some(v) = var(lookup, vars::SAMPLE_INTERVAL) {
+            self.sample_interval = parse_duration(vars::SAMPLE_INTERVAL, &v)?;
+            if self.sample_interval < Duration::from_millis(10) {
+                return Err(ConfigError::new(
+                    vars::SAMPLE_INTERVAL,
+                    &v,
+                    "a duration of at least 10ms, such as 1s or 500ms",
+                ));
+            }
+        }
+        if let Some(v) = var(lookup, vars::HISTOGRAM_BOUNDS) {
+            self.histogram_bounds = parse_bounds(vars::HISTOGRAM_BOUNDS, &v)?;
+        }
+        if let Some(v) = var(lookup, vars::MAX_SITES) {
+            self.max_sites = parse_count(vars::MAX_SITES, &v)?;
+        }
+        if let Some(v) = var(lookup, vars::MAX_TASK_NAMES) {
+            self.max_task_names_per_location = parse_count(vars::MAX_TASK_NAMES, &v)?;
+        }
+        if let Some(v) = var(lookup, vars::OTLP) {
+            self.otlp = match v.to_ascii_lowercase().as_str() {
+                "auto" => Toggle::Auto,
+                "on" | "true" | "1" => Toggle::On,
+                "off" | "false" | "0" => Toggle::Off,
+                _ => return Err(ConfigError::new(vars::OTLP, &v, "one of auto, on, off")),
+            };
+        }
+        Ok(self)
+    }
+}
+
+/// Names of the environment variables stallscope reads.
+pub mod vars {
+    /// Slow-poll threshold, e.g. `100ms`.
+    pub const SLOW_POLL_THRESHOLD: &str = "STALLSCOPE_SLOW_POLL_THRESHOLD";
+    /// `on`/`off`: one WARN event per slow poll.
+    pub const REPORT: &str = "STALLSCOPE_REPORT";
+    /// `on`/`off`: the summary logged when the guard drops.
+    pub const SUMMARY: &str = "STALLSCOPE_SUMMARY";
+    /// Runtime-metrics sampling interval, e.g. `1s`.
+    pub const SAMPLE_INTERVAL: &str = "STALLSCOPE_SAMPLE_INTERVAL";
+    /// Comma-separated histogram bounds in seconds.
+    pub const HISTOGRAM_BOUNDS: &str = "STALLSCOPE_HISTOGRAM_BOUNDS";
+    /// Maximum tracked (location, task name) sites.
+    pub const MAX_SITES: &str = "STALLSCOPE_MAX_SITES";
+    /// Maximum tracked task names per spawn location.
+    pub const MAX_TASK_NAMES: &str = "STALLSCOPE_MAX_TASK_NAMES";
+    /// `auto`/`on`/`off`: OTLP export.
+    pub const OTLP: &str = "STALLSCOPE_OTLP";
+    /// `on`/`off`: compose console-subscriber in `init()`.
+    pub const CONSOLE: &str = "STALLSCOPE_CONSOLE";
+}
+
+/// A configuration value that cannot be used: names the variable (or builder method), the value
+/// and the form that would have been accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    variable: String,
+    value: String,
+    expected: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(variable: &str, value: &str, expected: &str) -> Self {
+        ConfigError {
+            variable: variable.to_owned(),
+            value: value.to_owned(),
+            expected: expected.to_owned(),
+        }
+    }
+
+    /// The environment variable (or builder setting) that holds the bad value.
+    pub fn variable(&self) -> &str {
+        &self.variable
+    }
+
+    /// The value as given.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// What would have been accepted.
+    pub fn expected(&self) -> &str {
+        &self.expected
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}={:?}: expected {}",
+            self.variable, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A set variable, trimmed; an empty one counts as unset, as the OpenTelemetry spec asks.
+pub(crate) fn var(lookup: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    lookup(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+const DURATION_FORM: &str = "a duration with a unit, such as 100ms, 1.5s, 250us or 2m";
+
+/// Parses `100ms`, `1.5s`, `250us`, `2m`, `500ns`.
+pub(crate) fn parse_duration(variable: &str, value: &str) -> Result<Duration, ConfigError> {
+    let err = || ConfigError::new(variable, value, DURATION_FORM);
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(err)?;
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().map_err(|_| err())?;
+    let seconds_per_unit = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        _ => return Err(err()),
+    };
+    Duration::try_from_secs_f64(number * seconds_per_unit)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(err)
+}
+
+pub(crate) fn parse_bool(variable: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(ConfigError::new(variable, value, "on or off")),
+    }
+}
+
+fn parse_count(variable: &str, value: &str) -> Result<usize, ConfigError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ConfigError::new(variable, value, "a positive whole number"))
+}
+
+pub(crate) fn parse_bounds(variable: &str, value: &str) -> Result<Vec<f64>, ConfigError> {
+    let expected = "strictly increasing positive seconds separated by commas, such as 0.001,0.01,0.1,1";
+    let bounds: Vec<f64> = value
+        .split(',')
+        .map(|b| b.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| ConfigError::new(variable, value, expected))?;
+    validate_bounds(&bounds).map_err(|_| ConfigError::new(variable, value, expected))?;
+    Ok(bounds)
+}
+
+pub(crate) fn validate_bounds(bounds: &[f64]) -> Result<(), ()> {
+    let finite_positive = bounds.iter().all(|b| b.is_finite() && *b > 0.0);
+    let increasing = bounds.windows(2).all(|w| w[0] < w[1]);
+    if bounds.is_empty() || !finite_positive || !increasing {
+        Err(())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::default().apply_env(&move |name| {
+            pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        let d = |s| parse_duration("X", s).unwrap();
+        assert_eq!(d("100ms"), Duration::from_millis(100));
+        assert_eq!(d("1.5s"), Duration::from_millis(1500));
+        assert_eq!(d("250us"), Duration::from_micros(250));
+        assert_eq!(d("2m"), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_threshold_names_the_variable_and_the_form() {
+        for bad in ["abc", "100", "-5ms", "0ms", "5 parsecs", "1e999s"] {
+            let err = env(&[("STALLSCOPE_SLOW_POLL_THRESHOLD", bad)]).unwrap_err();
+            assert_eq!(err.variable(), "STALLSCOPE_SLOW_POLL_THRESHOLD", "{bad}");
+            let msg = err.to_string();
+            assert!(msg.contains("STALLSCOPE_SLOW_POLL_THRESHOLD"), "{msg}");
+            assert!(msg.contains("100ms"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn each_variable_rejects_its_bad_values() {
+        let cases = [
+            ("STALLSCOPE_REPORT", "maybe", "on or off"),
+            ("STALLSCOPE_SUMMARY", "2", "on or off"),
+            ("STALLSCOPE_SAMPLE_INTERVAL", "1ms", "at least 10ms"),
+            ("STALLSCOPE_HISTOGRAM_BOUNDS", "0.1,0.01", "strictly increasing"),
+            ("STALLSCOPE_HISTOGRAM_BOUNDS", "a,b", "strictly increasing"),
+            ("STALLSCOPE_MAX_SITES", "0", "positive whole number"),
+            ("STALLSCOPE_MAX_TASK_NAMES", "lots", "positive whole number"),
+            ("STALLSCOPE_OTLP", "sometimes", "auto, on, off"),
+        ];
+        for (var, value, expected) in cases {
+            let err = env(&[(var, value)]).unwrap_err();
+            assert_eq!(err.variable(), var);
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn good_values_apply_and_empty_ones_are_ignored() {
+        let c = env(&[
+            ("STALLSCOPE_SLOW_POLL_THRESHOLD", "20ms"),
+            ("STALLSCOPE_REPORT", "off"),
+            ("STALLSCOPE_HISTOGRAM_BOUNDS", "0.001, 0.01,1"),
+            ("STALLSCOPE_OTLP", "ON"),
+            ("STALLSCOPE_MAX_SITES", " "),
+        ])
+        .unwrap();
+        assert_eq!(c.slow_poll_threshold, Duration::from_millis(20));
+        assert!(!c.report_slow_polls);
+        assert_eq!(c.histogram_bounds, vec![0.001, 0.01, 1.0]);
+        assert_eq!(c.otlp, Toggle::On);
+        assert_eq!(c.max_sites, 512);
+    }
+}
