@@ -61,6 +61,11 @@ impl AtomicHistogram {
         }
     }
 
+    /// Sum of all samples.
+    pub(crate) fn sum(&self) -> Duration {
+        Duration::from_nanos(self.sum_ns.load(Relaxed))
+    }
+
     pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         HistogramSnapshot {

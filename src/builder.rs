@@ -1,0 +1,186 @@
+//! Building a stallscope layer from code and from the environment.
+
+use std::time::Duration;
+
+use crate::config::{validate_bounds, Config, ConfigError, Toggle};
+use crate::engine::Engine;
+use crate::layer::StallscopeLayer;
+use crate::Error;
+
+/// Configures and builds a [`StallscopeLayer`].
+///
+/// [`Builder::from_env`] starts from the `STALLSCOPE_*` and `OTEL_*` environment; every setter
+/// overrides it. Building validates everything and starts the exporters.
+///
+/// ```
+/// use std::time::Duration;
+/// use tracing_subscriber::prelude::*;
+///
+/// let layer = stallscope::Builder::new()
+///     .slow_poll_threshold(Duration::from_millis(50))
+///     .otlp(stallscope::Toggle::Off)
+///     .build()
+///     .expect("valid configuration");
+/// let _guard = layer.guard();
+/// let subscriber = tracing_subscriber::registry().with(layer);
+/// # drop(subscriber);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Builder {
+    config: Config,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// Defaults only; `STALLSCOPE_*` variables are not read, and OTLP stays off unless
+    /// [`Builder::otlp`] turns it on (the `OTEL_*` variables then apply).
+    pub fn new() -> Self {
+        Builder {
+            config: Config {
+                otlp: Toggle::Off,
+                ..Config::default()
+            },
+        }
+    }
+
+    /// Defaults, overridden by the `STALLSCOPE_*` variables; OTLP follows the `OTEL_*` ones.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Builder {
+            config: Config::from_env()?,
+        })
+    }
+
+    /// A poll at least this long is a slow poll (default 100 ms). Also the threshold for
+    /// blocking-pool queue waits.
+    pub fn slow_poll_threshold(mut self, threshold: Duration) -> Self {
+        self.config.slow_poll_threshold = threshold;
+        self
+    }
+
+    /// Whether each slow poll is logged as a WARN event (default on).
+    pub fn report_slow_polls(mut self, on: bool) -> Self {
+        self.config.report_slow_polls = on;
+        self
+    }
+
+    /// Whether dropping the guard logs the summary (default on).
+    pub fn summary_on_drop(mut self, on: bool) -> Self {
+        self.config.summary_on_drop = on;
+        self
+    }
+
+    /// How often runtime metrics are sampled (default 1 s).
+    pub fn sample_interval(mut self, interval: Duration) -> Self {
+        self.config.sample_interval = interval;
+        self
+    }
+
+    /// Histogram bucket upper bounds in seconds, strictly increasing (default: 10 µs to 50 s).
+    pub fn histogram_bounds(mut self, seconds: impl Into<Vec<f64>>) -> Self {
+        self.config.histogram_bounds = seconds.into();
+        self
+    }
+
+    /// Most (spawn location, task name) sites tracked (default 512); more share `<other>`.
+    pub fn max_sites(mut self, n: usize) -> Self {
+        self.config.max_sites = n;
+        self
+    }
+
+    /// Most task names tracked per spawn location (default 16); more are named `<other>`.
+    pub fn max_task_names_per_location(mut self, n: usize) -> Self {
+        self.config.max_task_names_per_location = n;
+        self
+    }
+
+    /// OTLP export: on, off, or on when an `OTEL_EXPORTER_OTLP_*ENDPOINT` is set (`Auto`).
+    pub fn otlp(mut self, toggle: Toggle) -> Self {
+        self.config.otlp = toggle;
+        self
+    }
+
+    /// Validates the configuration, starts the exporters and returns the layer.
+    pub fn build(self) -> Result<StallscopeLayer, Error> {
+        let config = self.config;
+        if validate_bounds(&config.histogram_bounds).is_err() {
+            return Err(ConfigError::new(
+                "histogram_bounds",
+                &format!("{:?}", config.histogram_bounds),
+                "strictly increasing positive seconds",
+            )
+            .into());
+        }
+        let zero = |name: &str, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError::new(name, "0", "a positive duration"))
+            } else {
+                Ok(())
+            }
+        };
+        zero("slow_poll_threshold", config.slow_poll_threshold)?;
+        zero("sample_interval", config.sample_interval)?;
+        if config.max_sites == 0 || config.max_task_names_per_location == 0 {
+            return Err(ConfigError::new("max_sites", "0", "a positive whole number").into());
+        }
+
+        let mut notes = Vec::new();
+        if !cfg!(tokio_unstable) {
+            notes.push((tracing::Level::WARN, crate::report::WITHOUT_TOKIO_UNSTABLE.to_owned()));
+        }
+        let otlp_toggle = config.otlp;
+        let engine = Engine::new(config);
+        // The standard OTEL_* variables always apply when OTLP may run, as in every OTel SDK.
+        start_otlp(&engine, otlp_toggle, &|name| std::env::var(name).ok(), &mut notes)?;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            Engine::watch_runtime(&engine, &handle);
+        }
+        Ok(StallscopeLayer::new(engine, notes))
+    }
+}
+
+#[cfg(feature = "_otlp")]
+fn start_otlp(
+    engine: &std::sync::Arc<Engine>,
+    toggle: Toggle,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    notes: &mut Vec<(tracing::Level, String)>,
+) -> Result<(), Error> {
+    use crate::export::otlp::{settings::OtlpSettings, OtlpExporter};
+    let Some(settings) = OtlpSettings::resolve(toggle, lookup)? else {
+        return Ok(());
+    };
+    let exporter = OtlpExporter::start(
+        std::sync::Arc::downgrade(engine),
+        settings,
+        &engine.config.histogram_bounds,
+    )?;
+    notes.push((tracing::Level::INFO, format!("exporting {}", exporter.describe())));
+    let _ = engine.otlp.set(exporter);
+    Ok(())
+}
+
+#[cfg(not(feature = "_otlp"))]
+fn start_otlp(
+    _engine: &std::sync::Arc<Engine>,
+    toggle: Toggle,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    notes: &mut Vec<(tracing::Level, String)>,
+) -> Result<(), Error> {
+    let endpoint = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]
+        .iter()
+        .any(|v| lookup(v).is_some_and(|e| !e.trim().is_empty()));
+    if toggle == Toggle::On || (toggle == Toggle::Auto && endpoint) {
+        notes.push((
+            tracing::Level::WARN,
+            "OTLP export was asked for, but stallscope was built without its `otlp` feature; \
+             metrics stay in the log report"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}

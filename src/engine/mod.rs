@@ -1,0 +1,193 @@
+//! The recording engine both measurement sources feed: per-site histograms and counters,
+//! slow-poll detection, the watched runtimes, and snapshots for the report and exporters.
+//!
+//! Sources (the tracing layer today) call [`Engine::record_poll`] and friends; sinks (the log
+//! report, OTLP) read sites and runtimes. Nothing here knows about tracing spans.
+
+pub(crate) mod histogram;
+pub(crate) mod runtimes;
+pub(crate) mod sites;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::report::{self, Culprit, RateLimiter};
+use crate::snapshot::{BlockingSiteStats, Snapshot, SpawnLocation, TaskSiteStats};
+use histogram::Bounds;
+use runtimes::Runtimes;
+use sites::{Site, SiteKey, SiteTable, TaskKind};
+
+/// Shared state of one stallscope instance; the layer and the guard hold it.
+pub(crate) struct Engine {
+    pub(crate) config: Config,
+    pub(crate) bounds: Bounds,
+    pub(crate) sites: SiteTable,
+    pub(crate) runtimes: Runtimes,
+    /// `runtime.spawn` spans seen: zero after tasks ran means tokio's `tracing` feature is off.
+    pub(crate) task_spans_seen: AtomicU64,
+    limiter: RateLimiter,
+    shut_down: AtomicBool,
+    #[cfg(feature = "_otlp")]
+    pub(crate) otlp: OnceLock<crate::export::otlp::OtlpExporter>,
+    #[cfg(not(feature = "_otlp"))]
+    #[allow(dead_code)]
+    otlp: OnceLock<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub(crate) fn new(config: Config) -> Arc<Engine> {
+        Arc::new(Engine {
+            bounds: Bounds::new(&config.histogram_bounds),
+            sites: SiteTable::new(config.max_sites, config.max_task_names_per_location),
+            runtimes: Runtimes::default(),
+            task_spans_seen: AtomicU64::new(0),
+            limiter: RateLimiter::new(20),
+            shut_down: AtomicBool::new(false),
+            otlp: OnceLock::new(),
+            config,
+        })
+    }
+
+    /// Samples `handle`'s runtime from now on (once per runtime).
+    pub(crate) fn watch_runtime(engine: &Arc<Engine>, handle: &tokio::runtime::Handle) {
+        if engine.is_shut_down() {
+            return;
+        }
+        engine
+            .runtimes
+            .watch(handle, Arc::downgrade(engine), engine.config.sample_interval);
+    }
+
+    /// The site for a newly spawned task or job; counts the spawn.
+    pub(crate) fn site(&self, key: &SiteKey<'_>) -> &'static Site {
+        let site = self.sites.intern(key, &self.bounds, &|_site| {
+            #[cfg(feature = "_otlp")]
+            if let Some(otlp) = self.otlp.get() {
+                _site.otel = Some(otlp.bind_site(_site));
+            }
+        });
+        site.spawned.fetch_add(1, Relaxed);
+        site
+    }
+
+    /// One poll of an async task ended. The hot path: atomic adds, plus the report when slow.
+    #[inline]
+    pub(crate) fn record_poll(
+        &self,
+        site: &Site,
+        task_id: u64,
+        duration: Duration,
+        culprit: Option<Culprit>,
+    ) {
+        site.busy.record(&self.bounds, duration);
+        #[cfg(feature = "_otlp")]
+        if let Some(otel) = &site.otel {
+            otel.record_poll(duration);
+        }
+        if duration >= self.config.slow_poll_threshold {
+            self.note_slow(site, duration);
+            if self.config.report_slow_polls {
+                report::slow_poll(&self.limiter, site, task_id, duration, &self.config, culprit);
+            }
+        }
+    }
+
+    /// A blocking job was picked up by a pool thread after waiting `wait` in the queue.
+    pub(crate) fn record_queue_wait(&self, site: &Site, task_id: u64, wait: Duration) {
+        site.queue_wait.record(&self.bounds, wait);
+        #[cfg(feature = "_otlp")]
+        if let Some(otel) = &site.otel {
+            otel.record_queue_wait(wait);
+        }
+        if wait >= self.config.slow_poll_threshold {
+            self.note_slow(site, wait);
+            if self.config.report_slow_polls {
+                report::slow_queue_wait(&self.limiter, site, task_id, wait, &self.config);
+            }
+        }
+    }
+
+    /// A blocking job ran for `run` (expected to be long: not a hazard in itself).
+    pub(crate) fn record_blocking_run(&self, site: &Site, run: Duration) {
+        site.busy.record(&self.bounds, run);
+        #[cfg(feature = "_otlp")]
+        if let Some(otel) = &site.otel {
+            otel.record_blocking_run(run);
+        }
+    }
+
+    fn note_slow(&self, site: &Site, duration: Duration) {
+        site.slow_count.fetch_add(1, Relaxed);
+        site.slow_ns
+            .fetch_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Everything measured so far.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot {
+            histogram_bounds: self.bounds.seconds().to_vec(),
+            slow_threshold: self.config.slow_poll_threshold,
+            ..Snapshot::default()
+        };
+        for site in self.sites.all() {
+            let location = SpawnLocation {
+                file: site.location.file.to_owned(),
+                line: site.location.line,
+                column: site.location.column,
+            };
+            let slow_count = site.slow_count.load(Relaxed);
+            let slow_time = Duration::from_nanos(site.slow_ns.load(Relaxed));
+            let spawned = site.spawned.load(Relaxed);
+            match site.kind {
+                TaskKind::Async => snapshot.tasks.push(TaskSiteStats {
+                    location,
+                    task_name: site.task_name.map(str::to_owned),
+                    tasks_spawned: spawned,
+                    polls: site.busy.snapshot(),
+                    slow_polls: slow_count,
+                    slow_poll_time: slow_time,
+                }),
+                TaskKind::Blocking => snapshot.blocking.push(BlockingSiteStats {
+                    location,
+                    jobs_spawned: spawned,
+                    queue_wait: site.queue_wait.snapshot(),
+                    run: site.busy.snapshot(),
+                    slow_queue_waits: slow_count,
+                    slow_queue_wait_time: slow_time,
+                }),
+            }
+        }
+        snapshot.runtimes = self.runtimes.snapshot();
+        snapshot
+    }
+
+    /// Stops sampling, flushes every exporter and logs the summary; runs once.
+    pub(crate) fn shutdown(&self) {
+        if self.shut_down.swap(true, Relaxed) {
+            return;
+        }
+        self.runtimes.stop_sampler();
+        if self.config.summary_on_drop {
+            report::summary(&self.snapshot());
+        }
+        #[cfg(feature = "_otlp")]
+        if let Some(otlp) = self.otlp.get() {
+            otlp.shutdown();
+        }
+    }
+
+    /// Whether `shutdown` ran (a later sample or export would only add noise).
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Relaxed)
+    }
+}

@@ -1,0 +1,184 @@
+//! Runtime-wide metrics: one sampler thread per instance walks every watched runtime's
+//! tokio-metrics `RuntimeMonitor` each interval and keeps the latest interval and running totals
+//! for the exporters and the report.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio_metrics::{RuntimeIntervals, RuntimeMonitor};
+
+use super::Engine;
+use crate::snapshot::RuntimeStats;
+
+/// Runtimes beyond this many are not watched (a runtime built per thread in a loop must not
+/// grow memory without bound); the report says so once.
+const MAX_RUNTIMES: usize = 64;
+
+/// Latest interval and running totals of one runtime.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RuntimeSample {
+    pub(crate) stats: RuntimeStats,
+}
+
+pub(crate) struct WatchedRuntime {
+    pub(crate) label: String,
+    #[cfg(tokio_unstable)]
+    id: tokio::runtime::Id,
+    intervals: Mutex<RuntimeIntervals>,
+    pub(crate) sample: Mutex<RuntimeSample>,
+}
+
+impl WatchedRuntime {
+    fn sample(&self) {
+        let Some(m) = self.intervals.lock().unwrap_or_else(|e| e.into_inner()).next() else {
+            return;
+        };
+        let mut s = self.sample.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut s.stats;
+        st.workers = m.workers_count;
+        st.alive_tasks = m.live_tasks_count;
+        st.global_queue_depth = m.global_queue_depth;
+        // tokio-metrics sums busy time over workers; divide to get 0..=1.
+        st.worker_utilization = if m.workers_count == 0 || m.elapsed.is_zero() {
+            0.0
+        } else {
+            (m.busy_ratio() / m.workers_count as f64).clamp(0.0, 1.0)
+        };
+        st.worker_busy_time += m.total_busy_duration;
+        st.worker_parks += m.total_park_count;
+        #[cfg(tokio_unstable)]
+        {
+            st.worker_polls += m.total_polls_count;
+            st.worker_steals += m.total_steal_count;
+            st.worker_overflows += m.total_overflow_count;
+            st.remote_schedules += m.num_remote_schedules;
+            st.budget_forced_yields += m.budget_forced_yield_count;
+            st.local_queue_depth = m.total_local_queue_depth;
+            st.mean_poll_duration = m.mean_poll_duration;
+            st.blocking_queue_depth = m.blocking_queue_depth;
+            st.blocking_threads = m.blocking_threads_count;
+            st.idle_blocking_threads = m.idle_blocking_threads_count;
+            st.blocking_queue_depth_peak = st.blocking_queue_depth_peak.max(m.blocking_queue_depth);
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Runtimes {
+    watched: Mutex<Vec<Arc<WatchedRuntime>>>,
+    sampler: Mutex<Option<Sampler>>,
+    over_limit_reported: AtomicBool,
+}
+
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Runtimes {
+    /// Starts watching `handle`'s runtime (once per runtime) and the sampler thread.
+    pub(crate) fn watch(&self, handle: &Handle, engine: Weak<Engine>, interval: Duration) {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        #[cfg(tokio_unstable)]
+        if watched.iter().any(|w| w.id == handle.id()) {
+            return;
+        }
+        if watched.len() >= MAX_RUNTIMES {
+            if !self.over_limit_reported.swap(true, Relaxed) {
+                tracing::warn!(
+                    target: "stallscope",
+                    "more than {MAX_RUNTIMES} tokio runtimes in this process: further runtimes are not \
+                     sampled; a runtime built per thread or per request is usually a mistake"
+                );
+            }
+            return;
+        }
+        #[cfg(tokio_unstable)]
+        let label = handle.id().to_string();
+        #[cfg(not(tokio_unstable))]
+        let label = (watched.len() + 1).to_string();
+        let runtime = Arc::new(WatchedRuntime {
+            label,
+            #[cfg(tokio_unstable)]
+            id: handle.id(),
+            intervals: Mutex::new(RuntimeMonitor::new(handle).intervals()),
+            sample: Mutex::new(RuntimeSample::default()),
+        });
+        // The first interval starts now, so the first real sample covers one whole interval.
+        runtime.sample();
+        watched.push(runtime);
+        drop(watched);
+        self.start_sampler(engine, interval);
+    }
+
+    fn start_sampler(&self, engine: Weak<Engine>, interval: Duration) {
+        let mut sampler = self.sampler.lock().unwrap_or_else(|e| e.into_inner());
+        if sampler.is_some() {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("stallscope-sampler".into())
+            .spawn(move || sampler_loop(engine, interval, &stop_flag));
+        match spawned {
+            Ok(thread) => *sampler = Some(Sampler { stop, thread }),
+            Err(e) => tracing::warn!(
+                target: "stallscope",
+                "cannot start the runtime-metrics sampler thread ({e}); runtime metrics are off"
+            ),
+        }
+    }
+
+    pub(crate) fn stop_sampler(&self) {
+        let sampler = self.sampler.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = sampler {
+            s.stop.store(true, Relaxed);
+            s.thread.thread().unpark();
+            let _ = s.thread.join();
+        }
+        // A final sample so the summary and the last export see the end state.
+        self.sample_all();
+    }
+
+    fn sample_all(&self) {
+        for runtime in self.watched() {
+            runtime.sample();
+        }
+    }
+
+    pub(crate) fn watched(&self) -> Vec<Arc<WatchedRuntime>> {
+        self.watched.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<RuntimeStats> {
+        self.watched()
+            .iter()
+            .map(|r| {
+                let mut stats = r.sample.lock().unwrap_or_else(|e| e.into_inner()).stats.clone();
+                stats.runtime = r.label.clone();
+                stats
+            })
+            .collect()
+    }
+}
+
+fn sampler_loop(engine: Weak<Engine>, interval: Duration, stop: &AtomicBool) {
+    let mut warned_no_spans = false;
+    loop {
+        std::thread::park_timeout(interval);
+        if stop.load(Relaxed) {
+            return;
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        engine.runtimes.sample_all();
+        if !warned_no_spans {
+            warned_no_spans = crate::report::warn_if_no_task_spans(&engine);
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Call sites: where tasks and blocking jobs are spawned, interned once per (kind, location,
+//! task name) and kept for the life of the process.
+//!
+//! The table is bounded: at most `max_sites` sites per instance and `max_task_names_per_location`
+//! names per location, so a task name built per request cannot create unbounded series. What
+//! does not fit is recorded in one overflow site per kind, whose location reads `<other>`.
+//! Sites are leaked on purpose: the hot path holds `&'static Site` without reference counting,
+//! and the bound keeps the leak to a few hundred small allocations per instance.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use super::histogram::{AtomicHistogram, Bounds};
+
+/// What runs at a site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskKind {
+    /// An async task: `tokio::spawn`, `spawn_local`, `block_on`.
+    Async,
+    /// A `spawn_blocking` job.
+    Blocking,
+}
+
+/// A source location, as tokio records it for spawn calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Location {
+    pub(crate) file: &'static str,
+    pub(crate) line: u32,
+    pub(crate) column: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            f.write_str(self.file)
+        } else {
+            write!(f, "{}:{}:{}", self.file, self.line, self.column)
+        }
+    }
+}
+
+pub(crate) const OTHER: &str = "<other>";
+
+/// One call site and everything measured there.
+#[derive(Debug)]
+pub(crate) struct Site {
+    pub(crate) kind: TaskKind,
+    pub(crate) location: Location,
+    pub(crate) task_name: Option<&'static str>,
+    /// Async: every poll's duration. Blocking: every job's run time.
+    pub(crate) busy: AtomicHistogram,
+    /// Blocking only: time from `spawn_blocking` until a pool thread started the job.
+    pub(crate) queue_wait: AtomicHistogram,
+    /// Polls (or queue waits) over the slow threshold, and their summed duration.
+    pub(crate) slow_count: AtomicU64,
+    pub(crate) slow_ns: AtomicU64,
+    /// Tasks (or jobs) spawned here.
+    pub(crate) spawned: AtomicU64,
+    #[cfg(feature = "_otlp")]
+    pub(crate) otel: Option<crate::export::otlp::SiteInstruments>,
+}
+
+/// A site as found in a span or hook, before interning.
+pub(crate) struct SiteKey<'a> {
+    pub(crate) kind: TaskKind,
+    pub(crate) file: &'a str,
+    pub(crate) line: u32,
+    pub(crate) column: u32,
+    pub(crate) task_name: Option<&'a str>,
+}
+
+impl SiteKey<'_> {
+    fn hash64(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.kind, self.file, self.line, self.column, self.task_name).hash(&mut h);
+        h.finish()
+    }
+
+    fn matches(&self, site: &Site) -> bool {
+        site.kind == self.kind
+            && site.location.file == self.file
+            && site.location.line == self.line
+            && site.location.column == self.column
+            && site.task_name == self.task_name
+    }
+}
+
+/// Creates the per-site export state when a site is first seen.
+pub(crate) type SiteInit<'a> = &'a dyn Fn(&mut Site);
+
+#[derive(Debug, Default)]
+struct Table {
+    by_hash: HashMap<u64, Vec<&'static Site>>,
+    all: Vec<&'static Site>,
+    files: HashMap<Box<str>, &'static str>,
+    names_per_location: HashMap<(TaskKind, &'static str, u32, u32), usize>,
+    overflow: [Option<&'static Site>; 2],
+}
+
+/// The bounded, append-only set of sites of one stallscope instance.
+#[derive(Debug)]
+pub(crate) struct SiteTable {
+    table: Mutex<Table>,
+    max_sites: usize,
+    max_names_per_location: usize,
+}
+
+impl SiteTable {
+    pub(crate) fn new(max_sites: usize, max_names_per_location: usize) -> Self {
+        SiteTable {
+            table: Mutex::new(Table::default()),
+            max_sites,
+            max_names_per_location,
+        }
+    }
+
+    /// The site for `key`, created on first sight. Called once per spawned task, never per poll.
+    pub(crate) fn intern(&self, key: &SiteKey<'_>, bounds: &Bounds, init: SiteInit<'_>) -> &'static Site {
+        let hash = key.hash64();
+        // A poisoned lock only means another thread panicked mid-insert; the table stays usable.
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(site) = t
+            .by_hash
+            .get(&hash)
+            .and_then(|sites| sites.iter().find(|s| key.matches(s)))
+        {
+            return site;
+        }
+        if t.all.len() >= self.max_sites {
+            return Self::overflow(&mut t, key.kind, None, bounds, init);
+        }
+        let file = Self::intern_file(&mut t, key.file);
+        let location = (key.kind, file, key.line, key.column);
+        let mut task_name = key.task_name;
+        if task_name.is_some() {
+            let names = t.names_per_location.entry(location).or_insert(0);
+            if *names >= self.max_names_per_location {
+                task_name = Some(OTHER);
+            } else {
+                *names += 1;
+            }
+        }
+        // The capped name may already exist as a site.
+        let capped = SiteKey {
+            task_name,
+            file,
+            ..*key
+        };
+        let capped_hash = capped.hash64();
+        if let Some(site) = t
+            .by_hash
+            .get(&capped_hash)
+            .and_then(|sites| sites.iter().find(|s| capped.matches(s)))
+        {
+            return site;
+        }
+        let task_name = task_name.map(|n| -> &'static str {
+            if n == OTHER {
+                OTHER
+            } else {
+                Box::leak(n.into())
+            }
+        });
+        let site = Self::make(
+            key.kind,
+            Location {
+                file,
+                line: key.line,
+                column: key.column,
+            },
+            task_name,
+            bounds,
+            init,
+        );
+        t.by_hash.entry(capped_hash).or_default().push(site);
+        t.all.push(site);
+        site
+    }
+
+    fn overflow(
+        t: &mut Table,
+        kind: TaskKind,
+        _name: Option<&str>,
+        bounds: &Bounds,
+        init: SiteInit<'_>,
+    ) -> &'static Site {
+        let slot = kind as usize;
+        if let Some(site) = t.overflow[slot] {
+            return site;
+        }
+        let location = Location {
+            file: OTHER,
+            line: 0,
+            column: 0,
+        };
+        let site = Self::make(kind, location, None, bounds, init);
+        t.overflow[slot] = Some(site);
+        t.all.push(site);
+        site
+    }
+
+    fn intern_file(t: &mut Table, file: &str) -> &'static str {
+        if let Some(f) = t.files.get(file) {
+            return f;
+        }
+        let leaked: &'static str = Box::leak(file.into());
+        t.files.insert(file.into(), leaked);
+        leaked
+    }
+
+    fn make(
+        kind: TaskKind,
+        location: Location,
+        task_name: Option<&'static str>,
+        bounds: &Bounds,
+        init: SiteInit<'_>,
+    ) -> &'static Site {
+        let mut site = Site {
+            kind,
+            location,
+            task_name,
+            busy: AtomicHistogram::new(bounds),
+            queue_wait: AtomicHistogram::new(bounds),
+            slow_count: AtomicU64::new(0),
+            slow_ns: AtomicU64::new(0),
+            spawned: AtomicU64::new(0),
+            #[cfg(feature = "_otlp")]
+            otel: None,
+        };
+        init(&mut site);
+        Box::leak(Box::new(site))
+    }
+
+    /// Every site so far (a copy of the list; sites themselves are shared).
+    pub(crate) fn all(&self) -> Vec<&'static Site> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).all.clone()
+    }
+
+    /// Calls `f` for each site without copying the list (exporter callbacks).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&'static Site)) {
+        let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.all.iter().for_each(|s| f(s));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key<'a>(file: &'a str, line: u32, name: Option<&'a str>) -> SiteKey<'a> {
+        SiteKey {
+            kind: TaskKind::Async,
+            file,
+            line,
+            column: 5,
+            task_name: name,
+        }
+    }
+
+    #[test]
+    fn same_key_same_site_and_bounded_growth() {
+        let bounds = Bounds::new(&[0.1]);
+        let t = SiteTable::new(4, 2);
+        let noop: SiteInit<'_> = &|_| {};
+        let a = t.intern(&key("a.rs", 1, None), &bounds, noop);
+        assert!(std::ptr::eq(a, t.intern(&key("a.rs", 1, None), &bounds, noop)));
+
+        // Per-request names collapse into `<other>` after the per-location cap.
+        let names: Vec<_> = (0..10)
+            .map(|i| t.intern(&key("a.rs", 2, Some(&format!("req-{i}"))), &bounds, noop))
+            .collect();
+        assert_eq!(names[0].task_name, Some("req-0"));
+        assert_eq!(names[1].task_name, Some("req-1"));
+        assert!(names[2..].iter().all(|s| s.task_name == Some(OTHER)));
+        assert!(names[2..].iter().all(|s| std::ptr::eq(*s, names[2])));
+
+        // Past max_sites every new location shares one overflow site.
+        let extra: Vec<_> = (10..20)
+            .map(|l| t.intern(&key("b.rs", l, None), &bounds, noop))
+            .collect();
+        assert!(extra.iter().all(|s| s.location.file == OTHER));
+        assert!(t.all().len() <= 5);
+    }
+}

@@ -1,0 +1,46 @@
+//! The guard that ends a stallscope session: summary, final sample, exporter flush.
+
+use std::sync::Arc;
+
+use crate::engine::Engine;
+use crate::snapshot::Snapshot;
+
+/// Keeps stallscope's exporters running; dropping it logs the summary of the worst offenders
+/// and flushes every exporter (bounded by the export timeout), so nothing recorded before exit
+/// is lost. Hold it in `main` (`let _guard = ...;`, not `let _ = ...;`, which drops at once).
+///
+/// ```
+/// let layer = stallscope::Builder::new().build().unwrap();
+/// let guard = layer.guard();
+/// assert!(guard.snapshot().tasks.is_empty());
+/// drop(guard); // logs "summary: no slow polls ..."
+/// ```
+#[must_use = "dropping the guard at once logs the summary and stops the exporters"]
+#[derive(Debug)]
+pub struct Guard {
+    engine: Arc<Engine>,
+}
+
+impl Guard {
+    pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        Guard { engine }
+    }
+
+    /// Everything measured so far.
+    pub fn snapshot(&self) -> Snapshot {
+        self.engine.snapshot()
+    }
+
+    /// Samples the runtime-wide metrics of `handle`'s runtime. Runtimes whose tasks stallscope
+    /// sees are watched automatically in full mode; call this for others, or when built without
+    /// `--cfg tokio_unstable`.
+    pub fn watch_runtime(&self, handle: &tokio::runtime::Handle) {
+        Engine::watch_runtime(&self.engine, handle);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.engine.shutdown();
+    }
+}

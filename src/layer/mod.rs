@@ -1,0 +1,189 @@
+//! Full mode's measurement source: a `tracing_subscriber::Layer` that reads tokio's own task
+//! spans (`--cfg tokio_unstable` + tokio's `tracing` feature). Each enter/exit of a
+//! `runtime.spawn` span is one poll; a blocking job's first enter ends its queue wait.
+
+mod fields;
+mod poll_context;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use tracing::span::{Attributes, Id};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+use crate::engine::sites::{Site, SiteKey, TaskKind};
+use crate::engine::Engine;
+use crate::Guard;
+use fields::TaskFields;
+use poll_context::PollKind;
+
+/// A culprit span must have covered at least this share of the slow poll to be named.
+const CULPRIT_MIN_SHARE: f64 = 0.5;
+
+/// The stallscope layer: compose it into a `tracing_subscriber::registry()` next to your own
+/// layers. Create it with [`stallscope::layer()`](crate::layer()) or a [`Builder`](crate::Builder);
+/// keep a [`Guard`] (from [`StallscopeLayer::guard`]) alive until the end of `main` so the
+/// summary is logged and exporters flush.
+pub struct StallscopeLayer {
+    engine: Arc<Engine>,
+    startup: Once,
+    startup_notes: Vec<(tracing::Level, String)>,
+}
+
+impl std::fmt::Debug for StallscopeLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StallscopeLayer").field("engine", &self.engine).finish()
+    }
+}
+
+/// What the layer keeps on each `runtime.spawn` span.
+struct TaskSpan {
+    site: &'static Site,
+    task_id: u64,
+    kind: TaskKind,
+    /// Blocking jobs: when `spawn_blocking` queued the job.
+    created: Instant,
+    /// Blocking jobs: whether a pool thread picked it up (later enters are tracing's
+    /// `Instrumented` entering once more on drop, not a run).
+    started: AtomicBool,
+}
+
+impl StallscopeLayer {
+    pub(crate) fn new(engine: Arc<Engine>, startup_notes: Vec<(tracing::Level, String)>) -> Self {
+        StallscopeLayer {
+            engine,
+            startup: Once::new(),
+            startup_notes,
+        }
+    }
+
+    /// A guard over this layer's measurements: its drop logs the summary and flushes exporters.
+    /// Keep one alive until the end of `main`.
+    pub fn guard(&self) -> Guard {
+        Guard::new(self.engine.clone())
+    }
+
+    /// Start-up notes are logged from inside the first dispatch, when the subscriber that holds
+    /// this layer is in place (at construction time it is not yet).
+    #[inline]
+    fn say_startup_notes(&self) {
+        if !self.startup.is_completed() {
+            self.startup.call_once(|| {
+                for (level, note) in &self.startup_notes {
+                    if *level == tracing::Level::WARN {
+                        tracing::warn!(target: "stallscope", "{note}");
+                    } else {
+                        tracing::info!(target: "stallscope", "{note}");
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl<S> Layer<S> for StallscopeLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        self.say_startup_notes();
+        let meta = attrs.metadata();
+        if meta.name() != "runtime.spawn" || !poll_context::thread_is_measured() {
+            return;
+        }
+        let mut fields = TaskFields::default();
+        attrs.record(&mut fields);
+        let kind = match fields.kind.as_str() {
+            "blocking" => TaskKind::Blocking,
+            _ => TaskKind::Async,
+        };
+        // The multi-thread runtime starts its workers as blocking jobs that run for the
+        // runtime's whole life: they are not user jobs.
+        if kind == TaskKind::Blocking && fields.function.contains("worker::Launch") {
+            return;
+        }
+        self.engine.task_spans_seen.fetch_add(1, Relaxed);
+        let site = self.engine.site(&SiteKey {
+            kind,
+            file: &fields.file,
+            line: fields.line,
+            column: fields.column,
+            task_name: Some(fields.name.as_str()).filter(|n| !n.is_empty()),
+        });
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(TaskSpan {
+                site,
+                task_id: fields.id,
+                kind,
+                created: Instant::now(),
+                started: AtomicBool::new(false),
+            });
+        }
+    }
+
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        if !poll_context::thread_is_measured() {
+            return;
+        }
+        let Some(span) = ctx.span(id) else { return };
+        let meta = span.metadata();
+        if meta.name() != "runtime.spawn" {
+            if poll_context::polling() {
+                poll_context::enter_span(id.into_u64(), meta);
+            }
+            return;
+        }
+        let extensions = span.extensions();
+        let Some(task) = extensions.get::<TaskSpan>() else { return };
+        if poll_context::first_poll_on_thread() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                Engine::watch_runtime(&self.engine, &handle);
+            }
+        }
+        match task.kind {
+            TaskKind::Async => poll_context::begin_poll(
+                id.into_u64(),
+                task.site,
+                PollKind::Async {
+                    task_id: task.task_id,
+                },
+            ),
+            TaskKind::Blocking => {
+                if !task.started.swap(true, Relaxed) {
+                    self.engine
+                        .record_queue_wait(task.site, task.task_id, task.created.elapsed());
+                    poll_context::begin_poll(id.into_u64(), task.site, PollKind::BlockingJob);
+                }
+            }
+        }
+    }
+
+    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+        let Some((poll, elapsed)) = poll_context::end_poll(id.into_u64()) else {
+            poll_context::exit_span(id.into_u64());
+            return;
+        };
+        match poll.kind {
+            PollKind::Async { task_id } => {
+                let culprit = poll
+                    .culprit
+                    .map(|(c, _)| c)
+                    .filter(|c| covered(c.inclusive, elapsed));
+                self.engine.record_poll(poll.site, task_id, elapsed, culprit);
+            }
+            PollKind::BlockingJob => self.engine.record_blocking_run(poll.site, elapsed),
+        }
+    }
+
+    fn on_event(&self, _event: &Event<'_>, _ctx: Context<'_, S>) {
+        self.say_startup_notes();
+    }
+}
+
+fn covered(span_time: Duration, poll: Duration) -> bool {
+    span_time.as_secs_f64() >= poll.as_secs_f64() * CULPRIT_MIN_SHARE
+}

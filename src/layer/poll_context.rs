@@ -1,0 +1,187 @@
+//! Per-thread state of the polls in progress: which task is being polled since when, and which
+//! user spans were entered inside the poll, to name the innermost span that covered a slow poll.
+//!
+//! Fixed-size arrays in a thread-local: no allocation and no lock on the per-poll path.
+
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+use tracing::Metadata;
+
+use crate::engine::sites::Site;
+use crate::report::Culprit;
+
+/// Nested polls on one thread happen with `block_in_place` + `block_on`; deeper is ignored.
+const MAX_NESTED_POLLS: usize = 4;
+/// User spans open at once inside one poll; deeper spans are not tracked.
+const MAX_SPAN_DEPTH: usize = 32;
+
+/// An inner span replaces the current culprit if it covered at least this share of it.
+const INNER_SHARE: f64 = 0.9;
+
+#[derive(Clone, Copy)]
+pub(crate) enum PollKind {
+    Async { task_id: u64 },
+    BlockingJob,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct ActivePoll {
+    pub(crate) span: u64,
+    pub(crate) site: &'static Site,
+    pub(crate) kind: PollKind,
+    pub(crate) start: Instant,
+    /// Depth of the user-span stack when the poll began.
+    span_base: usize,
+    pub(crate) culprit: Option<(Culprit, usize)>,
+}
+
+#[derive(Clone, Copy)]
+struct UserSpan {
+    span: u64,
+    meta: &'static Metadata<'static>,
+    entered: Instant,
+}
+
+struct ThreadPolls {
+    polls: [Option<ActivePoll>; MAX_NESTED_POLLS],
+    polls_len: usize,
+    spans: [Option<UserSpan>; MAX_SPAN_DEPTH],
+    spans_len: usize,
+}
+
+thread_local! {
+    static POLLS: RefCell<ThreadPolls> = const {
+        RefCell::new(ThreadPolls {
+            polls: [None; MAX_NESTED_POLLS],
+            polls_len: 0,
+            spans: [None; MAX_SPAN_DEPTH],
+            spans_len: 0,
+        })
+    };
+    /// 0 = not yet known, 1 = measured, 2 = ignored (a runtime of a library that exports for
+    /// us or for the console: its tasks are not the application's).
+    static THREAD_ROLE: Cell<u8> = const { Cell::new(0) };
+    /// Whether this thread's runtime was handed to the runtime sampler.
+    static RUNTIME_WATCHED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Threads whose tasks belong to exporters, not to the application.
+const IGNORED_THREAD_PREFIXES: &[&str] = &["reqwest-internal-sync-runtime", "stallscope-"];
+
+/// Whether polls on this thread are the application's (decided once per thread).
+#[inline]
+pub(crate) fn thread_is_measured() -> bool {
+    THREAD_ROLE.with(|role| match role.get() {
+        1 => true,
+        2 => false,
+        _ => {
+            let ignored = std::thread::current()
+                .name()
+                .is_some_and(|n| IGNORED_THREAD_PREFIXES.iter().any(|p| n.starts_with(p)));
+            role.set(if ignored { 2 } else { 1 });
+            !ignored
+        }
+    })
+}
+
+/// True the first time it is called on a thread (to register that thread's runtime).
+#[inline]
+pub(crate) fn first_poll_on_thread() -> bool {
+    RUNTIME_WATCHED.with(|w| !w.replace(true))
+}
+
+pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) {
+    POLLS.with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else { return };
+        if p.polls_len == MAX_NESTED_POLLS {
+            return;
+        }
+        let i = p.polls_len;
+        p.polls[i] = Some(ActivePoll {
+            span,
+            site,
+            kind,
+            start: Instant::now(),
+            span_base: p.spans_len,
+            culprit: None,
+        });
+        p.polls_len += 1;
+    });
+}
+
+/// Ends the poll of `span` if it is the innermost one in progress on this thread.
+pub(crate) fn end_poll(span: u64) -> Option<(ActivePoll, Duration)> {
+    POLLS.with(|p| {
+        let mut p = p.try_borrow_mut().ok()?;
+        let i = p.polls_len.checked_sub(1)?;
+        let poll = p.polls[i].filter(|poll| poll.span == span)?;
+        let elapsed = poll.start.elapsed();
+        p.polls[i] = None;
+        p.polls_len = i;
+        // Spans still open belonged to this poll; forget them.
+        p.spans_len = p.spans_len.min(poll.span_base);
+        Some((poll, elapsed))
+    })
+}
+
+/// A user span was entered; tracked only while a poll is in progress.
+pub(crate) fn enter_span(span: u64, meta: &'static Metadata<'static>) {
+    POLLS.with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else { return };
+        if p.polls_len == 0 || p.spans_len == MAX_SPAN_DEPTH {
+            return;
+        }
+        let i = p.spans_len;
+        p.spans[i] = Some(UserSpan {
+            span,
+            meta,
+            entered: Instant::now(),
+        });
+        p.spans_len += 1;
+    });
+}
+
+/// Whether any poll is in progress on this thread (cheap pre-check before span lookups).
+#[inline]
+pub(crate) fn polling() -> bool {
+    POLLS.with(|p| p.try_borrow().map(|p| p.polls_len > 0).unwrap_or(false))
+}
+
+/// A user span was exited: credit its time to the current poll's culprit candidate.
+pub(crate) fn exit_span(span: u64) {
+    POLLS.with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else { return };
+        let Some(i) = p.spans_len.checked_sub(1) else { return };
+        let Some(user) = p.spans[i].filter(|s| s.span == span) else { return };
+        p.spans[i] = None;
+        p.spans_len = i;
+        let Some(pi) = p.polls_len.checked_sub(1) else { return };
+        let Some(poll) = p.polls[pi].as_mut() else { return };
+        if i < poll.span_base {
+            return;
+        }
+        let depth = i - poll.span_base;
+        let inclusive = user.entered.elapsed();
+        let candidate = Culprit {
+            meta: user.meta,
+            inclusive,
+        };
+        // Inner spans exit first. Keep the innermost span that covered most of the time: a
+        // shallower span replaces it only if it covered clearly more, a sibling if it covered more.
+        let replace = match poll.culprit {
+            None => true,
+            Some((best, best_depth)) => {
+                let (new, old) = (inclusive.as_secs_f64(), best.inclusive.as_secs_f64());
+                match depth.cmp(&best_depth) {
+                    std::cmp::Ordering::Less => new * INNER_SHARE > old,
+                    std::cmp::Ordering::Equal => new > old,
+                    std::cmp::Ordering::Greater => new >= old * INNER_SHARE,
+                }
+            }
+        };
+        if replace {
+            poll.culprit = Some((candidate, depth));
+        }
+    });
+}

@@ -1,0 +1,131 @@
+//! Find the task that blocks your tokio runtime, and say where.
+//!
+//! A synchronous call inside async code (`std::thread::sleep`, a CPU-bound loop, blocking I/O,
+//! a `std::sync::Mutex` wait) freezes the worker thread it runs on, and every other task on that
+//! worker stalls with it. stallscope measures every poll, attributes slow ones to the task's
+//! spawn location, task name and the innermost user span active in the poll, and reports them:
+//!
+//! - in the application's own log (WARN events with target `stallscope`, and a summary of the
+//!   worst offenders when the [`Guard`] drops): the embedded default, no collector needed;
+//! - to tokio-console (feature `console`), whose layer composes in the same registry;
+//! - as OpenTelemetry metrics over OTLP (feature `otlp`), configured by the standard `OTEL_*`
+//!   variables.
+//!
+//! # Requirements
+//!
+//! Full mode reads tokio's own task spans: build with `--cfg tokio_unstable` (in
+//! `.cargo/config.toml`: `[build] rustflags = ["--cfg", "tokio_unstable"]`) and enable tokio's
+//! `tracing` feature. Without the cfg the crate still builds, says once which measurements are
+//! unavailable, and keeps exporting the stable runtime metrics.
+//!
+//! # Drop into an existing subscriber
+//!
+//! ```
+//! use tracing_subscriber::prelude::*;
+//!
+//! let layer = stallscope::layer();
+//! let _guard = layer.guard(); // logs the summary and flushes exporters when dropped
+//! tracing_subscriber::registry()
+//!     .with(layer)
+//!     .with(tracing_subscriber::fmt::layer())
+//!     .init();
+//! ```
+//!
+//! # Or let stallscope set everything up
+//!
+//! ```no_run
+//! #[tokio::main]
+//! async fn main() {
+//!     let _guard = stallscope::init(); // fmt + console + stallscope + OTLP when configured
+//!     // ...
+//! }
+//! ```
+#![warn(missing_docs)]
+
+mod builder;
+pub mod config;
+mod engine;
+mod export;
+mod guard;
+mod init;
+mod layer;
+mod report;
+pub mod snapshot;
+
+pub use builder::Builder;
+pub use config::{ConfigError, Toggle};
+pub use guard::Guard;
+pub use init::{init, try_init};
+pub use layer::StallscopeLayer;
+pub use snapshot::Snapshot;
+
+#[cfg(feature = "_otlp")]
+pub use export::otlp::{OtlpError, Protocol};
+
+/// Why stallscope could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is unusable; the error names the variable.
+    Config(ConfigError),
+    /// The OTLP exporter could not be built.
+    #[cfg(feature = "_otlp")]
+    Otlp(OtlpError),
+    /// `init` found a global subscriber already installed.
+    SubscriberAlreadySet(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Config(e) => e.fmt(f),
+            #[cfg(feature = "_otlp")]
+            Error::Otlp(e) => e.fmt(f),
+            Error::SubscriberAlreadySet(e) => write!(
+                f,
+                "a global tracing subscriber is already installed ({e}); add stallscope::layer() \
+                 to that subscriber instead of calling init()"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Config(e) => Some(e),
+            #[cfg(feature = "_otlp")]
+            Error::Otlp(e) => Some(e),
+            Error::SubscriberAlreadySet(_) => None,
+        }
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::Config(e)
+    }
+}
+
+#[cfg(feature = "_otlp")]
+impl From<OtlpError> for Error {
+    fn from(e: OtlpError) -> Self {
+        Error::Otlp(e)
+    }
+}
+
+/// The stallscope layer configured from the environment (`STALLSCOPE_*`, and `OTEL_*` for
+/// OTLP), for composing into your own subscriber.
+///
+/// # Panics
+///
+/// On a bad configuration value, with a message naming the variable and the expected form; use
+/// [`try_layer`] to handle it yourself.
+pub fn layer() -> StallscopeLayer {
+    try_layer().unwrap_or_else(|e| panic!("stallscope: {e}"))
+}
+
+/// [`layer`], returning configuration errors instead of panicking.
+pub fn try_layer() -> Result<StallscopeLayer, Error> {
+    Builder::from_env()?.build()
+}

@@ -1,0 +1,238 @@
+//! The embedded default: what stalled, where and for how long, written as `tracing` events with
+//! target `stallscope` into the application's own log.
+//!
+//! One WARN per slow poll (rate-limited so a pathological loop cannot flood the log), one per
+//! long blocking-queue wait, and a summary of the worst offenders when the guard drops.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use tracing::Metadata;
+
+use crate::config::Config;
+use crate::engine::sites::Site;
+use crate::engine::Engine;
+use crate::snapshot::Snapshot;
+
+/// The innermost user span that covered (most of) a slow poll.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Culprit {
+    pub(crate) meta: &'static Metadata<'static>,
+    /// Time spent inside the span during the poll.
+    pub(crate) inclusive: Duration,
+}
+
+impl Culprit {
+    fn describe(&self) -> String {
+        match (self.meta.file(), self.meta.line()) {
+            (Some(file), Some(line)) => format!("`{}` ({file}:{line})", self.meta.name()),
+            _ => format!("`{}`", self.meta.name()),
+        }
+    }
+}
+
+/// At most `per_second` report lines per second; the next line says how many were dropped.
+#[derive(Debug)]
+pub(crate) struct RateLimiter {
+    per_second: u64,
+    origin: Instant,
+    window: AtomicU64,
+    in_window: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(per_second: u64) -> Self {
+        RateLimiter {
+            per_second,
+            origin: Instant::now(),
+            window: AtomicU64::new(0),
+            in_window: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines suppressed since the last allowed one)` when a line may be written.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = self.origin.elapsed().as_secs();
+        if self.window.swap(now, Relaxed) != now {
+            self.in_window.store(0, Relaxed);
+        }
+        if self.in_window.fetch_add(1, Relaxed) < self.per_second {
+            Some(self.suppressed.swap(0, Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+fn suppressed_note(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} earlier report lines suppressed by the rate limit)")
+    }
+}
+
+pub(crate) fn slow_poll(
+    limiter: &RateLimiter,
+    site: &Site,
+    task_id: u64,
+    duration: Duration,
+    config: &Config,
+    culprit: Option<Culprit>,
+) {
+    let Some(suppressed) = limiter.allow() else {
+        return;
+    };
+    let span = culprit.map(|c| c.describe()).unwrap_or_else(|| "-".into());
+    let inside = culprit
+        .map(|c| format!(", inside span {}", c.describe()))
+        .unwrap_or_default();
+    tracing::warn!(
+        target: "stallscope",
+        duration_ms = ms(duration),
+        threshold_ms = ms(config.slow_poll_threshold),
+        task.id = task_id,
+        task.name = site.task_name.unwrap_or(""),
+        spawned_at = %site.location,
+        span = %span,
+        "slow poll: task {task_id}{} spawned at {} blocked its worker thread for {:.3?} (threshold {:?}){inside}; \
+         every other task on that worker waited. Look for a synchronous call (std::thread::sleep, CPU-bound work, \
+         blocking I/O, a std Mutex) and move it to spawn_blocking or use its async form{}",
+        name_suffix(site),
+        site.location,
+        duration,
+        config.slow_poll_threshold,
+        suppressed_note(suppressed),
+    );
+}
+
+pub(crate) fn slow_queue_wait(
+    limiter: &RateLimiter,
+    site: &Site,
+    task_id: u64,
+    wait: Duration,
+    config: &Config,
+) {
+    let Some(suppressed) = limiter.allow() else {
+        return;
+    };
+    tracing::warn!(
+        target: "stallscope",
+        wait_ms = ms(wait),
+        threshold_ms = ms(config.slow_poll_threshold),
+        task.id = task_id,
+        spawned_at = %site.location,
+        "blocking-pool queue wait: spawn_blocking job {task_id} from {} waited {:.3?} for a pool thread \
+         (threshold {:?}); the pool is saturated. Size it (Builder::max_blocking_threads), bound \
+         concurrency with a Semaphore, or use an async API{}",
+        site.location,
+        wait,
+        config.slow_poll_threshold,
+        suppressed_note(suppressed),
+    );
+}
+
+fn name_suffix(site: &Site) -> String {
+    site.task_name
+        .map(|n| format!(" {n:?}"))
+        .unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// The worst offenders, logged when the guard drops.
+pub(crate) fn summary(snapshot: &Snapshot) {
+    const TOP: usize = 10;
+    let mut slow: Vec<_> = snapshot.tasks.iter().filter(|t| t.slow_polls > 0).collect();
+    slow.sort_by(|a, b| b.slow_poll_time.cmp(&a.slow_poll_time));
+    let polls: u64 = snapshot.tasks.iter().map(|t| t.polls.count).sum();
+    if slow.is_empty() {
+        tracing::info!(
+            target: "stallscope",
+            "summary: no slow polls (threshold {:?}) in {polls} polls at {} spawn locations",
+            snapshot.slow_threshold,
+            snapshot.tasks.len(),
+        );
+    } else {
+        let blocked: Duration = slow.iter().map(|t| t.slow_poll_time).sum();
+        let count: u64 = slow.iter().map(|t| t.slow_polls).sum();
+        tracing::warn!(
+            target: "stallscope",
+            "summary: {count} slow polls (threshold {:?}) at {} spawn locations blocked workers for {:.3?} in all; worst first:",
+            snapshot.slow_threshold,
+            slow.len(),
+            blocked,
+        );
+        for (rank, t) in slow.iter().take(TOP).enumerate() {
+            let name = t
+                .task_name
+                .as_deref()
+                .map(|n| format!(" (task {n:?})"))
+                .unwrap_or_default();
+            tracing::warn!(
+                target: "stallscope",
+                "summary: #{} {}{name}: {} slow polls, max {:.3?}, total blocked {:.3?}, {} polls in all",
+                rank + 1,
+                t.location,
+                t.slow_polls,
+                t.polls.max,
+                t.slow_poll_time,
+                t.polls.count,
+            );
+        }
+    }
+    let mut waits: Vec<_> = snapshot
+        .blocking
+        .iter()
+        .filter(|b| b.slow_queue_waits > 0)
+        .collect();
+    waits.sort_by(|a, b| b.queue_wait.max.cmp(&a.queue_wait.max));
+    for (rank, b) in waits.iter().take(TOP).enumerate() {
+        tracing::warn!(
+            target: "stallscope",
+            "summary: blocking-pool queue wait #{} {}: {} of {} jobs waited over the threshold, max {:.3?}, p99 {:.3?}",
+            rank + 1,
+            b.location,
+            b.slow_queue_waits,
+            b.jobs_spawned,
+            b.queue_wait.max,
+            snapshot.quantile(&b.queue_wait, 0.99).unwrap_or_default(),
+        );
+    }
+}
+
+/// Once tasks ran, no `runtime.spawn` span means tokio's `tracing` feature (or the global
+/// subscriber) is missing. Returns whether the check is settled.
+pub(crate) fn warn_if_no_task_spans(engine: &Engine) -> bool {
+    if engine.task_spans_seen.load(Relaxed) > 0 {
+        return true;
+    }
+    let tasks_ran = engine
+        .runtimes
+        .snapshot()
+        .iter()
+        .any(|r| r.alive_tasks > 0 || r.worker_busy_time > Duration::ZERO);
+    if tasks_ran && cfg!(tokio_unstable) {
+        tracing::warn!(
+            target: "stallscope",
+            "no tokio task spans seen although tasks ran: enable tokio's `tracing` feature \
+             (tokio = {{ features = [\"tracing\"] }}), make the subscriber with the stallscope layer the \
+             global default, and do not filter out TRACE spans of target `tokio` globally; slow-poll \
+             detection is off until then"
+        );
+        return true;
+    }
+    false
+}
+
+/// Said once at start-up when built without `--cfg tokio_unstable`.
+pub(crate) const WITHOUT_TOKIO_UNSTABLE: &str = "built without `--cfg tokio_unstable`: tokio emits no task \
+    spans, so slow polls, per-task busy time and blocking-pool waits cannot be measured, and tokio-console \
+    is unavailable; the stable runtime metrics (workers, alive tasks, global queue depth, worker \
+    utilization, parks) keep flowing. Add `rustflags = [\"--cfg\", \"tokio_unstable\"]` under [build] in \
+    .cargo/config.toml to get the rest";
