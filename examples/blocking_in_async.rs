@@ -55,10 +55,16 @@ fn parse_args() -> Result<Args, String> {
                     Some("sleep") => Variant::Sleep,
                     Some("cpu") => Variant::Cpu,
                     Some("both") => Variant::Both,
-                    other => return Err(format!("--variant takes sleep, cpu or both, not {other:?}")),
+                    other => {
+                        return Err(format!("--variant takes sleep, cpu or both, not {other:?}"))
+                    }
                 }
             }
-            other => return Err(format!("unknown argument {other:?}; use --fixed, --variant, --keep-running")),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; use --fixed, --variant, --keep-running"
+                ))
+            }
         }
     }
     Ok(args)
@@ -167,7 +173,10 @@ async fn scenario(args: &Args) {
             "heartbeat: longest gap between ticks {longest:.3?} (expected {HEARTBEAT:?}): the runtime was stalled"
         );
     } else {
-        info!(ticks, "heartbeat: longest gap between ticks {longest:.3?}: the runtime stayed responsive");
+        info!(
+            ticks,
+            "heartbeat: longest gap between ticks {longest:.3?}: the runtime stayed responsive"
+        );
     }
 }
 
@@ -185,11 +194,19 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let guard = stallscope::init();
+        // init() would panic with the same message; try_init lets us exit cleanly instead.
+        let guard = stallscope::try_init().unwrap_or_else(|e| {
+            eprintln!("blocking_in_async: {e}");
+            std::process::exit(2);
+        });
         info!(
             fixed = args.fixed,
             "blocking_in_async: {}",
-            if args.fixed { "fixed version" } else { "blocking calls inside async code" }
+            if args.fixed {
+                "fixed version"
+            } else {
+                "blocking calls inside async code"
+            }
         );
         loop {
             scenario(&args).await;

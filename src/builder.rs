@@ -130,12 +130,20 @@ impl Builder {
 
         let mut notes = Vec::new();
         if !cfg!(tokio_unstable) {
-            notes.push((tracing::Level::WARN, crate::report::WITHOUT_TOKIO_UNSTABLE.to_owned()));
+            notes.push((
+                tracing::Level::WARN,
+                crate::report::WITHOUT_TOKIO_UNSTABLE.to_owned(),
+            ));
         }
         let otlp_toggle = config.otlp;
         let engine = Engine::new(config);
         // The standard OTEL_* variables always apply when OTLP may run, as in every OTel SDK.
-        start_otlp(&engine, otlp_toggle, &|name| std::env::var(name).ok(), &mut notes)?;
+        start_otlp(
+            &engine,
+            otlp_toggle,
+            &|name| std::env::var(name).ok(),
+            &mut notes,
+        )?;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             Engine::watch_runtime(&engine, &handle);
         }
@@ -159,7 +167,10 @@ fn start_otlp(
         settings,
         &engine.config.histogram_bounds,
     )?;
-    notes.push((tracing::Level::INFO, format!("exporting {}", exporter.describe())));
+    notes.push((
+        tracing::Level::INFO,
+        format!("exporting {}", exporter.describe()),
+    ));
     let _ = engine.otlp.set(exporter);
     Ok(())
 }
@@ -171,9 +182,12 @@ fn start_otlp(
     lookup: &dyn Fn(&str) -> Option<String>,
     notes: &mut Vec<(tracing::Level, String)>,
 ) -> Result<(), Error> {
-    let endpoint = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]
-        .iter()
-        .any(|v| lookup(v).is_some_and(|e| !e.trim().is_empty()));
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| lookup(v).is_some_and(|e| !e.trim().is_empty()));
     if toggle == Toggle::On || (toggle == Toggle::Auto && endpoint) {
         notes.push((
             tracing::Level::WARN,

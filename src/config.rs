@@ -235,7 +235,8 @@ fn parse_count(variable: &str, value: &str) -> Result<usize, ConfigError> {
 }
 
 pub(crate) fn parse_bounds(variable: &str, value: &str) -> Result<Vec<f64>, ConfigError> {
-    let expected = "strictly increasing positive seconds separated by commas, such as 0.001,0.01,0.1,1";
+    let expected =
+        "strictly increasing positive seconds separated by commas, such as 0.001,0.01,0.1,1";
     let bounds: Vec<f64> = value
         .split(',')
         .map(|b| b.trim().parse::<f64>())
@@ -265,7 +266,10 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::default().apply_env(&move |name| {
-            pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
         })
     }
 
@@ -295,7 +299,11 @@ mod tests {
             ("STALLSCOPE_REPORT", "maybe", "on or off"),
             ("STALLSCOPE_SUMMARY", "2", "on or off"),
             ("STALLSCOPE_SAMPLE_INTERVAL", "1ms", "at least 10ms"),
-            ("STALLSCOPE_HISTOGRAM_BOUNDS", "0.1,0.01", "strictly increasing"),
+            (
+                "STALLSCOPE_HISTOGRAM_BOUNDS",
+                "0.1,0.01",
+                "strictly increasing",
+            ),
             ("STALLSCOPE_HISTOGRAM_BOUNDS", "a,b", "strictly increasing"),
             ("STALLSCOPE_MAX_SITES", "0", "positive whole number"),
             ("STALLSCOPE_MAX_TASK_NAMES", "lots", "positive whole number"),

@@ -19,7 +19,13 @@ pub fn try_init() -> Result<Guard, Error> {
     let guard = layer.guard();
     let log_filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
-            .map_err(|e| ConfigError::new("RUST_LOG", &directives, &format!("tracing-subscriber filter directives ({e})")))?,
+            .map_err(|e| {
+                ConfigError::new(
+                    "RUST_LOG",
+                    &directives,
+                    &format!("tracing-subscriber filter directives ({e})"),
+                )
+            })?,
         _ => EnvFilter::new("info"),
     };
     // A per-layer filter on fmt only: a global filter would hide tokio's TRACE-level task spans

@@ -140,8 +140,17 @@ mod tests {
         }
         h.record(&bounds, Duration::from_millis(70));
         let s = h.snapshot();
-        assert_eq!(s.quantile(bounds.seconds(), 0.5), Some(Duration::from_micros(1000)));
-        assert_eq!(s.quantile(bounds.seconds(), 1.0), Some(Duration::from_millis(70)));
-        assert_eq!(HistogramSnapshot::default().quantile(bounds.seconds(), 0.5), None);
+        assert_eq!(
+            s.quantile(bounds.seconds(), 0.5),
+            Some(Duration::from_micros(1000))
+        );
+        assert_eq!(
+            s.quantile(bounds.seconds(), 1.0),
+            Some(Duration::from_millis(70))
+        );
+        assert_eq!(
+            HistogramSnapshot::default().quantile(bounds.seconds(), 0.5),
+            None
+        );
     }
 }

@@ -63,9 +63,11 @@ impl Engine {
         if engine.is_shut_down() {
             return;
         }
-        engine
-            .runtimes
-            .watch(handle, Arc::downgrade(engine), engine.config.sample_interval);
+        engine.runtimes.watch(
+            handle,
+            Arc::downgrade(engine),
+            engine.config.sample_interval,
+        );
     }
 
     /// The site for a newly spawned task or job; counts the spawn.
@@ -97,7 +99,14 @@ impl Engine {
         if duration >= self.config.slow_poll_threshold {
             self.note_slow(site, duration);
             if self.config.report_slow_polls {
-                report::slow_poll(&self.limiter, site, task_id, duration, &self.config, culprit);
+                report::slow_poll(
+                    &self.limiter,
+                    site,
+                    task_id,
+                    duration,
+                    &self.config,
+                    culprit,
+                );
             }
         }
     }
@@ -128,8 +137,10 @@ impl Engine {
 
     fn note_slow(&self, site: &Site, duration: Duration) {
         site.slow_count.fetch_add(1, Relaxed);
-        site.slow_ns
-            .fetch_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        site.slow_ns.fetch_add(
+            u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
     }
 
     /// Everything measured so far.

@@ -33,7 +33,12 @@ pub(crate) struct WatchedRuntime {
 
 impl WatchedRuntime {
     fn sample(&self) {
-        let Some(m) = self.intervals.lock().unwrap_or_else(|e| e.into_inner()).next() else {
+        let Some(m) = self
+            .intervals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next()
+        else {
             return;
         };
         let mut s = self.sample.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,7 +139,11 @@ impl Runtimes {
     }
 
     pub(crate) fn stop_sampler(&self) {
-        let sampler = self.sampler.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let sampler = self
+            .sampler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(s) = sampler {
             s.stop.store(true, Relaxed);
             s.thread.thread().unpark();
@@ -151,14 +160,22 @@ impl Runtimes {
     }
 
     pub(crate) fn watched(&self) -> Vec<Arc<WatchedRuntime>> {
-        self.watched.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn snapshot(&self) -> Vec<RuntimeStats> {
         self.watched()
             .iter()
             .map(|r| {
-                let mut stats = r.sample.lock().unwrap_or_else(|e| e.into_inner()).stats.clone();
+                let mut stats = r
+                    .sample
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stats
+                    .clone();
                 stats.runtime = r.label.clone();
                 stats
             })

@@ -118,7 +118,12 @@ impl SiteTable {
     }
 
     /// The site for `key`, created on first sight. Called once per spawned task, never per poll.
-    pub(crate) fn intern(&self, key: &SiteKey<'_>, bounds: &Bounds, init: SiteInit<'_>) -> &'static Site {
+    pub(crate) fn intern(
+        &self,
+        key: &SiteKey<'_>,
+        bounds: &Bounds,
+        init: SiteInit<'_>,
+    ) -> &'static Site {
         let hash = key.hash64();
         // A poisoned lock only means another thread panicked mid-insert; the table stays usable.
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
@@ -236,7 +241,11 @@ impl SiteTable {
 
     /// Every site so far (a copy of the list; sites themselves are shared).
     pub(crate) fn all(&self) -> Vec<&'static Site> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner()).all.clone()
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .all
+            .clone()
     }
 
     /// Calls `f` for each site without copying the list (exporter callbacks).
@@ -266,7 +275,10 @@ mod tests {
         let t = SiteTable::new(4, 2);
         let noop: SiteInit<'_> = &|_| {};
         let a = t.intern(&key("a.rs", 1, None), &bounds, noop);
-        assert!(std::ptr::eq(a, t.intern(&key("a.rs", 1, None), &bounds, noop)));
+        assert!(std::ptr::eq(
+            a,
+            t.intern(&key("a.rs", 1, None), &bounds, noop)
+        ));
 
         // Per-request names collapse into `<other>` after the per-location cap.
         let names: Vec<_> = (0..10)

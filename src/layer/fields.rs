@@ -47,7 +47,7 @@ impl Visit for TaskFields {
         // tokio records some of these with `%`/`?`; fall back to their text.
         match field.name() {
             "kind" | "task.name" | "loc.file" | "fn" => {
-                self.record_str(field, &format!("{value:?}").trim_matches('"').to_owned())
+                self.record_str(field, format!("{value:?}").trim_matches('"'))
             }
             "task.id" | "loc.line" | "loc.col" => {
                 if let Ok(v) = format!("{value:?}").parse::<u64>() {

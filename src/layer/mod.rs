@@ -36,7 +36,9 @@ pub struct StallscopeLayer {
 
 impl std::fmt::Debug for StallscopeLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StallscopeLayer").field("engine", &self.engine).finish()
+        f.debug_struct("StallscopeLayer")
+            .field("engine", &self.engine)
+            .finish()
     }
 }
 
@@ -138,7 +140,9 @@ where
             return;
         }
         let extensions = span.extensions();
-        let Some(task) = extensions.get::<TaskSpan>() else { return };
+        let Some(task) = extensions.get::<TaskSpan>() else {
+            return;
+        };
         if poll_context::first_poll_on_thread() {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 Engine::watch_runtime(&self.engine, &handle);
@@ -173,7 +177,8 @@ where
                     .culprit
                     .map(|(c, _)| c)
                     .filter(|c| covered(c.inclusive, elapsed));
-                self.engine.record_poll(poll.site, task_id, elapsed, culprit);
+                self.engine
+                    .record_poll(poll.site, task_id, elapsed, culprit);
             }
             PollKind::BlockingJob => self.engine.record_blocking_run(poll.site, elapsed),
         }

@@ -93,7 +93,9 @@ pub(crate) fn first_poll_on_thread() -> bool {
 
 pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) {
     POLLS.with(|p| {
-        let Ok(mut p) = p.try_borrow_mut() else { return };
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return;
+        };
         if p.polls_len == MAX_NESTED_POLLS {
             return;
         }
@@ -128,7 +130,9 @@ pub(crate) fn end_poll(span: u64) -> Option<(ActivePoll, Duration)> {
 /// A user span was entered; tracked only while a poll is in progress.
 pub(crate) fn enter_span(span: u64, meta: &'static Metadata<'static>) {
     POLLS.with(|p| {
-        let Ok(mut p) = p.try_borrow_mut() else { return };
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return;
+        };
         if p.polls_len == 0 || p.spans_len == MAX_SPAN_DEPTH {
             return;
         }
@@ -151,13 +155,23 @@ pub(crate) fn polling() -> bool {
 /// A user span was exited: credit its time to the current poll's culprit candidate.
 pub(crate) fn exit_span(span: u64) {
     POLLS.with(|p| {
-        let Ok(mut p) = p.try_borrow_mut() else { return };
-        let Some(i) = p.spans_len.checked_sub(1) else { return };
-        let Some(user) = p.spans[i].filter(|s| s.span == span) else { return };
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return;
+        };
+        let Some(i) = p.spans_len.checked_sub(1) else {
+            return;
+        };
+        let Some(user) = p.spans[i].filter(|s| s.span == span) else {
+            return;
+        };
         p.spans[i] = None;
         p.spans_len = i;
-        let Some(pi) = p.polls_len.checked_sub(1) else { return };
-        let Some(poll) = p.polls[pi].as_mut() else { return };
+        let Some(pi) = p.polls_len.checked_sub(1) else {
+            return;
+        };
+        let Some(poll) = p.polls[pi].as_mut() else {
+            return;
+        };
         if i < poll.span_base {
             return;
         }

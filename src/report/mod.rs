@@ -149,7 +149,7 @@ fn ms(d: Duration) -> f64 {
 pub(crate) fn summary(snapshot: &Snapshot) {
     const TOP: usize = 10;
     let mut slow: Vec<_> = snapshot.tasks.iter().filter(|t| t.slow_polls > 0).collect();
-    slow.sort_by(|a, b| b.slow_poll_time.cmp(&a.slow_poll_time));
+    slow.sort_by_key(|t| std::cmp::Reverse(t.slow_poll_time));
     let polls: u64 = snapshot.tasks.iter().map(|t| t.polls.count).sum();
     if slow.is_empty() {
         tracing::info!(
@@ -191,7 +191,7 @@ pub(crate) fn summary(snapshot: &Snapshot) {
         .iter()
         .filter(|b| b.slow_queue_waits > 0)
         .collect();
-    waits.sort_by(|a, b| b.queue_wait.max.cmp(&a.queue_wait.max));
+    waits.sort_by_key(|b| std::cmp::Reverse(b.queue_wait.max));
     for (rank, b) in waits.iter().take(TOP).enumerate() {
         tracing::warn!(
             target: "stallscope",

@@ -7,7 +7,10 @@ use std::process::Command;
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/<name>
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
     let path = profile_dir.join("examples").join(name);
     assert!(
         path.exists(),
@@ -21,7 +24,10 @@ pub fn binary(name: &str) -> PathBuf {
 pub fn command(name: &str) -> Command {
     let mut cmd = Command::new(binary(name));
     for (key, _) in std::env::vars() {
-        if key.starts_with("STALLSCOPE_") || key.starts_with("OTEL_") || key.starts_with("TOKIO_CONSOLE") {
+        if key.starts_with("STALLSCOPE_")
+            || key.starts_with("OTEL_")
+            || key.starts_with("TOKIO_CONSOLE")
+        {
             cmd.env_remove(key);
         }
     }

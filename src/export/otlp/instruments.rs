@@ -48,8 +48,14 @@ impl Histograms {
 pub(crate) fn site_attributes(site: &Site) -> Vec<KeyValue> {
     let mut attributes = vec![KeyValue::new("code.file.path", site.location.file)];
     if site.location.file != OTHER {
-        attributes.push(KeyValue::new("code.line.number", i64::from(site.location.line)));
-        attributes.push(KeyValue::new("code.column.number", i64::from(site.location.column)));
+        attributes.push(KeyValue::new(
+            "code.line.number",
+            i64::from(site.location.line),
+        ));
+        attributes.push(KeyValue::new(
+            "code.column.number",
+            i64::from(site.location.column),
+        ));
     }
     if let Some(name) = site.task_name {
         attributes.push(KeyValue::new("tokio.task.name", name));
@@ -58,7 +64,9 @@ pub(crate) fn site_attributes(site: &Site) -> Vec<KeyValue> {
 }
 
 fn observe_sites(engine: &Weak<Engine>, kind: TaskKind, mut f: impl FnMut(&Site, &[KeyValue])) {
-    let Some(engine) = engine.upgrade() else { return };
+    let Some(engine) = engine.upgrade() else {
+        return;
+    };
     engine.sites.for_each(|site| {
         if site.kind == kind {
             if let Some(otel) = &site.otel {
@@ -69,7 +77,9 @@ fn observe_sites(engine: &Weak<Engine>, kind: TaskKind, mut f: impl FnMut(&Site,
 }
 
 fn observe_runtimes(engine: &Weak<Engine>, mut f: impl FnMut(&RuntimeStats, &[KeyValue])) {
-    let Some(engine) = engine.upgrade() else { return };
+    let Some(engine) = engine.upgrade() else {
+        return;
+    };
     for runtime in engine.runtimes.snapshot() {
         let attributes = [KeyValue::new("tokio.runtime.id", runtime.runtime.clone())];
         f(&runtime, &attributes);
@@ -91,7 +101,9 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
         .with_unit("{poll}")
         .with_description("Polls at or over the slow-poll threshold, by spawn location")
         .with_callback(move |o| {
-            observe_sites(&w, TaskKind::Async, |s, a| o.observe(s.slow_count.load(Relaxed), a))
+            observe_sites(&w, TaskKind::Async, |s, a| {
+                o.observe(s.slow_count.load(Relaxed), a)
+            })
         })
         .build();
     let w = e.clone();
@@ -109,7 +121,9 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
         .with_unit("{task}")
         .with_description("Tasks spawned, by spawn location")
         .with_callback(move |o| {
-            observe_sites(&w, TaskKind::Async, |s, a| o.observe(s.spawned.load(Relaxed), a))
+            observe_sites(&w, TaskKind::Async, |s, a| {
+                o.observe(s.spawned.load(Relaxed), a)
+            })
         })
         .build();
     let w = e.clone();
@@ -118,7 +132,9 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
         .with_unit("{job}")
         .with_description("spawn_blocking jobs that waited at or over the threshold, by call site")
         .with_callback(move |o| {
-            observe_sites(&w, TaskKind::Blocking, |s, a| o.observe(s.slow_count.load(Relaxed), a))
+            observe_sites(&w, TaskKind::Blocking, |s, a| {
+                o.observe(s.slow_count.load(Relaxed), a)
+            })
         })
         .build();
     let w = e.clone();
@@ -127,12 +143,17 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
         .with_unit("{job}")
         .with_description("spawn_blocking jobs spawned, by call site")
         .with_callback(move |o| {
-            observe_sites(&w, TaskKind::Blocking, |s, a| o.observe(s.spawned.load(Relaxed), a))
+            observe_sites(&w, TaskKind::Blocking, |s, a| {
+                o.observe(s.spawned.load(Relaxed), a)
+            })
         })
         .build();
 
     // Per runtime.
-    let gauge_u64 = |name: &'static str, unit: &'static str, description: &'static str, read: fn(&RuntimeStats) -> u64| {
+    let gauge_u64 = |name: &'static str,
+                     unit: &'static str,
+                     description: &'static str,
+                     read: fn(&RuntimeStats) -> u64| {
         let w = e.clone();
         meter
             .u64_observable_gauge(name)
@@ -143,7 +164,10 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
             })
             .build();
     };
-    let counter_u64 = |name: &'static str, unit: &'static str, description: &'static str, read: fn(&RuntimeStats) -> u64| {
+    let counter_u64 = |name: &'static str,
+                       unit: &'static str,
+                       description: &'static str,
+                       read: fn(&RuntimeStats) -> u64| {
         let w = e.clone();
         meter
             .u64_observable_counter(name)
@@ -154,17 +178,37 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
             })
             .build();
     };
-    gauge_u64("tokio.runtime.worker.count", "{thread}", "Worker threads of the runtime", |r| r.workers as u64);
-    gauge_u64("tokio.runtime.task.count", "{task}", "Tasks alive in the runtime", |r| r.alive_tasks as u64);
-    gauge_u64("tokio.runtime.global_queue.depth", "{task}", "Tasks waiting in the runtime's global queue", |r| {
-        r.global_queue_depth as u64
-    });
-    counter_u64("tokio.runtime.worker.parks", "{park}", "Times worker threads parked (went idle)", |r| r.worker_parks);
+    gauge_u64(
+        "tokio.runtime.worker.count",
+        "{thread}",
+        "Worker threads of the runtime",
+        |r| r.workers as u64,
+    );
+    gauge_u64(
+        "tokio.runtime.task.count",
+        "{task}",
+        "Tasks alive in the runtime",
+        |r| r.alive_tasks as u64,
+    );
+    gauge_u64(
+        "tokio.runtime.global_queue.depth",
+        "{task}",
+        "Tasks waiting in the runtime's global queue",
+        |r| r.global_queue_depth as u64,
+    );
+    counter_u64(
+        "tokio.runtime.worker.parks",
+        "{park}",
+        "Times worker threads parked (went idle)",
+        |r| r.worker_parks,
+    );
     let w = e.clone();
     meter
         .f64_observable_gauge("tokio.runtime.worker.utilization")
         .with_unit("1")
-        .with_description("Mean fraction of the last sampling interval the workers were busy polling (0 to 1)")
+        .with_description(
+            "Mean fraction of the last sampling interval the workers were busy polling (0 to 1)",
+        )
         .with_callback(move |o| observe_runtimes(&w, |r, a| o.observe(r.worker_utilization, a)))
         .build();
     let w = e.clone();
@@ -177,31 +221,56 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
 
     #[cfg(tokio_unstable)]
     {
-        counter_u64("tokio.runtime.worker.polls", "{poll}", "Task polls counted by tokio (misses LIFO-slot polls)", |r| {
-            r.worker_polls
-        });
-        counter_u64("tokio.runtime.worker.steals", "{task}", "Tasks stolen by one worker from another", |r| r.worker_steals);
-        counter_u64("tokio.runtime.worker.overflows", "{task}", "Local-queue overflows into the global queue", |r| {
-            r.worker_overflows
-        });
-        counter_u64("tokio.runtime.remote_schedules", "{task}", "Tasks scheduled from outside the runtime", |r| {
-            r.remote_schedules
-        });
-        counter_u64("tokio.runtime.budget_forced_yields", "{yield}", "Forced yields after a task used up its coop budget", |r| {
-            r.budget_forced_yields
-        });
-        gauge_u64("tokio.runtime.local_queue.depth", "{task}", "Tasks in the workers' local queues, summed", |r| {
-            r.local_queue_depth as u64
-        });
-        gauge_u64("tokio.blocking.queue.depth", "{job}", "spawn_blocking jobs waiting for a pool thread", |r| {
-            r.blocking_queue_depth as u64
-        });
+        counter_u64(
+            "tokio.runtime.worker.polls",
+            "{poll}",
+            "Task polls counted by tokio (misses LIFO-slot polls)",
+            |r| r.worker_polls,
+        );
+        counter_u64(
+            "tokio.runtime.worker.steals",
+            "{task}",
+            "Tasks stolen by one worker from another",
+            |r| r.worker_steals,
+        );
+        counter_u64(
+            "tokio.runtime.worker.overflows",
+            "{task}",
+            "Local-queue overflows into the global queue",
+            |r| r.worker_overflows,
+        );
+        counter_u64(
+            "tokio.runtime.remote_schedules",
+            "{task}",
+            "Tasks scheduled from outside the runtime",
+            |r| r.remote_schedules,
+        );
+        counter_u64(
+            "tokio.runtime.budget_forced_yields",
+            "{yield}",
+            "Forced yields after a task used up its coop budget",
+            |r| r.budget_forced_yields,
+        );
+        gauge_u64(
+            "tokio.runtime.local_queue.depth",
+            "{task}",
+            "Tasks in the workers' local queues, summed",
+            |r| r.local_queue_depth as u64,
+        );
+        gauge_u64(
+            "tokio.blocking.queue.depth",
+            "{job}",
+            "spawn_blocking jobs waiting for a pool thread",
+            |r| r.blocking_queue_depth as u64,
+        );
         let w = e.clone();
         meter
             .f64_observable_gauge("tokio.runtime.worker.mean_poll.duration")
             .with_unit("s")
             .with_description("tokio's moving average of task poll duration")
-            .with_callback(move |o| observe_runtimes(&w, |r, a| o.observe(secs(r.mean_poll_duration), a)))
+            .with_callback(move |o| {
+                observe_runtimes(&w, |r, a| o.observe(secs(r.mean_poll_duration), a))
+            })
             .build();
         let w = e.clone();
         meter

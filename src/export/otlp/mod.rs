@@ -23,8 +23,8 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::Resource;
 
-pub use settings::Protocol;
 use settings::OtlpSettings;
+pub use settings::Protocol;
 
 use crate::engine::sites::{Site, TaskKind};
 use crate::engine::Engine;
@@ -207,7 +207,9 @@ fn grpc_runtime() -> Result<tokio::runtime::Runtime, OtlpError> {
             .map_err(|e| OtlpError(format!("cannot start the gRPC exporter's runtime: {e}")))
     }
     #[cfg(not(feature = "otlp-grpc"))]
-    Err(OtlpError("gRPC support is not compiled in (feature `otlp-grpc`)".into()))
+    Err(OtlpError(
+        "gRPC support is not compiled in (feature `otlp-grpc`)".into(),
+    ))
 }
 
 fn build_exporter(settings: &OtlpSettings) -> Result<MetricExporter, OtlpError> {
@@ -251,7 +253,9 @@ struct FailureState {
 
 impl std::fmt::Debug for QuietExporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuietExporter").field("endpoint", &self.endpoint).finish()
+        f.debug_struct("QuietExporter")
+            .field("endpoint", &self.endpoint)
+            .finish()
     }
 }
 
@@ -275,7 +279,9 @@ impl QuietExporter {
             Err(e) => {
                 s.failures += 1;
                 s.failing_since.get_or_insert_with(Instant::now);
-                if s.last_logged.is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL) {
+                if s.last_logged
+                    .is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL)
+                {
                     s.last_logged = Some(Instant::now());
                     tracing::warn!(
                         target: "stallscope",

@@ -43,7 +43,8 @@ impl OtlpSettings {
         toggle: Toggle,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<OtlpSettings>, ConfigError> {
-        let endpoint_set = var(lookup, ENDPOINT).is_some() || var(lookup, METRICS_ENDPOINT).is_some();
+        let endpoint_set =
+            var(lookup, ENDPOINT).is_some() || var(lookup, METRICS_ENDPOINT).is_some();
         match toggle {
             Toggle::Off => return Ok(None),
             Toggle::Auto if !endpoint_set => return Ok(None),
@@ -99,8 +100,10 @@ impl OtlpSettings {
             },
         };
 
-        let named_in_attributes = var(lookup, RESOURCE_ATTRIBUTES)
-            .is_some_and(|a| a.split(',').any(|kv| kv.trim_start().starts_with("service.name=")));
+        let named_in_attributes = var(lookup, RESOURCE_ATTRIBUTES).is_some_and(|a| {
+            a.split(',')
+                .any(|kv| kv.trim_start().starts_with("service.name="))
+        });
         let default_service_name = (var(lookup, SERVICE_NAME).is_none() && !named_in_attributes)
             .then(|| {
                 std::env::current_exe()
@@ -159,16 +162,27 @@ fn millis(variable: &str, value: &str) -> Result<Duration, ConfigError> {
         .ok()
         .filter(|ms| *ms > 0)
         .map(Duration::from_millis)
-        .ok_or_else(|| ConfigError::new(variable, value, "a positive whole number of milliseconds, such as 5000"))
+        .ok_or_else(|| {
+            ConfigError::new(
+                variable,
+                value,
+                "a positive whole number of milliseconds, such as 5000",
+            )
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn resolve(toggle: Toggle, pairs: &[(&str, &str)]) -> Result<Option<OtlpSettings>, ConfigError> {
-        let pairs: Vec<(String, String)> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    fn resolve(
+        toggle: Toggle,
+        pairs: &[(&str, &str)],
+    ) -> Result<Option<OtlpSettings>, ConfigError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         OtlpSettings::resolve(toggle, &move |n| {
             pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
         })
@@ -177,7 +191,10 @@ mod tests {
     #[test]
     fn off_unless_an_endpoint_is_set_or_forced_on() {
         assert_eq!(resolve(Toggle::Auto, &[]).unwrap(), None);
-        assert_eq!(resolve(Toggle::Off, &[(ENDPOINT, "http://x:1")]).unwrap(), None);
+        assert_eq!(
+            resolve(Toggle::Off, &[(ENDPOINT, "http://x:1")]).unwrap(),
+            None
+        );
         let on = resolve(Toggle::On, &[]).unwrap().unwrap();
         assert_eq!(on.endpoint, "http://localhost:4318/v1/metrics");
         assert_eq!(on.interval, Duration::from_secs(60));
@@ -211,11 +228,17 @@ mod tests {
 
         let m = resolve(
             Toggle::Auto,
-            &[(ENDPOINT, "http://a:1"), (METRICS_ENDPOINT, "https://b:2/custom")],
+            &[
+                (ENDPOINT, "http://a:1"),
+                (METRICS_ENDPOINT, "https://b:2/custom"),
+            ],
         )
         .unwrap()
         .unwrap();
-        assert_eq!(m.endpoint, "https://b:2/custom", "signal-specific endpoint is verbatim");
+        assert_eq!(
+            m.endpoint, "https://b:2/custom",
+            "signal-specific endpoint is verbatim"
+        );
     }
 
     #[test]

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script).
+# Installs what the tests need (VictoriaMetrics, the real OTLP receiver), then checks
+# formatting, lints, every test, and that the crate builds and degrades without tokio_unstable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "test services: VictoriaMetrics"
+scripts/victoria-metrics.sh
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo clippy --lib --no-default-features (the lean build) -- -D warnings"
+cargo clippy --lib --no-default-features -- -D warnings
+
+step "cargo test (unit, integration, doc tests; builds the examples the tests run)"
+cargo test
+
+step "without --cfg tokio_unstable: builds, says what is unavailable, keeps runtime metrics"
+scripts/check-without-tokio-unstable.sh
