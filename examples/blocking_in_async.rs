@@ -110,6 +110,26 @@ async fn checksum_fixed() -> u64 {
         .expect("hashing job")
 }
 
+/// Spawns a task with a name, which tokio-console and stallscope show (task names need
+/// `--cfg tokio_unstable`; without it the task is spawned unnamed).
+#[track_caller]
+fn spawn_named<F>(name: &str, future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    #[cfg(tokio_unstable)]
+    return tokio::task::Builder::new()
+        .name(name)
+        .spawn(future)
+        .expect("spawn task");
+    #[cfg(not(tokio_unstable))]
+    {
+        let _ = name;
+        tokio::spawn(future)
+    }
+}
+
 #[instrument(skip(stop))]
 async fn heartbeat(stop: Arc<AtomicBool>) -> (u32, Duration) {
     let mut ticks = 0;
@@ -126,40 +146,32 @@ async fn heartbeat(stop: Arc<AtomicBool>) -> (u32, Duration) {
 
 async fn scenario(args: &Args) {
     let stop = Arc::new(AtomicBool::new(false));
-    let beat = tokio::task::Builder::new()
-        .name("heartbeat")
-        .spawn(heartbeat(stop.clone()))
-        .expect("spawn heartbeat");
+    let beat = spawn_named("heartbeat", heartbeat(stop.clone()));
+
     // Let the heartbeat tick before the stall.
     tokio::time::sleep(3 * HEARTBEAT).await;
 
     if matches!(args.variant, Variant::Sleep | Variant::Both) {
         let fixed = args.fixed;
-        let task = tokio::task::Builder::new()
-            .name("slow_sleep")
-            .spawn(async move {
-                if fixed {
-                    slow_operation_fixed().await
-                } else {
-                    slow_operation().await
-                }
-            })
-            .expect("spawn slow_sleep");
+        let task = spawn_named("slow_sleep", async move {
+            if fixed {
+                slow_operation_fixed().await
+            } else {
+                slow_operation().await
+            }
+        });
         task.await.expect("slow_sleep task");
         info!("sleep variant done");
     }
     if matches!(args.variant, Variant::Cpu | Variant::Both) {
         let fixed = args.fixed;
-        let task = tokio::task::Builder::new()
-            .name("checksum")
-            .spawn(async move {
-                if fixed {
-                    checksum_fixed().await
-                } else {
-                    checksum().await
-                }
-            })
-            .expect("spawn checksum");
+        let task = spawn_named("checksum", async move {
+            if fixed {
+                checksum_fixed().await
+            } else {
+                checksum().await
+            }
+        });
         let sum = task.await.expect("checksum task");
         info!(checksum = sum, "cpu variant done");
     }

@@ -39,19 +39,14 @@ fn slow_polls(stderr: &str) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
-/// Line of the `.spawn(` that follows `.name("<task>")` in the example: tokio's spawn location.
+/// Line of the `spawn_named("<task>", ...)` call in the example: tokio's spawn location.
 fn spawn_line(task: &str) -> u32 {
     let source = include_str!("../examples/blocking_in_async.rs");
-    let lines: Vec<&str> = source.lines().collect();
-    let named = lines
-        .iter()
-        .position(|l| l.contains(&format!(".name(\"{task}\")")))
-        .expect("task name in example");
-    let spawn = lines[named..]
-        .iter()
-        .position(|l| l.contains(".spawn("))
-        .expect("spawn after name");
-    (named + spawn + 1) as u32
+    let index = source
+        .lines()
+        .position(|l| l.contains(&format!("spawn_named(\"{task}\"")))
+        .expect("task spawn in example");
+    (index + 1) as u32
 }
 
 fn run(args: &[&str]) -> (Output, String) {
