@@ -5,7 +5,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::process::Output;
 
-use support::examples;
+use support::examples::{self, OutputWithin};
 
 /// `key=value` fields of a log line (values may be quoted).
 fn fields(line: &str) -> BTreeMap<String, String> {
@@ -52,8 +52,7 @@ fn spawn_line(task: &str) -> u32 {
 fn run(args: &[&str]) -> (Output, String) {
     let output = examples::command("blocking_in_async")
         .args(args)
-        .output()
-        .expect("run example");
+        .output_within(std::time::Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "example failed: {stderr}");
     (output, stderr)
@@ -182,7 +181,9 @@ fn bad_configuration_fails_at_start_naming_the_variable() {
             // OTEL_* settings are read when OTLP runs.
             cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9");
         }
-        let output = cmd.env(var, value).output().expect("run example");
+        let output = cmd
+            .env(var, value)
+            .output_within(std::time::Duration::from_secs(30));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{var}={value}: {stderr}");
         assert!(

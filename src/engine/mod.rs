@@ -7,6 +7,7 @@
 pub(crate) mod histogram;
 pub(crate) mod runtimes;
 pub(crate) mod sites;
+pub(crate) mod starvation;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -18,6 +19,7 @@ use crate::snapshot::{BlockingSiteStats, Snapshot, SpawnLocation, TaskSiteStats}
 use histogram::Bounds;
 use runtimes::Runtimes;
 use sites::{Site, SiteKey, SiteTable, TaskKind};
+use starvation::Starvation;
 
 /// Shared state of one stallscope instance; the layer and the guard hold it.
 pub(crate) struct Engine {
@@ -25,6 +27,7 @@ pub(crate) struct Engine {
     pub(crate) bounds: Bounds,
     pub(crate) sites: SiteTable,
     pub(crate) runtimes: Runtimes,
+    pub(crate) starvation: Starvation,
     /// `runtime.spawn` spans seen: zero after tasks ran means tokio's `tracing` feature is off.
     pub(crate) task_spans_seen: AtomicU64,
     limiter: RateLimiter,
@@ -50,6 +53,7 @@ impl Engine {
             bounds: Bounds::new(&config.histogram_bounds),
             sites: SiteTable::new(config.max_sites, config.max_task_names_per_location),
             runtimes: Runtimes::default(),
+            starvation: Starvation::default(),
             task_spans_seen: AtomicU64::new(0),
             limiter: RateLimiter::new(20),
             shut_down: AtomicBool::new(false),
@@ -112,7 +116,7 @@ impl Engine {
     }
 
     /// A blocking job was picked up by a pool thread after waiting `wait` in the queue.
-    pub(crate) fn record_queue_wait(&self, site: &Site, task_id: u64, wait: Duration) {
+    pub(crate) fn record_queue_wait(&self, site: &Site, wait: Duration) {
         site.queue_wait.record(&self.bounds, wait);
         #[cfg(feature = "_otlp")]
         if let Some(otel) = &site.otel {
@@ -121,7 +125,8 @@ impl Engine {
         if wait >= self.config.slow_poll_threshold {
             self.note_slow(site, wait);
             if self.config.report_slow_polls {
-                report::slow_queue_wait(&self.limiter, site, task_id, wait, &self.config);
+                self.starvation
+                    .slow_wait(wait, &self.sites, &self.runtimes.snapshot());
             }
         }
     }

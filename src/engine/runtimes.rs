@@ -29,9 +29,50 @@ pub(crate) struct WatchedRuntime {
     id: tokio::runtime::Id,
     intervals: Mutex<RuntimeIntervals>,
     pub(crate) sample: Mutex<RuntimeSample>,
+    /// The blocking pool as a tokio-console resource, created by the sampler thread.
+    #[cfg(tokio_unstable)]
+    console_resource: std::sync::OnceLock<tracing::Span>,
 }
 
 impl WatchedRuntime {
+    /// Publishes the pool's state to tokio-console: a `runtime.resource` span (string-literal
+    /// `concrete_type` and `kind`, as console-subscriber requires) whose state-update events
+    /// become the resource's attributes. Only from the sampler thread, never from inside a
+    /// subscriber callback.
+    #[cfg(tokio_unstable)]
+    fn publish_to_console(&self) {
+        let stats = self
+            .sample
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stats
+            .clone();
+        let span = self.console_resource.get_or_init(|| {
+            tracing::trace_span!(
+                target: "tokio::runtime::blocking",
+                parent: None,
+                "runtime.resource",
+                concrete_type = "BlockingPool",
+                kind = "Pool",
+                runtime.id = self.label.as_str(),
+            )
+        });
+        let busy = stats
+            .blocking_threads
+            .saturating_sub(stats.idle_blocking_threads) as u64;
+        span.in_scope(|| {
+            tracing::trace!(
+                target: "runtime::resource::state_update",
+                queue_depth = stats.blocking_queue_depth as u64,
+                queue_depth.op = "override",
+                busy_threads = busy,
+                busy_threads.op = "override",
+                idle_threads = stats.idle_blocking_threads as u64,
+                idle_threads.op = "override",
+            );
+        });
+    }
+
     fn sample(&self) {
         let Some(m) = self
             .intervals
@@ -111,6 +152,8 @@ impl Runtimes {
             id: handle.id(),
             intervals: Mutex::new(RuntimeMonitor::new(handle).intervals()),
             sample: Mutex::new(RuntimeSample::default()),
+            #[cfg(tokio_unstable)]
+            console_resource: std::sync::OnceLock::new(),
         });
         // The first interval starts now, so the first real sample covers one whole interval.
         runtime.sample();
@@ -159,6 +202,13 @@ impl Runtimes {
         }
     }
 
+    fn publish_to_console(&self) {
+        #[cfg(tokio_unstable)]
+        for runtime in self.watched() {
+            runtime.publish_to_console();
+        }
+    }
+
     pub(crate) fn watched(&self) -> Vec<Arc<WatchedRuntime>> {
         self.watched
             .lock()
@@ -194,6 +244,12 @@ fn sampler_loop(engine: Weak<Engine>, interval: Duration, stop: &AtomicBool) {
             return;
         };
         engine.runtimes.sample_all();
+        engine.runtimes.publish_to_console();
+        if engine.config.report_slow_polls {
+            engine
+                .starvation
+                .sample(&engine.sites, &engine.runtimes.snapshot());
+        }
         if !warned_no_spans {
             warned_no_spans = crate::report::warn_if_no_task_spans(&engine);
         }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Mutex;
 
 use super::histogram::{AtomicHistogram, Bounds};
@@ -59,6 +59,9 @@ pub(crate) struct Site {
     pub(crate) slow_ns: AtomicU64,
     /// Tasks (or jobs) spawned here.
     pub(crate) spawned: AtomicU64,
+    /// Blocking only: jobs queued here and not yet started, and jobs running now.
+    pub(crate) queued: AtomicI64,
+    pub(crate) running: AtomicI64,
     #[cfg(feature = "_otlp")]
     pub(crate) otel: Option<crate::export::otlp::SiteInstruments>,
 }
@@ -232,6 +235,8 @@ impl SiteTable {
             slow_count: AtomicU64::new(0),
             slow_ns: AtomicU64::new(0),
             spawned: AtomicU64::new(0),
+            queued: AtomicI64::new(0),
+            running: AtomicI64::new(0),
             #[cfg(feature = "_otlp")]
             otel: None,
         };

@@ -6,7 +6,7 @@ mod fields;
 mod poll_context;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::span::{Attributes, Id};
@@ -30,7 +30,9 @@ const CULPRIT_MIN_SHARE: f64 = 0.5;
 /// summary is logged and exporters flush.
 pub struct StallscopeLayer {
     engine: Arc<Engine>,
-    startup: Once,
+    /// Set before the notes are logged: logging them dispatches back into this layer, which
+    /// must not wait for itself (a `Once` here deadlocks).
+    startup_said: AtomicBool,
     startup_notes: Vec<(tracing::Level, String)>,
 }
 
@@ -58,7 +60,7 @@ impl StallscopeLayer {
     pub(crate) fn new(engine: Arc<Engine>, startup_notes: Vec<(tracing::Level, String)>) -> Self {
         StallscopeLayer {
             engine,
-            startup: Once::new(),
+            startup_said: AtomicBool::new(false),
             startup_notes,
         }
     }
@@ -73,16 +75,15 @@ impl StallscopeLayer {
     /// this layer is in place (at construction time it is not yet).
     #[inline]
     fn say_startup_notes(&self) {
-        if !self.startup.is_completed() {
-            self.startup.call_once(|| {
-                for (level, note) in &self.startup_notes {
-                    if *level == tracing::Level::WARN {
-                        tracing::warn!(target: "stallscope", "{note}");
-                    } else {
-                        tracing::info!(target: "stallscope", "{note}");
-                    }
-                }
-            });
+        if self.startup_said.load(Relaxed) || self.startup_said.swap(true, Relaxed) {
+            return;
+        }
+        for (level, note) in &self.startup_notes {
+            if *level == tracing::Level::WARN {
+                tracing::warn!(target: "stallscope", "{note}");
+            } else {
+                tracing::info!(target: "stallscope", "{note}");
+            }
         }
     }
 }
@@ -116,6 +117,9 @@ where
             column: fields.column,
             task_name: Some(fields.name.as_str()).filter(|n| !n.is_empty()),
         });
+        if kind == TaskKind::Blocking {
+            site.queued.fetch_add(1, Relaxed);
+        }
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(TaskSpan {
                 site,
@@ -158,8 +162,10 @@ where
             ),
             TaskKind::Blocking => {
                 if !task.started.swap(true, Relaxed) {
+                    task.site.queued.fetch_sub(1, Relaxed);
+                    task.site.running.fetch_add(1, Relaxed);
                     self.engine
-                        .record_queue_wait(task.site, task.task_id, task.created.elapsed());
+                        .record_queue_wait(task.site, task.created.elapsed());
                     poll_context::begin_poll(id.into_u64(), task.site, PollKind::BlockingJob);
                 }
             }
@@ -180,7 +186,24 @@ where
                 self.engine
                     .record_poll(poll.site, task_id, elapsed, culprit);
             }
-            PollKind::BlockingJob => self.engine.record_blocking_run(poll.site, elapsed),
+            PollKind::BlockingJob => {
+                poll.site.running.fetch_sub(1, Relaxed);
+                self.engine.record_blocking_run(poll.site, elapsed)
+            }
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        if span.metadata().name() != "runtime.spawn" {
+            return;
+        }
+        let extensions = span.extensions();
+        // A job dropped before any thread ran it (runtime shutdown) leaves the queue too.
+        if let Some(task) = extensions.get::<TaskSpan>() {
+            if task.kind == TaskKind::Blocking && !task.started.load(Relaxed) {
+                task.site.queued.fetch_sub(1, Relaxed);
+            }
         }
     }
 

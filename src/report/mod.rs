@@ -11,6 +11,7 @@ use tracing::Metadata;
 
 use crate::config::Config;
 use crate::engine::sites::Site;
+use crate::engine::starvation::PoolState;
 use crate::engine::Engine;
 use crate::snapshot::Snapshot;
 
@@ -109,29 +110,54 @@ pub(crate) fn slow_poll(
     );
 }
 
-pub(crate) fn slow_queue_wait(
-    limiter: &RateLimiter,
-    site: &Site,
-    task_id: u64,
-    wait: Duration,
-    config: &Config,
-) {
-    let Some(suppressed) = limiter.allow() else {
-        return;
+fn list_sites(sites: &[(&'static Site, i64)], what: &str) -> String {
+    if sites.is_empty() {
+        return "none seen".to_owned();
+    }
+    sites
+        .iter()
+        .take(5)
+        .map(|(site, n)| format!("{} ({n} {what})", site.location))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Once per starvation episode, when it begins.
+pub(crate) fn starvation_began(state: &PoolState, wait: Option<Duration>) {
+    let trigger = match wait {
+        Some(w) => format!("a spawn_blocking job waited {w:.3?} for a pool thread"),
+        None => "spawn_blocking jobs are queueing".to_owned(),
     };
     tracing::warn!(
         target: "stallscope",
-        wait_ms = ms(wait),
-        threshold_ms = ms(config.slow_poll_threshold),
-        task.id = task_id,
-        spawned_at = %site.location,
-        "blocking-pool queue wait: spawn_blocking job {task_id} from {} waited {:.3?} for a pool thread \
-         (threshold {:?}); the pool is saturated. Size it (Builder::max_blocking_threads), bound \
-         concurrency with a Semaphore, or use an async API{}",
-        site.location,
-        wait,
-        config.slow_poll_threshold,
-        suppressed_note(suppressed),
+        queue_depth = state.queue_depth,
+        busy_threads = state.busy_threads,
+        threads = state.threads,
+        "blocking pool starved: {trigger}; {} jobs queued, {}/{} pool threads busy. Occupying the pool: {}. \
+         Waiting: {}. Size the pool (Builder::max_blocking_threads), bound concurrency with a Semaphore, \
+         or use an async API for the long jobs",
+        state.queue_depth,
+        state.busy_threads,
+        state.threads,
+        list_sites(&state.occupying, "running"),
+        list_sites(&state.waiting, "queued"),
+    );
+}
+
+/// Once per starvation episode, when the queue has drained.
+pub(crate) fn starvation_ended(
+    lasted: Duration,
+    slow_waits: u64,
+    longest: Duration,
+    peak_depth: usize,
+) {
+    tracing::info!(
+        target: "stallscope",
+        slow_waits,
+        longest_wait_ms = ms(longest),
+        peak_queue_depth = peak_depth,
+        "blocking pool starvation over after {lasted:.3?}: {slow_waits} jobs waited over the threshold, \
+         longest {longest:.3?}, up to {peak_depth} jobs queued",
     );
 }
 
