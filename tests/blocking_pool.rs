@@ -1,0 +1,153 @@
+//! Blocking-pool starvation: per-job queue waits per call site, the pool gauges, the episode
+//! report, all from the scenario example run as a user runs it, exported to VictoriaMetrics.
+
+mod support;
+
+use std::time::Duration;
+
+use support::examples::{self, OutputWithin};
+use support::victoria::VictoriaMetrics;
+
+const SITE: &str = r#"code_file_path="examples/blocking_pool_starvation.rs""#;
+
+fn run(vm: &VictoriaMetrics, service: &str, args: &[&str]) -> String {
+    let output = examples::command("blocking_pool_starvation")
+        .args(args)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", vm.otlp_endpoint())
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "100")
+        .env("OTEL_SERVICE_NAME", service)
+        .env("STALLSCOPE_SAMPLE_INTERVAL", "50ms")
+        // Bounds 100 ms apart, centred on the expected waits 0, 200 and 400 ms.
+        .env(
+            "STALLSCOPE_HISTOGRAM_BOUNDS",
+            "0.05,0.15,0.25,0.35,0.45,0.55,0.65",
+        )
+        .output_within(Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+fn value(vm: &VictoriaMetrics, promql: &str) -> f64 {
+    let samples = vm.wait_for(promql, Duration::from_secs(10));
+    assert_eq!(samples.len(), 1, "one series for {promql}: {samples:?}");
+    samples[0].value
+}
+
+#[test]
+fn queue_waits_step_up_one_job_length_per_wave_and_the_queue_depth_peaks_at_m_minus_n() {
+    let vm = VictoriaMetrics::start();
+    // N = 2 pool threads, M = 6 jobs of 200 ms: three waves waiting ~0, ~200 and ~400 ms.
+    let stderr = run(
+        &vm,
+        "starvation-test",
+        &["--jobs", "6", "--pool", "2", "--job-ms", "200"],
+    );
+
+    let sel = format!(r#"service_name="starvation-test",{SITE}"#);
+    let le = |bound: &str| {
+        value(
+            &vm,
+            &format!("tokio_blocking_job_wait_duration_seconds_bucket{{{sel},le=\"{bound}\"}}"),
+        )
+    };
+    assert_eq!(le("0.05"), 2.0, "wave 0 starts at once");
+    assert_eq!(
+        le("0.25") - le("0.15"),
+        2.0,
+        "wave 1 waits one job length (200 ms ± 50)"
+    );
+    assert_eq!(
+        le("0.45") - le("0.35"),
+        2.0,
+        "wave 2 waits two job lengths (400 ms ± 50)"
+    );
+    assert_eq!(le("+Inf"), 6.0, "every job counted once");
+    let run_sum = value(
+        &vm,
+        &format!("tokio_blocking_job_run_duration_seconds_sum{{{sel}}}"),
+    );
+    assert!((1.19..1.6).contains(&run_sum), "six 200 ms runs: {run_sum}");
+    assert_eq!(
+        value(&vm, &format!("tokio_blocking_jobs_total{{{sel}}}")),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &vm,
+            &format!("tokio_blocking_job_slow_waits_total{{{sel}}}")
+        ),
+        4.0
+    );
+
+    // Pool gauges: the queue reached M - N, both threads busy, the runtime's workers excluded.
+    let svc = r#"service_name="starvation-test""#;
+    assert_eq!(
+        value(
+            &vm,
+            &format!("max_over_time(tokio_blocking_queue_depth{{{svc}}}[10m])")
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &vm,
+            &format!(r#"max_over_time(tokio_blocking_threads{{{svc},state="busy"}}[10m])"#)
+        ),
+        2.0
+    );
+    vm.wait_for(
+        &format!(r#"tokio_blocking_threads{{{svc},state="idle"}}"#),
+        Duration::from_secs(5),
+    );
+
+    // The report: one line when the episode began, one when it ended, and the summary.
+    let began: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("blocking pool starved"))
+        .collect();
+    assert_eq!(began.len(), 1, "once per episode:\n{stderr}");
+    assert!(began[0].contains("2/2 pool threads busy"), "{}", began[0]);
+    assert!(
+        began[0].contains("examples/blocking_pool_starvation.rs:"),
+        "{}",
+        began[0]
+    );
+    assert!(
+        began[0].contains("max_blocking_threads"),
+        "hint: {}",
+        began[0]
+    );
+    assert_eq!(
+        stderr.matches("blocking pool starvation over").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("4 of 6 jobs waited over the threshold"),
+        "summary:\n{stderr}"
+    );
+    // Long blocking runs are expected: they are not reported as slow polls.
+    assert!(!stderr.contains("slow poll:"), "{stderr}");
+}
+
+#[test]
+fn a_pool_sized_for_the_load_has_no_waits() {
+    let vm = VictoriaMetrics::start();
+    let stderr = run(
+        &vm,
+        "starvation-fixed",
+        &["--fixed", "--jobs", "6", "--job-ms", "200"],
+    );
+    assert!(!stderr.contains("blocking pool starved"), "{stderr}");
+    assert!(!stderr.contains("blocking-pool queue wait"), "{stderr}");
+    let sel = format!(r#"service_name="starvation-fixed",{SITE}"#);
+    assert_eq!(
+        value(
+            &vm,
+            &format!("tokio_blocking_job_wait_duration_seconds_bucket{{{sel},le=\"0.05\"}}")
+        ),
+        6.0,
+        "every job started at once"
+    );
+}
