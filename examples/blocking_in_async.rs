@@ -10,7 +10,8 @@
 //! cargo run --example blocking_in_async -- --fixed # tokio::time::sleep and spawn_blocking
 //! ```
 //!
-//! Flags: `--fixed`; `--variant sleep|cpu|both` (default both); `--keep-running` (or
+//! Flags: `--fixed`; `--production` (measure through tokio's poll hooks, as a service would
+//! in production, instead of tokio's task spans); `--variant sleep|cpu|both` (default both); `--keep-running` (or
 //! `STALLSCOPE_KEEP_RUNNING=1`) repeats the scenario until Ctrl-C, for tokio-console
 //! (`tokio-console http://127.0.0.1:6669`) or Grafana. The runtime has one worker so the stall
 //! shows in the heartbeat; with more workers, one blocked task per worker does the same.
@@ -35,6 +36,7 @@ enum Variant {
 
 struct Args {
     fixed: bool,
+    production: bool,
     variant: Variant,
     keep_running: bool,
 }
@@ -42,6 +44,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         fixed: false,
+        production: false,
         variant: Variant::Both,
         keep_running: std::env::var("STALLSCOPE_KEEP_RUNNING").is_ok_and(|v| v == "1" || v == "on"),
     };
@@ -49,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--fixed" => args.fixed = true,
+            "--production" => args.production = true,
             "--keep-running" => args.keep_running = true,
             "--variant" => {
                 args.variant = match it.next().as_deref() {
@@ -60,11 +64,9 @@ fn parse_args() -> Result<Args, String> {
                     }
                 }
             }
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}; use --fixed, --variant, --keep-running"
-                ))
-            }
+            other => return Err(format!(
+                "unknown argument {other:?}; use --fixed, --production, --variant, --keep-running"
+            )),
         }
     }
     Ok(args)
@@ -200,19 +202,22 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // init() would panic with the same message; try_init lets us exit cleanly instead.
+    let guard = stallscope::try_init().unwrap_or_else(|e| {
+        eprintln!("blocking_in_async: {e}");
+        std::process::exit(2);
+    });
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(1).enable_all();
+    if args.production {
+        // Production mode: poll hooks instead of tokio's task spans.
+        guard.instrument_runtime(&mut builder);
+    }
+    let runtime = builder.build().expect("tokio runtime");
     runtime.block_on(async {
-        // init() would panic with the same message; try_init lets us exit cleanly instead.
-        let guard = stallscope::try_init().unwrap_or_else(|e| {
-            eprintln!("blocking_in_async: {e}");
-            std::process::exit(2);
-        });
         info!(
             fixed = args.fixed,
+            production = args.production,
             "blocking_in_async: {}",
             if args.fixed {
                 "fixed version"
@@ -228,6 +233,7 @@ fn main() {
             info!("--keep-running: repeating in 2 s (Ctrl-C to stop)");
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        drop(guard);
     });
+    drop(runtime);
+    drop(guard);
 }

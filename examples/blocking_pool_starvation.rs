@@ -51,9 +51,11 @@ fn parse_args() -> Result<Args, String> {
             "--jobs" => args.jobs = number("--jobs", it.next())? as usize,
             "--pool" => args.pool = number("--pool", it.next())? as usize,
             "--job-ms" => args.job = Duration::from_millis(number("--job-ms", it.next())?),
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown argument {other:?}; use --fixed, --jobs, --pool, --job-ms, --keep-running"
-            )),
+            ))
+            }
         }
     }
     Ok(args)

@@ -39,6 +39,17 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// Production mode: installs stallscope's poll hooks on a runtime builder. See
+    /// [`StallscopeLayer::instrument_runtime`](crate::StallscopeLayer::instrument_runtime).
+    pub fn instrument_runtime<'b>(
+        &self,
+        builder: &'b mut tokio::runtime::Builder,
+    ) -> &'b mut tokio::runtime::Builder {
+        Engine::instrument_runtime(&self.engine, builder)
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         self.engine.shutdown();

@@ -47,6 +47,8 @@ pub mod config;
 mod engine;
 mod export;
 mod guard;
+#[cfg(tokio_unstable)]
+mod hooks;
 mod init;
 mod layer;
 mod report;

@@ -27,8 +27,85 @@ impl Bounds {
 
     /// Index of the bucket holding `ns`: the first bound `>= ns`, or the overflow bucket.
     /// Inclusive upper bounds, as OpenTelemetry and Prometheus define them.
-    fn bucket(&self, ns: u64) -> usize {
+    pub(crate) fn bucket(&self, ns: u64) -> usize {
         self.upper_ns.partition_point(|&upper| upper < ns)
+    }
+}
+
+/// Number of shards of a [`ShardedHistogram`]; threads beyond it share shards.
+const SHARDS: usize = 8;
+
+/// One histogram per thread shard, each on its own cache lines, merged when read: workers
+/// recording polls of tasks from the same site never write the same cache line.
+#[derive(Debug)]
+pub(crate) struct ShardedHistogram {
+    shards: Box<[CachePadded<AtomicHistogram>]>,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct CachePadded<T>(T);
+
+std::thread_local! {
+    static SHARD: usize = {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, Relaxed) % SHARDS
+    };
+}
+
+/// This thread's shard (assigned round-robin on first use).
+#[inline]
+pub(crate) fn this_threads_shard() -> usize {
+    SHARD.with(|s| *s)
+}
+
+impl ShardedHistogram {
+    pub(crate) fn new(bounds: &Bounds) -> Self {
+        ShardedHistogram {
+            shards: (0..SHARDS)
+                .map(|_| CachePadded(AtomicHistogram::new(bounds)))
+                .collect(),
+        }
+    }
+
+    /// Records into the calling thread's shard.
+    #[inline]
+    pub(crate) fn record(&self, bounds: &Bounds, duration: Duration) {
+        self.shards[this_threads_shard()].0.record(bounds, duration);
+    }
+
+    /// Counts one sample in `bucket` of `shard` without adding to the sum: for samples whose
+    /// duration is only known to lie in that bucket (production mode's sub-tick polls).
+    #[inline]
+    pub(crate) fn count_in_bucket(&self, shard: usize, bucket: usize) {
+        self.shards[shard].0.buckets[bucket].fetch_add(1, Relaxed);
+    }
+
+    /// Records `ns` into `shard`.
+    #[inline]
+    pub(crate) fn record_in_shard(&self, shard: usize, bounds: &Bounds, ns: u64) {
+        self.shards[shard].0.record_ns(bounds, ns);
+    }
+
+    pub(crate) fn sum(&self) -> Duration {
+        self.shards.iter().map(|s| s.0.sum()).sum()
+    }
+
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
+        let mut merged = HistogramSnapshot::default();
+        for shard in self.shards.iter() {
+            let s = shard.0.snapshot();
+            if merged.counts.is_empty() {
+                merged.counts = vec![0; s.counts.len()];
+            }
+            for (m, c) in merged.counts.iter_mut().zip(&s.counts) {
+                *m += c;
+            }
+            merged.count += s.count;
+            merged.sum += s.sum;
+            merged.max = merged.max.max(s.max);
+        }
+        merged
     }
 }
 
@@ -53,7 +130,14 @@ impl AtomicHistogram {
 
     #[inline]
     pub(crate) fn record(&self, bounds: &Bounds, duration: Duration) {
-        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        self.record_ns(
+            bounds,
+            u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX),
+        );
+    }
+
+    #[inline]
+    pub(crate) fn record_ns(&self, bounds: &Bounds, ns: u64) {
         self.buckets[bounds.bucket(ns)].fetch_add(1, Relaxed);
         self.sum_ns.fetch_add(ns, Relaxed);
         if ns > self.max_ns.load(Relaxed) {
@@ -129,6 +213,23 @@ mod tests {
         assert_eq!(s.count, 8);
         assert_eq!(s.max, Duration::from_secs(5));
         assert_eq!(s.sum, Duration::from_millis(5264));
+    }
+
+    #[test]
+    fn shards_merge_into_one_snapshot() {
+        let bounds = Bounds::new(&[0.001, 0.01]);
+        let h = ShardedHistogram::new(&bounds);
+        h.record_in_shard(0, &bounds, 500_000);
+        h.record_in_shard(3, &bounds, 5_000_000);
+        h.count_in_bucket(7, 0);
+        std::thread::scope(|s| {
+            s.spawn(|| h.record(&bounds, Duration::from_millis(50)));
+        });
+        let snap = h.snapshot();
+        assert_eq!(snap.counts, vec![2, 1, 1]);
+        assert_eq!(snap.count, 4);
+        assert_eq!(snap.sum, Duration::from_micros(55_500));
+        assert_eq!(snap.max, Duration::from_millis(50));
     }
 
     #[test]

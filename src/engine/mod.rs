@@ -32,6 +32,8 @@ pub(crate) struct Engine {
     pub(crate) task_spans_seen: AtomicU64,
     limiter: RateLimiter,
     shut_down: AtomicBool,
+    /// Production mode's poll hooks are installed on some runtime.
+    pub(crate) hooks_installed: AtomicBool,
     #[cfg(feature = "_otlp")]
     pub(crate) otlp: OnceLock<crate::export::otlp::OtlpExporter>,
     #[cfg(not(feature = "_otlp"))]
@@ -57,6 +59,7 @@ impl Engine {
             task_spans_seen: AtomicU64::new(0),
             limiter: RateLimiter::new(20),
             shut_down: AtomicBool::new(false),
+            hooks_installed: AtomicBool::new(false),
             otlp: OnceLock::new(),
             config,
         })
@@ -72,6 +75,34 @@ impl Engine {
             Arc::downgrade(engine),
             engine.config.sample_interval,
         );
+    }
+
+    /// Installs production mode's poll hooks on `builder`.
+    pub(crate) fn instrument_runtime<'b>(
+        engine: &Arc<Engine>,
+        builder: &'b mut tokio::runtime::Builder,
+    ) -> &'b mut tokio::runtime::Builder {
+        #[cfg(tokio_unstable)]
+        {
+            engine.hooks_installed.store(true, Relaxed);
+            let (before, after) = (engine.clone(), engine.clone());
+            builder
+                .on_before_task_poll(move |meta| crate::hooks::before_poll(&before, meta))
+                .on_after_task_poll(move |meta| crate::hooks::after_poll(&after, meta))
+        }
+        #[cfg(not(tokio_unstable))]
+        {
+            let _ = engine;
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Relaxed) {
+                tracing::warn!(
+                    target: "stallscope",
+                    "instrument_runtime: tokio's poll hooks need `--cfg tokio_unstable`; this runtime's polls \
+                     are not measured (runtime metrics still are)"
+                );
+            }
+            builder
+        }
     }
 
     /// The site for a newly spawned task or job; counts the spawn.
@@ -112,6 +143,58 @@ impl Engine {
                     culprit,
                 );
             }
+        }
+    }
+
+    /// One poll measured by production mode's coarse clock. Polls under
+    /// [`FAST_POLL`](crate::hooks::clock::FAST_POLL) are only counted, in the bucket holding that
+    /// limit; longer ones are timed to the clock's tick.
+    #[cfg(tokio_unstable)]
+    #[inline]
+    pub(crate) fn record_coarse_poll(
+        &self,
+        site: &Site,
+        shard: usize,
+        elapsed_ns: u64,
+        task_id: impl FnOnce() -> u64,
+    ) {
+        const FAST_NS: u64 = crate::hooks::clock::FAST_POLL.as_nanos() as u64;
+        if elapsed_ns < FAST_NS {
+            site.busy
+                .count_in_bucket(shard, self.bounds.bucket(FAST_NS));
+            return;
+        }
+        self.record_timed_poll(site, shard, elapsed_ns, task_id);
+    }
+
+    #[cfg(tokio_unstable)]
+    #[cold]
+    fn record_timed_poll(
+        &self,
+        site: &Site,
+        shard: usize,
+        elapsed_ns: u64,
+        task_id: impl FnOnce() -> u64,
+    ) {
+        site.busy.record_in_shard(shard, &self.bounds, elapsed_ns);
+        let duration = Duration::from_nanos(elapsed_ns);
+        #[cfg(feature = "_otlp")]
+        if let Some(otel) = &site.otel {
+            otel.record_poll(duration);
+        }
+        if duration >= self.config.slow_poll_threshold {
+            self.note_slow(site, duration);
+            if self.config.report_slow_polls {
+                report::slow_poll(&self.limiter, site, task_id(), duration, &self.config, None);
+            }
+        }
+    }
+
+    /// The watchdog saw a poll running past the threshold.
+    #[cfg(tokio_unstable)]
+    pub(crate) fn report_stall_in_progress(&self, site: &Site, thread: &str, elapsed: Duration) {
+        if self.config.report_slow_polls {
+            report::stall_in_progress(&self.limiter, site, thread, elapsed, &self.config);
         }
     }
 

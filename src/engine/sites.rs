@@ -13,7 +13,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Mutex;
 
-use super::histogram::{AtomicHistogram, Bounds};
+use super::histogram::{AtomicHistogram, Bounds, ShardedHistogram};
 
 /// What runs at a site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,7 +51,7 @@ pub(crate) struct Site {
     pub(crate) location: Location,
     pub(crate) task_name: Option<&'static str>,
     /// Async: every poll's duration. Blocking: every job's run time.
-    pub(crate) busy: AtomicHistogram,
+    pub(crate) busy: ShardedHistogram,
     /// Blocking only: time from `spawn_blocking` until a pool thread started the job.
     pub(crate) queue_wait: AtomicHistogram,
     /// Polls (or queue waits) over the slow threshold, and their summed duration.
@@ -230,7 +230,7 @@ impl SiteTable {
             kind,
             location,
             task_name,
-            busy: AtomicHistogram::new(bounds),
+            busy: ShardedHistogram::new(bounds),
             queue_wait: AtomicHistogram::new(bounds),
             slow_count: AtomicU64::new(0),
             slow_ns: AtomicU64::new(0),

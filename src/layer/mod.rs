@@ -71,6 +71,29 @@ impl StallscopeLayer {
         Guard::new(self.engine.clone())
     }
 
+    /// Production mode: installs stallscope's poll hooks (`on_before_task_poll` /
+    /// `on_after_task_poll`) on a runtime builder, so every poll of that runtime's tasks is
+    /// measured without tokio's `tracing` feature, at a few nanoseconds per poll. The layer
+    /// itself need not be in a subscriber for this; reports still go to the app's log.
+    ///
+    /// Needs `--cfg tokio_unstable`; without it this does nothing and says so once at start-up.
+    /// The hooks replace any poll hooks set on `builder` before.
+    ///
+    /// ```
+    /// let stallscope = stallscope::Builder::new().build().unwrap();
+    /// let _guard = stallscope.guard();
+    /// let mut builder = tokio::runtime::Builder::new_multi_thread();
+    /// stallscope.instrument_runtime(&mut builder);
+    /// let runtime = builder.enable_all().build().unwrap();
+    /// runtime.block_on(async { tokio::spawn(async {}).await.unwrap() });
+    /// ```
+    pub fn instrument_runtime<'b>(
+        &self,
+        builder: &'b mut tokio::runtime::Builder,
+    ) -> &'b mut tokio::runtime::Builder {
+        Engine::instrument_runtime(&self.engine, builder)
+    }
+
     /// Start-up notes are logged from inside the first dispatch, when the subscriber that holds
     /// this layer is in place (at construction time it is not yet).
     #[inline]
@@ -96,6 +119,10 @@ where
         self.say_startup_notes();
         let meta = attrs.metadata();
         if meta.name() != "runtime.spawn" || !poll_context::thread_is_measured() {
+            return;
+        }
+        // Measured through poll hooks instead (production mode): don't count polls twice.
+        if self.engine.hooks_installed.load(Relaxed) {
             return;
         }
         let mut fields = TaskFields::default();

@@ -161,6 +161,51 @@ pub(crate) fn starvation_ended(
     );
 }
 
+/// The watchdog saw a poll still running past the threshold (production mode).
+pub(crate) fn stall_in_progress(
+    limiter: &RateLimiter,
+    site: &Site,
+    thread: &str,
+    elapsed: Duration,
+    config: &Config,
+) {
+    let Some(suppressed) = limiter.allow() else {
+        return;
+    };
+    tracing::warn!(
+        target: "stallscope",
+        elapsed_ms = ms(elapsed),
+        threshold_ms = ms(config.slow_poll_threshold),
+        thread = thread,
+        spawned_at = %site.location,
+        "stall in progress: thread {thread:?} has been polling a task spawned at {} for {:.3?} so far \
+         (threshold {:?}); every other task on that worker is waiting{}",
+        site.location,
+        elapsed,
+        config.slow_poll_threshold,
+        suppressed_note(suppressed),
+    );
+}
+
+/// More threads poll instrumented tasks than there are worker slots.
+pub(crate) fn out_of_worker_slots(max: usize) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, Relaxed) {
+        tracing::warn!(
+            target: "stallscope",
+            "more than {max} threads poll instrumented tasks at once: polls on the extra threads are not measured"
+        );
+    }
+}
+
+/// The watchdog thread could not start: no coarse clock, so production mode measures nothing.
+pub(crate) fn no_watchdog(e: &std::io::Error) {
+    tracing::warn!(
+        target: "stallscope",
+        "cannot start the stallscope-watchdog thread ({e}): production-mode poll timing is off"
+    );
+}
+
 fn name_suffix(site: &Site) -> String {
     site.task_name
         .map(|n| format!(" {n:?}"))
@@ -235,7 +280,7 @@ pub(crate) fn summary(snapshot: &Snapshot) {
 /// Once tasks ran, no `runtime.spawn` span means tokio's `tracing` feature (or the global
 /// subscriber) is missing. Returns whether the check is settled.
 pub(crate) fn warn_if_no_task_spans(engine: &Engine) -> bool {
-    if engine.task_spans_seen.load(Relaxed) > 0 {
+    if engine.task_spans_seen.load(Relaxed) > 0 || engine.hooks_installed.load(Relaxed) {
         return true;
     }
     let tasks_ran = engine

@@ -1,0 +1,61 @@
+//! The watchdog thread (one per process): advances the coarse clock every tick and looks at
+//! every worker slot, reporting a poll that has run past the threshold while it still runs.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Once;
+use std::time::Duration;
+
+use super::{clock, slots};
+use crate::engine::sites::Site;
+
+/// Slots are looked at once the poll is at least this old, before taking the owner lock.
+const LOOK_AFTER: Duration = Duration::from_millis(10);
+
+static START: Once = Once::new();
+
+pub(crate) fn start() {
+    START.call_once(|| {
+        clock::advance();
+        let spawned = std::thread::Builder::new()
+            .name("stallscope-watchdog".into())
+            .spawn(run);
+        if let Err(e) = spawned {
+            crate::report::no_watchdog(&e);
+        }
+    });
+}
+
+fn run() {
+    let look_after = LOOK_AFTER.as_nanos() as u64;
+    loop {
+        std::thread::sleep(clock::TICK);
+        let now = clock::advance();
+        for slot in slots::in_use() {
+            let start = slot.start_ns.load(Relaxed);
+            if start == 0 || now.saturating_sub(start) < look_after {
+                continue;
+            }
+            if slot.reported_start.load(Relaxed) == start {
+                continue;
+            }
+            let (engine, thread) = {
+                let owner = slot.owner.lock().unwrap_or_else(|e| e.into_inner());
+                (owner.engine.upgrade(), owner.thread.clone())
+            };
+            let Some(engine) = engine else { continue };
+            let elapsed = Duration::from_nanos(now - start);
+            if elapsed < engine.config.slow_poll_threshold {
+                continue;
+            }
+            let site = slot.site.load(Relaxed);
+            if site.is_null() || slot.start_ns.load(Relaxed) != start {
+                continue;
+            }
+            // SAFETY: slots only ever hold pointers to sites, which are leaked (`&'static`) and
+            // never freed, so a non-null pointer is valid for the rest of the process.
+            let site: &'static Site = unsafe { &*site };
+            slot.reported_start.store(start, Relaxed);
+            engine.report_stall_in_progress(site, &thread, elapsed);
+        }
+    }
+}
