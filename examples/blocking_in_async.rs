@@ -64,9 +64,11 @@ fn parse_args() -> Result<Args, String> {
                     }
                 }
             }
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown argument {other:?}; use --fixed, --production, --variant, --keep-running"
-            )),
+            ))
+            }
         }
     }
     Ok(args)

@@ -11,7 +11,8 @@
 //! cargo run --example blocking_pool_starvation -- --fixed # a pool sized for the load: 1 wave
 //! ```
 //!
-//! Flags: `--fixed`; `--jobs N` (8); `--pool N` (2); `--job-ms MS` (1000); `--keep-running`
+//! Flags: `--fixed`; `--production` (poll hooks and `stallscope::task::spawn_blocking` instead
+//! of tokio's task spans); `--jobs N` (8); `--pool N` (2); `--job-ms MS` (1000); `--keep-running`
 //! (or `STALLSCOPE_KEEP_RUNNING=1`) repeats until Ctrl-C. In a real service the fix is one of:
 //! size the pool (`Builder::max_blocking_threads`), bound concurrency with a `Semaphore` so
 //! queued work waits in async code instead of occupying the pool, or use an async API.
@@ -22,6 +23,7 @@ use tracing::{info, instrument, warn};
 
 struct Args {
     fixed: bool,
+    production: bool,
     jobs: usize,
     pool: usize,
     job: Duration,
@@ -31,6 +33,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         fixed: false,
+        production: false,
         jobs: 8,
         pool: 2,
         job: Duration::from_millis(1000),
@@ -47,13 +50,14 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--fixed" => args.fixed = true,
+            "--production" => args.production = true,
             "--keep-running" => args.keep_running = true,
             "--jobs" => args.jobs = number("--jobs", it.next())? as usize,
             "--pool" => args.pool = number("--pool", it.next())? as usize,
             "--job-ms" => args.job = Duration::from_millis(number("--job-ms", it.next())?),
             other => {
                 return Err(format!(
-                "unknown argument {other:?}; use --fixed, --jobs, --pool, --job-ms, --keep-running"
+                "unknown argument {other:?}; use --fixed, --production, --jobs, --pool, --job-ms, --keep-running"
             ))
             }
         }
@@ -70,7 +74,9 @@ fn upload_blocking(job: Duration) {
 #[instrument(skip(job))]
 async fn handle_upload(request: usize, job: Duration) -> Duration {
     let queued = Instant::now();
-    let waited = tokio::task::spawn_blocking(move || {
+    // stallscope's drop-in measures the queue wait in production mode; in full mode it is
+    // tokio's own spawn_blocking, which tokio's task spans already show.
+    let waited = stallscope::task::spawn_blocking(move || {
         let waited = queued.elapsed();
         upload_blocking(job);
         waited
@@ -117,17 +123,21 @@ fn main() {
     };
     // The fix here: a pool with a thread for every concurrent job.
     let pool = if args.fixed { args.jobs } else { args.pool };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let guard = stallscope::try_init().unwrap_or_else(|e| {
+        eprintln!("blocking_pool_starvation: {e}");
+        std::process::exit(2);
+    });
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
         .worker_threads(2)
         .max_blocking_threads(pool)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+        .enable_all();
+    if args.production {
+        // Production mode: poll hooks and the spawn_blocking drop-in, no task spans.
+        guard.instrument_runtime(&mut builder);
+    }
+    let runtime = builder.build().expect("tokio runtime");
     runtime.block_on(async {
-        let guard = stallscope::try_init().unwrap_or_else(|e| {
-            eprintln!("blocking_pool_starvation: {e}");
-            std::process::exit(2);
-        });
         info!(
             "blocking_pool_starvation: {} jobs of {:?} on a blocking pool of {pool} threads{}",
             args.jobs,
@@ -146,6 +156,7 @@ fn main() {
             info!("--keep-running: repeating in 2 s (Ctrl-C to stop)");
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        drop(guard);
     });
+    drop(runtime);
+    drop(guard);
 }

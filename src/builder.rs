@@ -147,7 +147,11 @@ impl Builder {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             Engine::watch_runtime(&engine, &handle);
         }
-        Ok(StallscopeLayer::new(engine, notes))
+        crate::task::set_default_engine(&engine);
+        for (level, note) in notes {
+            engine.add_startup_note(level, note);
+        }
+        Ok(StallscopeLayer::new(engine))
     }
 }
 

@@ -53,6 +53,7 @@ mod init;
 mod layer;
 mod report;
 pub mod snapshot;
+pub mod task;
 
 pub use builder::Builder;
 pub use config::{ConfigError, Toggle};

@@ -36,15 +36,22 @@ fn value(vm: &VictoriaMetrics, promql: &str) -> f64 {
 
 #[test]
 fn queue_waits_step_up_one_job_length_per_wave_and_the_queue_depth_peaks_at_m_minus_n() {
+    check_waves("starvation-test", &[]);
+}
+
+#[test]
+fn production_mode_measures_the_same_waves_through_the_spawn_blocking_drop_in() {
+    check_waves("starvation-production", &["--production"]);
+}
+
+fn check_waves(service: &str, mode: &[&str]) {
     let vm = VictoriaMetrics::start();
     // N = 2 pool threads, M = 6 jobs of 200 ms: three waves waiting ~0, ~200 and ~400 ms.
-    let stderr = run(
-        &vm,
-        "starvation-test",
-        &["--jobs", "6", "--pool", "2", "--job-ms", "200"],
-    );
+    let mut args = vec!["--jobs", "6", "--pool", "2", "--job-ms", "200"];
+    args.extend_from_slice(mode);
+    let stderr = run(&vm, service, &args);
 
-    let sel = format!(r#"service_name="starvation-test",{SITE}"#);
+    let sel = format!(r#"service_name="{service}",{SITE}"#);
     let le = |bound: &str| {
         value(
             &vm,
@@ -81,7 +88,7 @@ fn queue_waits_step_up_one_job_length_per_wave_and_the_queue_depth_peaks_at_m_mi
     );
 
     // Pool gauges: the queue reached M - N, both threads busy, the runtime's workers excluded.
-    let svc = r#"service_name="starvation-test""#;
+    let svc = format!(r#"service_name="{service}""#);
     assert_eq!(
         value(
             &vm,

@@ -32,6 +32,10 @@ pub(crate) struct Engine {
     pub(crate) task_spans_seen: AtomicU64,
     limiter: RateLimiter,
     shut_down: AtomicBool,
+    /// Said once, from a place where emitting an event is safe (never from inside
+    /// `on_new_span`/`on_event`); the flag is set before logging, which may re-enter us.
+    startup_notes: std::sync::Mutex<Vec<(tracing::Level, String)>>,
+    startup_said: AtomicBool,
     /// Production mode's poll hooks are installed on some runtime.
     pub(crate) hooks_installed: AtomicBool,
     #[cfg(feature = "_otlp")]
@@ -52,6 +56,8 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     pub(crate) fn new(config: Config) -> Arc<Engine> {
         Arc::new(Engine {
+            startup_notes: std::sync::Mutex::new(Vec::new()),
+            startup_said: AtomicBool::new(false),
             bounds: Bounds::new(&config.histogram_bounds),
             sites: SiteTable::new(config.max_sites, config.max_task_names_per_location),
             runtimes: Runtimes::default(),
@@ -63,6 +69,32 @@ impl Engine {
             otlp: OnceLock::new(),
             config,
         })
+    }
+
+    /// Queues a note for [`Engine::say_startup_notes`].
+    pub(crate) fn add_startup_note(&self, level: tracing::Level, note: String) {
+        self.startup_notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((level, note));
+    }
+
+    /// Logs the start-up notes the first time it is called.
+    #[inline]
+    pub(crate) fn say_startup_notes(&self) {
+        if self.startup_said.load(Relaxed) || self.startup_said.swap(true, Relaxed) {
+            return;
+        }
+        // Taken out of the lock before logging: logging may dispatch back into us.
+        let notes =
+            std::mem::take(&mut *self.startup_notes.lock().unwrap_or_else(|e| e.into_inner()));
+        for (level, note) in &notes {
+            if *level == tracing::Level::WARN {
+                tracing::warn!(target: "stallscope", "{note}");
+            } else {
+                tracing::info!(target: "stallscope", "{note}");
+            }
+        }
     }
 
     /// Samples `handle`'s runtime from now on (once per runtime).
@@ -275,6 +307,7 @@ impl Engine {
         if self.shut_down.swap(true, Relaxed) {
             return;
         }
+        self.say_startup_notes();
         self.runtimes.stop_sampler();
         if self.config.summary_on_drop {
             report::summary(&self.snapshot());

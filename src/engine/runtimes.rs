@@ -243,6 +243,7 @@ fn sampler_loop(engine: Weak<Engine>, interval: Duration, stop: &AtomicBool) {
         let Some(engine) = engine.upgrade() else {
             return;
         };
+        engine.say_startup_notes();
         engine.runtimes.sample_all();
         engine.runtimes.publish_to_console();
         if engine.config.report_slow_polls {

@@ -94,6 +94,7 @@ pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
 
 #[cold]
 fn first_poll_on_thread(engine: &Arc<Engine>) {
+    engine.say_startup_notes();
     watchdog::start();
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         Engine::watch_runtime(engine, &handle);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::span::{Attributes, Id};
-use tracing::{Event, Subscriber};
+use tracing::Subscriber;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
@@ -30,10 +30,6 @@ const CULPRIT_MIN_SHARE: f64 = 0.5;
 /// summary is logged and exporters flush.
 pub struct StallscopeLayer {
     engine: Arc<Engine>,
-    /// Set before the notes are logged: logging them dispatches back into this layer, which
-    /// must not wait for itself (a `Once` here deadlocks).
-    startup_said: AtomicBool,
-    startup_notes: Vec<(tracing::Level, String)>,
 }
 
 impl std::fmt::Debug for StallscopeLayer {
@@ -57,12 +53,8 @@ struct TaskSpan {
 }
 
 impl StallscopeLayer {
-    pub(crate) fn new(engine: Arc<Engine>, startup_notes: Vec<(tracing::Level, String)>) -> Self {
-        StallscopeLayer {
-            engine,
-            startup_said: AtomicBool::new(false),
-            startup_notes,
-        }
+    pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        StallscopeLayer { engine }
     }
 
     /// A guard over this layer's measurements: its drop logs the summary and flushes exporters.
@@ -93,30 +85,16 @@ impl StallscopeLayer {
     ) -> &'b mut tokio::runtime::Builder {
         Engine::instrument_runtime(&self.engine, builder)
     }
-
-    /// Start-up notes are logged from inside the first dispatch, when the subscriber that holds
-    /// this layer is in place (at construction time it is not yet).
-    #[inline]
-    fn say_startup_notes(&self) {
-        if self.startup_said.load(Relaxed) || self.startup_said.swap(true, Relaxed) {
-            return;
-        }
-        for (level, note) in &self.startup_notes {
-            if *level == tracing::Level::WARN {
-                tracing::warn!(target: "stallscope", "{note}");
-            } else {
-                tracing::info!(target: "stallscope", "{note}");
-            }
-        }
-    }
 }
 
 impl<S> Layer<S> for StallscopeLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    // Never emit events from `on_new_span` or `on_event`: a nested dispatch there corrupts
+    // tracing-subscriber's per-layer filter state for the span or event in flight (a filtered
+    // fmt layer then panics with "Span not found"). `on_enter`/`on_exit` are safe.
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        self.say_startup_notes();
         let meta = attrs.metadata();
         if meta.name() != "runtime.spawn" || !poll_context::thread_is_measured() {
             return;
@@ -159,6 +137,7 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        self.engine.say_startup_notes();
         if !poll_context::thread_is_measured() {
             return;
         }
@@ -232,10 +211,6 @@ where
                 task.site.queued.fetch_sub(1, Relaxed);
             }
         }
-    }
-
-    fn on_event(&self, _event: &Event<'_>, _ctx: Context<'_, S>) {
-        self.say_startup_notes();
     }
 }
 

@@ -1,0 +1,70 @@
+//! Drop-in replacements for `tokio::task` functions that production mode measures itself.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
+
+use tokio::task::JoinHandle;
+
+use crate::engine::sites::{SiteKey, TaskKind};
+use crate::engine::Engine;
+
+/// The instance drop-in functions report to: the first one built in the process.
+static DEFAULT_ENGINE: OnceLock<Weak<Engine>> = OnceLock::new();
+
+pub(crate) fn set_default_engine(engine: &Arc<Engine>) {
+    let _ = DEFAULT_ENGINE.set(Arc::downgrade(engine));
+}
+
+/// [`tokio::task::spawn_blocking`], measured in production mode: records how long the job
+/// waited for a pool thread and how long it ran, per call site, and feeds the blocking-pool
+/// starvation report. In full mode (tokio's task spans) it is exactly `tokio::task::spawn_blocking`:
+/// the layer measures the job already.
+///
+/// ```
+/// # #[tokio::main] async fn main() {
+/// let sum = stallscope::task::spawn_blocking(|| (1..=10u64).sum::<u64>()).await.unwrap();
+/// assert_eq!(sum, 55);
+/// # }
+/// ```
+#[track_caller]
+pub fn spawn_blocking<F, R>(f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let engine = DEFAULT_ENGINE
+        .get()
+        .and_then(Weak::upgrade)
+        .filter(|e| e.hooks_installed.load(Relaxed));
+    let Some(engine) = engine else {
+        return tokio::task::spawn_blocking(f);
+    };
+    let location = std::panic::Location::caller();
+    let site = engine.site(&SiteKey {
+        kind: TaskKind::Blocking,
+        file: location.file(),
+        line: location.line(),
+        column: location.column(),
+        task_name: None,
+    });
+    site.queued.fetch_add(1, Relaxed);
+    let queued = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        /// Keeps the running count right even if `f` panics.
+        struct Running(&'static crate::engine::sites::Site);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.running.fetch_sub(1, Relaxed);
+            }
+        }
+        site.queued.fetch_sub(1, Relaxed);
+        site.running.fetch_add(1, Relaxed);
+        let _running = Running(site);
+        engine.record_queue_wait(site, queued.elapsed());
+        let started = Instant::now();
+        let result = f();
+        engine.record_blocking_run(site, started.elapsed());
+        result
+    })
+}
