@@ -87,6 +87,7 @@ impl ShardedHistogram {
         self.shards[shard].0.record_ns(bounds, ns);
     }
 
+    #[cfg_attr(not(feature = "_otlp"), allow(dead_code))]
     pub(crate) fn sum(&self) -> Duration {
         self.shards.iter().map(|s| s.0.sum()).sum()
     }

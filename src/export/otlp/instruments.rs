@@ -117,6 +117,17 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
         .build();
     let w = e.clone();
     meter
+        .u64_observable_counter("tokio.task.polls")
+        .with_unit("{poll}")
+        .with_description("Polls of async tasks, by spawn location (every poll, in both modes)")
+        .with_callback(move |o| {
+            observe_sites(&w, TaskKind::Async, |s, a| {
+                o.observe(s.busy.snapshot().count, a)
+            })
+        })
+        .build();
+    let w = e.clone();
+    meter
         .u64_observable_counter("tokio.task.spawns")
         .with_unit("{task}")
         .with_description("Tasks spawned, by spawn location")
