@@ -76,12 +76,14 @@ impl ShardedHistogram {
 
     /// Counts one sample in `bucket` of `shard` without adding to the sum: for samples whose
     /// duration is only known to lie in that bucket (production mode's sub-tick polls).
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
     #[inline]
-    pub(crate) fn count_in_bucket(&self, shard: usize, bucket: usize) {
-        self.shards[shard].0.buckets[bucket].fetch_add(1, Relaxed);
+    pub(crate) fn count_in_bucket(&self, shard: usize, bucket: usize, n: u64) {
+        self.shards[shard].0.buckets[bucket].fetch_add(n, Relaxed);
     }
 
     /// Records `ns` into `shard`.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
     #[inline]
     pub(crate) fn record_in_shard(&self, shard: usize, bounds: &Bounds, ns: u64) {
         self.shards[shard].0.record_ns(bounds, ns);
@@ -222,7 +224,7 @@ mod tests {
         let h = ShardedHistogram::new(&bounds);
         h.record_in_shard(0, &bounds, 500_000);
         h.record_in_shard(3, &bounds, 5_000_000);
-        h.count_in_bucket(7, 0);
+        h.count_in_bucket(7, 0, 1);
         std::thread::scope(|s| {
             s.spawn(|| h.record(&bounds, Duration::from_millis(50)));
         });

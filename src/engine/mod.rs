@@ -25,6 +25,9 @@ use starvation::Starvation;
 pub(crate) struct Engine {
     pub(crate) config: Config,
     pub(crate) bounds: Bounds,
+    /// Bucket that production mode's untimed fast polls are counted in.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    fast_poll_bucket: usize,
     pub(crate) sites: SiteTable,
     pub(crate) runtimes: Runtimes,
     pub(crate) starvation: Starvation,
@@ -55,10 +58,12 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     pub(crate) fn new(config: Config) -> Arc<Engine> {
+        let bounds = Bounds::new(&config.histogram_bounds);
         Arc::new(Engine {
+            fast_poll_bucket: bounds.bucket(1_000_000),
             startup_notes: std::sync::Mutex::new(Vec::new()),
             startup_said: AtomicBool::new(false),
-            bounds: Bounds::new(&config.histogram_bounds),
+            bounds,
             sites: SiteTable::new(config.max_sites, config.max_task_names_per_location),
             runtimes: Runtimes::default(),
             starvation: Starvation::default(),
@@ -118,9 +123,11 @@ impl Engine {
         {
             engine.hooks_installed.store(true, Relaxed);
             let (before, after) = (engine.clone(), engine.clone());
+            let park = engine.clone();
             builder
                 .on_before_task_poll(move |meta| crate::hooks::before_poll(&before, meta))
                 .on_after_task_poll(move |meta| crate::hooks::after_poll(&after, meta))
+                .on_thread_park(move || crate::hooks::on_park(&park))
         }
         #[cfg(not(tokio_unstable))]
         {
@@ -178,30 +185,18 @@ impl Engine {
         }
     }
 
-    /// One poll measured by production mode's coarse clock. Polls under
-    /// [`FAST_POLL`](crate::hooks::clock::FAST_POLL) are only counted, in the bucket holding that
-    /// limit; longer ones are timed to the clock's tick.
+    /// `n` polls shorter than [`FAST_POLL`](crate::hooks::clock::FAST_POLL), measured by
+    /// production mode's coarse clock: counted in the bucket holding that limit, not timed.
     #[cfg(tokio_unstable)]
     #[inline]
-    pub(crate) fn record_coarse_poll(
-        &self,
-        site: &Site,
-        shard: usize,
-        elapsed_ns: u64,
-        task_id: impl FnOnce() -> u64,
-    ) {
-        const FAST_NS: u64 = crate::hooks::clock::FAST_POLL.as_nanos() as u64;
-        if elapsed_ns < FAST_NS {
-            site.busy
-                .count_in_bucket(shard, self.bounds.bucket(FAST_NS));
-            return;
-        }
-        self.record_timed_poll(site, shard, elapsed_ns, task_id);
+    pub(crate) fn count_fast_polls(&self, site: &Site, shard: usize, n: u64) {
+        site.busy.count_in_bucket(shard, self.fast_poll_bucket, n);
     }
 
+    /// One poll of at least `FAST_POLL`, timed to the coarse clock's tick.
     #[cfg(tokio_unstable)]
     #[cold]
-    fn record_timed_poll(
+    pub(crate) fn record_timed_poll(
         &self,
         site: &Site,
         shard: usize,

@@ -15,6 +15,7 @@ pub(crate) const TICK: Duration = Duration::from_micros(500);
 
 /// Polls whose coarse duration is under two ticks are "fast": counted, not timed.
 pub(crate) const FAST_POLL: Duration = Duration::from_millis(1);
+pub(crate) const FAST_POLL_NS: u64 = FAST_POLL.as_nanos() as u64;
 
 static NOW_NS: AtomicU64 = AtomicU64::new(1);
 static ORIGIN: OnceLock<Instant> = OnceLock::new();

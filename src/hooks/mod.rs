@@ -13,6 +13,7 @@ pub(crate) mod slots;
 mod watchdog;
 
 use std::cell::Cell;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio::runtime::TaskMeta;
@@ -23,28 +24,58 @@ use crate::engine::Engine;
 
 const SITE_CACHE_SIZE: usize = 64;
 
-thread_local! {
+/// Fast polls of one site are added up here and published in one atomic add: every
+/// [`PENDING_FLUSH`] polls, when the thread polls another site, and when the worker parks.
+const PENDING_FLUSH: u64 = 64;
+
+/// Everything the hooks touch per poll, in one thread-local without a destructor (so reaching
+/// it is a plain TLS access, no lazy-initialisation check).
+struct Hot {
+    /// 0: first poll not seen yet; 1: measuring; 2: not measured (no slot).
+    state: Cell<u8>,
+    slot: Cell<Option<&'static slots::WorkerSlot>>,
+    shard: Cell<usize>,
+    /// Site and coarse start of the poll in progress (start 0: none).
+    current: Cell<Option<&'static Site>>,
+    start: Cell<u64>,
+    /// Fast polls counted but not yet published, and their site.
+    pending: Cell<u64>,
+    pending_site: Cell<Option<&'static Site>>,
     /// Direct-mapped cache from spawn location to site: one compare per poll once warm.
-    static SITE_CACHE: [Cell<(usize, Option<&'static Site>)>; SITE_CACHE_SIZE] =
-        const { [const { Cell::new((0, None)) }; SITE_CACHE_SIZE] };
-    static WATCHED: Cell<bool> = const { Cell::new(false) };
+    cache: [Cell<(usize, Option<&'static Site>)>; SITE_CACHE_SIZE],
+}
+
+thread_local! {
+    static HOT: Hot = const {
+        Hot {
+            state: Cell::new(0),
+            slot: Cell::new(None),
+            shard: Cell::new(0),
+            current: Cell::new(None),
+            start: Cell::new(0),
+            pending: Cell::new(0),
+            pending_site: Cell::new(None),
+            cache: [const { Cell::new((0, None)) }; SITE_CACHE_SIZE],
+        }
+    };
 }
 
 #[inline]
-fn site_of(engine: &Engine, location: &'static std::panic::Location<'static>) -> &'static Site {
+fn site_of(
+    hot: &Hot,
+    engine: &Engine,
+    location: &'static std::panic::Location<'static>,
+) -> &'static Site {
     let key = location as *const _ as usize;
-    let index = (key >> 3) % SITE_CACHE_SIZE;
-    SITE_CACHE.with(|cache| {
-        let entry = &cache[index];
-        match entry.get() {
-            (k, Some(site)) if k == key => site,
-            _ => {
-                let site = intern(engine, location);
-                entry.set((key, Some(site)));
-                site
-            }
+    let entry = &hot.cache[(key >> 3) % SITE_CACHE_SIZE];
+    match entry.get() {
+        (k, Some(site)) if k == key => site,
+        _ => {
+            let site = intern(engine, location);
+            entry.set((key, Some(site)));
+            site
         }
-    })
+    }
 }
 
 #[cold]
@@ -60,43 +91,86 @@ fn intern(engine: &Engine, location: &'static std::panic::Location<'static>) -> 
 
 #[inline]
 pub(crate) fn before_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
-    let Some(slot) = slots::this_thread(engine) else {
-        return;
-    };
-    let site = site_of(engine, meta.spawned_at());
-    slot.site.store(
-        site as *const Site as *mut Site,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    slot.start_ns
-        .store(clock::now_ns(), std::sync::atomic::Ordering::Relaxed);
-    if !WATCHED.with(|w| w.replace(true)) {
-        first_poll_on_thread(engine);
-    }
+    HOT.with(|hot| {
+        if hot.state.get() != 1 && !first_poll_on_thread(hot, engine) {
+            return;
+        }
+        let Some(slot) = hot.slot.get() else { return };
+        let site = site_of(hot, engine, meta.spawned_at());
+        let now = clock::now_ns();
+        hot.current.set(Some(site));
+        hot.start.set(now);
+        // Published for the watchdog; this thread is the slot's only writer.
+        slot.site.store(site as *const Site as *mut Site, Relaxed);
+        slot.start_ns.store(now, Relaxed);
+    })
 }
 
 #[inline]
 pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
-    let Some(slot) = slots::this_thread(engine) else {
-        return;
-    };
-    let start = slot.start_ns.load(std::sync::atomic::Ordering::Relaxed);
-    if start == 0 {
-        return;
+    HOT.with(|hot| {
+        let start = hot.start.replace(0);
+        let (Some(slot), Some(site), true) = (hot.slot.get(), hot.current.get(), start != 0) else {
+            return;
+        };
+        slot.start_ns.store(0, Relaxed);
+        let elapsed = clock::now_ns().saturating_sub(start);
+        if elapsed < clock::FAST_POLL_NS {
+            let same = hot
+                .pending_site
+                .get()
+                .is_some_and(|p| std::ptr::eq(p, site));
+            let pending = if same { hot.pending.get() + 1 } else { 1 };
+            if !same {
+                flush(hot, engine);
+                hot.pending_site.set(Some(site));
+            }
+            hot.pending.set(pending);
+            if pending >= PENDING_FLUSH {
+                flush(hot, engine);
+            }
+            return;
+        }
+        engine.record_timed_poll(site, hot.shard.get(), elapsed, || {
+            meta.id().to_string().parse().unwrap_or(0)
+        });
+    })
+}
+
+/// Publishes this thread's pending fast-poll count.
+#[inline]
+fn flush(hot: &Hot, engine: &Engine) {
+    let pending = hot.pending.replace(0);
+    if let (Some(site), true) = (hot.pending_site.get(), pending > 0) {
+        engine.count_fast_polls(site, hot.shard.get(), pending);
     }
-    slot.start_ns.store(0, std::sync::atomic::Ordering::Relaxed);
-    let elapsed = clock::now_ns().saturating_sub(start);
-    let site = site_of(engine, meta.spawned_at());
-    engine.record_coarse_poll(site, this_threads_shard(), elapsed, || {
-        meta.id().to_string().parse().unwrap_or(0)
-    });
+}
+
+/// The worker is about to park: publish what it counted so idle workers hold nothing back.
+pub(crate) fn on_park(engine: &Arc<Engine>) {
+    let _ = HOT.try_with(|hot| flush(hot, engine));
 }
 
 #[cold]
-fn first_poll_on_thread(engine: &Arc<Engine>) {
+fn first_poll_on_thread(hot: &Hot, engine: &Arc<Engine>) -> bool {
+    if hot.state.get() == 2 {
+        return false;
+    }
     engine.say_startup_notes();
     watchdog::start();
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         Engine::watch_runtime(engine, &handle);
+    }
+    match slots::claim_for_this_thread(engine) {
+        Some(slot) => {
+            hot.slot.set(Some(slot));
+            hot.shard.set(this_threads_shard());
+            hot.state.set(1);
+            true
+        }
+        None => {
+            hot.state.set(2);
+            false
+        }
     }
 }

@@ -59,19 +59,16 @@ impl Drop for Claim {
 
 thread_local! {
     static CLAIM: Claim = const { Claim(Cell::new(None)) };
-    static TRIED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// This thread's slot, claimed on first use; `None` if all slots are taken.
-#[inline]
-pub(crate) fn this_thread(engine: &std::sync::Arc<Engine>) -> Option<&'static WorkerSlot> {
+/// Claims a slot for this thread, released when the thread exits; `None` if all are taken.
+pub(crate) fn claim_for_this_thread(
+    engine: &std::sync::Arc<Engine>,
+) -> Option<&'static WorkerSlot> {
     CLAIM
         .try_with(|c| {
             if let Some(slot) = c.0.get() {
                 return Some(slot);
-            }
-            if TRIED.with(|t| t.replace(true)) {
-                return None;
             }
             let slot = claim(engine)?;
             c.0.set(Some(slot));

@@ -144,7 +144,9 @@ where
         let Some(span) = ctx.span(id) else { return };
         let meta = span.metadata();
         if meta.name() != "runtime.spawn" {
-            if poll_context::polling() {
+            // tokio's own resource and async-op spans are not where user code blocks; timing
+            // them would double the cost of every lock and channel operation.
+            if poll_context::polling() && !meta.name().starts_with("runtime.") {
                 poll_context::enter_span(id.into_u64(), meta);
             }
             return;

@@ -161,6 +161,7 @@ pub(crate) fn starvation_ended(
     );
 }
 
+#[cfg(tokio_unstable)]
 /// The watchdog saw a poll still running past the threshold (production mode).
 pub(crate) fn stall_in_progress(
     limiter: &RateLimiter,
@@ -187,6 +188,7 @@ pub(crate) fn stall_in_progress(
     );
 }
 
+#[cfg(tokio_unstable)]
 /// More threads poll instrumented tasks than there are worker slots.
 pub(crate) fn out_of_worker_slots(max: usize) {
     static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -198,6 +200,7 @@ pub(crate) fn out_of_worker_slots(max: usize) {
     }
 }
 
+#[cfg(tokio_unstable)]
 /// The watchdog thread could not start: no coarse clock, so production mode measures nothing.
 pub(crate) fn no_watchdog(e: &std::io::Error) {
     tracing::warn!(

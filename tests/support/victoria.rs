@@ -188,7 +188,18 @@ impl VictoriaMetrics {
     /// Instant PromQL/MetricsQL query (after a flush). Panics on an error response.
     pub fn query(&self, promql: &str) -> Vec<Sample> {
         self.force_flush();
-        let path = format!("/api/v1/query?query={}", urlencode(promql));
+        // Without `time`, VictoriaMetrics evaluates at a second-aligned "now", which hides the
+        // samples of the last fraction of a second (a final flush just before the query). Ask
+        // for a moment just ahead instead; the lookback window still covers the whole run.
+        let ahead = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs_f64()
+            + 1.0;
+        let path = format!(
+            "/api/v1/query?query={}&time={ahead:.3}&nocache=1",
+            urlencode(promql)
+        );
         let resp = self.get(&path);
         let body = resp.text();
         if resp.status != 200 {

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The overhead benchmark suite: every workload under every configuration, in fresh processes,
+# alternating configurations round by round so the machine's drift hits all of them alike.
+# Prints median wall time, the ratio to bare tokio measured in the same run, and peak RSS.
+#
+#   scripts/bench.sh            # full sizes, 5 rounds (~10 minutes on 2 cores)
+#   ROUNDS=3 scripts/bench.sh --quick
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${ROUNDS:-5}
+size_flag=${1:-}
+workloads=${WORKLOADS:-"yield spawn pingpong mutex http"}
+out=target/bench/results.txt
+mkdir -p target/bench
+
+build() { # variant rustflags features
+  local variant=$1 flags=$2 features=$3
+  echo "building $variant" >&2
+  (cd bench && RUSTFLAGS="$flags" CARGO_TARGET_DIR="../target/bench/$variant" \
+     cargo build --release --quiet $features)
+}
+build bare "" ""
+build unstable "--cfg tokio_unstable" ""
+build tracing "--cfg tokio_unstable" "--features tracing"
+
+bin() { echo "target/bench/$1/release/stallscope-bench"; }
+configs="bare:bare unstable:unstable unstable:production unstable:tokio-metrics tracing:idle-subscriber tracing:full tracing:console"
+
+: > "$out"
+for workload in $workloads; do
+  for round in $(seq 1 "$rounds"); do
+    # Rotate the order each round.
+    read -r -a all <<< "$configs"
+    n=${#all[@]} k=$(( (round - 1) % ${#all[@]} ))
+    ordered=("${all[@]:k}" "${all[@]:0:k}")
+    for pair in "${ordered[@]}"; do
+      variant=${pair%%:*} config=${pair#*:}
+      "$(bin "$variant")" "$config" "$workload" $size_flag >> "$out"
+    done
+  done
+  echo "done: $workload" >&2
+done
+
+python3 - "$out" <<'PY'
+import sys, statistics, collections
+runs = collections.defaultdict(list)
+rss = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    f = dict(kv.split("=", 1) for kv in line.split())
+    key = (f["workload"], f["config"])
+    runs[key].append(float(f["elapsed_ms"]))
+    rss[key].append(int(f["peak_rss_kb"]))
+configs = ["bare", "unstable", "production", "tokio-metrics", "idle-subscriber", "full", "console"]
+workloads = []
+for w, _ in runs:
+    if w not in workloads:
+        workloads.append(w)
+print(f"{'workload':<10} {'config':<16} {'median ms':>10} {'x bare':>7} {'peak RSS MB':>12}  notes")
+for w in workloads:
+    bare = statistics.median(runs[(w, "bare")])
+    for c in configs:
+        if (w, c) not in runs:
+            continue
+        m = statistics.median(runs[(w, c)])
+        note = ""
+        if c == "production":
+            note = f"x{m / statistics.median(runs[(w, 'unstable')]):.2f} vs unstable (same build, no hooks)"
+        if c == "full":
+            note = f"x{m / statistics.median(runs[(w, 'idle-subscriber')]):.2f} vs idle-subscriber (stallscope's own cost)"
+        print(f"{w:<10} {c:<16} {m:>10.1f} {m / bare:>7.2f} {max(rss[(w, c)]) / 1024:>12.1f}  {note}")
+PY
