@@ -22,5 +22,8 @@ cargo clippy --lib --no-default-features -- -D warnings
 step "cargo test (unit, integration, doc tests; builds the examples the tests run)"
 cargo test
 
+step "production-mode hot path: instructions per poll under callgrind (no wall clock)"
+scripts/hot-path-guard.sh
+
 step "without --cfg tokio_unstable: builds, says what is unavailable, keeps runtime metrics"
 scripts/check-without-tokio-unstable.sh

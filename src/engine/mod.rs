@@ -258,6 +258,24 @@ impl Engine {
         );
     }
 
+    /// A site's poll histogram, including production mode's fast polls that worker threads
+    /// have counted but not yet published.
+    pub(crate) fn site_polls(&self, site: &Site) -> crate::snapshot::HistogramSnapshot {
+        #[allow(unused_mut)]
+        let mut polls = site.busy.snapshot();
+        #[cfg(tokio_unstable)]
+        for slot in crate::hooks::slots::in_use() {
+            if slot.pending_site().is_some_and(|p| std::ptr::eq(p, site)) {
+                let pending = slot.pending.load(Relaxed);
+                if let Some(bucket) = polls.counts.get_mut(self.fast_poll_bucket) {
+                    *bucket += pending;
+                    polls.count += pending;
+                }
+            }
+        }
+        polls
+    }
+
     /// Everything measured so far.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot {
@@ -279,7 +297,7 @@ impl Engine {
                     location,
                     task_name: site.task_name.map(str::to_owned),
                     tasks_spawned: spawned,
-                    polls: site.busy.snapshot(),
+                    polls: self.site_polls(site),
                     slow_polls: slow_count,
                     slow_poll_time: slow_time,
                 }),

@@ -24,8 +24,9 @@ use crate::engine::Engine;
 
 const SITE_CACHE_SIZE: usize = 64;
 
-/// Fast polls of one site are added up here and published in one atomic add: every
-/// [`PENDING_FLUSH`] polls, when the thread polls another site, and when the worker parks.
+/// Fast polls of one site are added up in the worker's slot and published in one atomic add:
+/// every [`PENDING_FLUSH`] polls, when the thread polls another site, when the worker parks
+/// and when the thread exits. Readers add what is still pending (see `Engine::site_polls`).
 const PENDING_FLUSH: u64 = 64;
 
 /// Everything the hooks touch per poll, in one thread-local without a destructor (so reaching
@@ -38,9 +39,6 @@ struct Hot {
     /// Site and coarse start of the poll in progress (start 0: none).
     current: Cell<Option<&'static Site>>,
     start: Cell<u64>,
-    /// Fast polls counted but not yet published, and their site.
-    pending: Cell<u64>,
-    pending_site: Cell<Option<&'static Site>>,
     /// Direct-mapped cache from spawn location to site: one compare per poll once warm.
     cache: [Cell<(usize, Option<&'static Site>)>; SITE_CACHE_SIZE],
 }
@@ -53,8 +51,6 @@ thread_local! {
             shard: Cell::new(0),
             current: Cell::new(None),
             start: Cell::new(0),
-            pending: Cell::new(0),
-            pending_site: Cell::new(None),
             cache: [const { Cell::new((0, None)) }; SITE_CACHE_SIZE],
         }
     };
@@ -116,18 +112,16 @@ pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
         slot.start_ns.store(0, Relaxed);
         let elapsed = clock::now_ns().saturating_sub(start);
         if elapsed < clock::FAST_POLL_NS {
-            let same = hot
-                .pending_site
-                .get()
-                .is_some_and(|p| std::ptr::eq(p, site));
-            let pending = if same { hot.pending.get() + 1 } else { 1 };
-            if !same {
-                flush(hot, engine);
-                hot.pending_site.set(Some(site));
+            let site_ptr = site as *const Site as *mut Site;
+            if slot.pending_site.load(Relaxed) != site_ptr {
+                slot.publish_pending(engine);
+                slot.pending_site.store(site_ptr, Relaxed);
             }
-            hot.pending.set(pending);
+            // Single writer: a plain load and store, no locked instruction.
+            let pending = slot.pending.load(Relaxed) + 1;
+            slot.pending.store(pending, Relaxed);
             if pending >= PENDING_FLUSH {
-                flush(hot, engine);
+                slot.publish_pending(engine);
             }
             return;
         }
@@ -137,18 +131,13 @@ pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
     })
 }
 
-/// Publishes this thread's pending fast-poll count.
-#[inline]
-fn flush(hot: &Hot, engine: &Engine) {
-    let pending = hot.pending.replace(0);
-    if let (Some(site), true) = (hot.pending_site.get(), pending > 0) {
-        engine.count_fast_polls(site, hot.shard.get(), pending);
-    }
-}
-
 /// The worker is about to park: publish what it counted so idle workers hold nothing back.
-pub(crate) fn on_park(engine: &Arc<Engine>) {
-    let _ = HOT.try_with(|hot| flush(hot, engine));
+pub(crate) fn on_park(engine: &Engine) {
+    let _ = HOT.try_with(|hot| {
+        if let Some(slot) = hot.slot.get() {
+            slot.publish_pending(engine);
+        }
+    });
 }
 
 #[cold]

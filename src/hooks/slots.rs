@@ -21,6 +21,13 @@ pub(crate) struct WorkerSlot {
     pub(crate) site: AtomicPtr<Site>,
     /// `start_ns` of the poll the watchdog last reported as a live stall: one report per stall.
     pub(crate) reported_start: AtomicU64,
+    /// Fast polls of `pending_site` counted by this thread and not yet added to the site's
+    /// histogram. Single writer (plain load + store, no locked instruction); readers add it to
+    /// what they read so snapshots are exact even before the owner publishes.
+    pub(crate) pending: AtomicU64,
+    pub(crate) pending_site: AtomicPtr<Site>,
+    /// The owner's histogram shard.
+    pub(crate) shard: std::sync::atomic::AtomicUsize,
     in_use: AtomicBool,
     /// Set when the slot is claimed; read by the watchdog.
     pub(crate) owner: Mutex<Owner>,
@@ -31,11 +38,37 @@ pub(crate) struct Owner {
     pub(crate) thread: String,
 }
 
+impl WorkerSlot {
+    /// The site whose fast polls are pending, if any.
+    pub(crate) fn pending_site(&self) -> Option<&'static Site> {
+        let site = self.pending_site.load(Relaxed);
+        // SAFETY: slots only ever hold pointers to sites, which are leaked (`&'static`) and
+        // never freed, so a non-null pointer is valid for the rest of the process.
+        (!site.is_null()).then(|| unsafe { &*site })
+    }
+
+    /// Adds the pending count to its site's histogram (owner thread only).
+    #[inline]
+    pub(crate) fn publish_pending(&self, engine: &Engine) {
+        let pending = self.pending.load(Relaxed);
+        if pending == 0 {
+            return;
+        }
+        if let Some(site) = self.pending_site() {
+            engine.count_fast_polls(site, self.shard.load(Relaxed), pending);
+        }
+        self.pending.store(0, Relaxed);
+    }
+}
+
 #[allow(clippy::declare_interior_mutable_const)]
 const FREE_SLOT: WorkerSlot = WorkerSlot {
     start_ns: AtomicU64::new(0),
     site: AtomicPtr::new(ptr::null_mut()),
     reported_start: AtomicU64::new(0),
+    pending: AtomicU64::new(0),
+    pending_site: AtomicPtr::new(ptr::null_mut()),
+    shard: std::sync::atomic::AtomicUsize::new(0),
     in_use: AtomicBool::new(false),
     owner: Mutex::new(Owner {
         engine: Weak::new(),
@@ -52,6 +85,15 @@ impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(slot) = self.0.get() {
             slot.start_ns.store(0, Relaxed);
+            let engine = slot
+                .owner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .engine
+                .upgrade();
+            if let Some(engine) = engine {
+                slot.publish_pending(&engine);
+            }
             slot.in_use.store(false, Relaxed);
         }
     }
@@ -97,6 +139,10 @@ fn claim(engine: &std::sync::Arc<Engine>) -> Option<&'static WorkerSlot> {
         .unwrap_or_else(|| format!("{:?}", std::thread::current().id()));
     drop(owner);
     slot.reported_start.store(0, Relaxed);
+    slot.pending.store(0, Relaxed);
+    slot.pending_site.store(ptr::null_mut(), Relaxed);
+    slot.shard
+        .store(crate::engine::histogram::this_threads_shard(), Relaxed);
     Some(slot)
 }
 
