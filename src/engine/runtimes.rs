@@ -60,13 +60,20 @@ impl WatchedRuntime {
         let busy = stats
             .blocking_threads
             .saturating_sub(stats.idle_blocking_threads) as u64;
+        // console-subscriber keeps one attribute per state-update event: one event each.
         span.in_scope(|| {
             tracing::trace!(
                 target: "runtime::resource::state_update",
                 queue_depth = stats.blocking_queue_depth as u64,
                 queue_depth.op = "override",
+            );
+            tracing::trace!(
+                target: "runtime::resource::state_update",
                 busy_threads = busy,
                 busy_threads.op = "override",
+            );
+            tracing::trace!(
+                target: "runtime::resource::state_update",
                 idle_threads = stats.idle_blocking_threads as u64,
                 idle_threads.op = "override",
             );

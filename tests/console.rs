@@ -1,0 +1,226 @@
+//! tokio-console sees what stallscope sees: a client speaking the console's own gRPC protocol
+//! (`console-api`, as `tokio-console` itself does) watches a running scenario.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use console_api::field::{Name, Value};
+use console_api::instrument::instrument_client::InstrumentClient;
+use console_api::instrument::InstrumentRequest;
+use support::examples;
+
+/// Kills the scenario when the test ends, pass or fail.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(example: &str, args: &[&str], port: u16) -> Running {
+    let child = examples::command(example)
+        .args(args)
+        .arg("--keep-running")
+        .env("TOKIO_CONSOLE_BIND", format!("127.0.0.1:{port}"))
+        .env("STALLSCOPE_SAMPLE_INTERVAL", "50ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start example");
+    Running(child)
+}
+
+#[derive(Default, Debug)]
+struct Seen {
+    /// Task id -> spawn location `file:line`.
+    task_locations: HashMap<u64, String>,
+    /// Task id -> busy time.
+    task_busy: HashMap<u64, Duration>,
+    /// Resource id -> concrete type.
+    resource_types: HashMap<u64, String>,
+    /// (resource id, attribute) -> every value seen, in order.
+    resource_attributes: BTreeMap<(u64, String), Vec<String>>,
+    /// Metadata id -> field names, to resolve fields sent by index.
+    field_names: HashMap<u64, Vec<String>>,
+}
+
+impl Seen {
+    fn field_name(&self, field: &console_api::Field) -> Option<String> {
+        match field.name.as_ref()? {
+            Name::StrName(name) => Some(name.clone()),
+            Name::NameIdx(i) => {
+                let meta = field.metadata_id.as_ref()?.id;
+                self.field_names.get(&meta)?.get(*i as usize).cloned()
+            }
+        }
+    }
+
+    fn busy_at(&self, location_prefix: &str) -> Duration {
+        self.task_locations
+            .iter()
+            .filter(|(_, l)| l.starts_with(location_prefix))
+            .filter_map(|(id, _)| self.task_busy.get(id))
+            .max()
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// Folds console updates from `addr` into `Seen` until `done` or `timeout`.
+fn watch(port: u16, timeout: Duration, done: impl Fn(&Seen) -> bool) -> Seen {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Seen::default();
+        let mut client = loop {
+            match InstrumentClient::connect(format!("http://127.0.0.1:{port}")).await {
+                Ok(client) => break client,
+                Err(e) if Instant::now() > deadline => panic!("console server never came up: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let mut stream = client
+            .watch_updates(InstrumentRequest {})
+            .await
+            .expect("watch_updates")
+            .into_inner();
+        while Instant::now() < deadline {
+            let next = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+            let Ok(Ok(Some(update))) = next else { continue };
+            if let Some(meta) = update.new_metadata {
+                for m in meta.metadata {
+                    if let (Some(id), Some(meta)) = (m.id, m.metadata) {
+                        let names = meta.field_names.clone();
+                        seen.field_names.insert(id.id, names);
+                    }
+                }
+            }
+            if let Some(tasks) = update.task_update {
+                for task in tasks.new_tasks {
+                    if let (Some(id), Some(loc)) = (task.id, task.location) {
+                        let location = format!(
+                            "{}:{}",
+                            loc.file.unwrap_or_default(),
+                            loc.line.unwrap_or_default()
+                        );
+                        seen.task_locations.insert(id.id, location);
+                    }
+                }
+                for (id, stats) in tasks.stats_update {
+                    if let Some(busy) = stats.poll_stats.and_then(|p| p.busy_time) {
+                        let busy = Duration::new(busy.seconds as u64, busy.nanos as u32);
+                        seen.task_busy.insert(id, busy);
+                    }
+                }
+            }
+            if let Some(resources) = update.resource_update {
+                for resource in resources.new_resources {
+                    if let Some(id) = resource.id {
+                        seen.resource_types.insert(id.id, resource.concrete_type);
+                    }
+                }
+                for (id, stats) in resources.stats_update {
+                    for attribute in stats.attributes {
+                        let Some(field) = attribute.field else {
+                            continue;
+                        };
+                        let Some(name) = seen.field_name(&field) else {
+                            continue;
+                        };
+                        let value = match field.value {
+                            Some(Value::U64Val(v)) => v.to_string(),
+                            Some(Value::I64Val(v)) => v.to_string(),
+                            Some(Value::StrVal(v)) | Some(Value::DebugVal(v)) => v,
+                            Some(Value::BoolVal(v)) => v.to_string(),
+                            None => continue,
+                        };
+                        let values = seen.resource_attributes.entry((id, name)).or_default();
+                        if values.last() != Some(&value) {
+                            values.push(value);
+                        }
+                    }
+                }
+            }
+            if done(&seen) {
+                break;
+            }
+        }
+        seen
+    })
+}
+
+fn spawn_line(task: &str) -> String {
+    let source = include_str!("../examples/blocking_in_async.rs");
+    let index = source
+        .lines()
+        .position(|l| l.contains(&format!("spawn_named(\"{task}\"")))
+        .expect("task spawn in example");
+    format!("examples/blocking_in_async.rs:{}", index + 1)
+}
+
+#[test]
+fn the_console_shows_the_blocking_task_with_its_busy_time() {
+    let port = examples::free_port();
+    let _scenario = start("blocking_in_async", &["--variant", "sleep"], port);
+    let task = spawn_line("slow_sleep");
+    let seen = watch(port, Duration::from_secs(25), |s| {
+        s.busy_at(&task) >= Duration::from_millis(1990)
+    });
+    let busy = seen.busy_at(&task);
+    assert!(
+        busy >= Duration::from_millis(1990) && busy < Duration::from_secs(3),
+        "busy time of the task at {task}: {busy:?}; tasks seen: {:?}",
+        seen.task_locations.values().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn the_console_shows_the_blocking_pool_and_its_queue_depth_changing() {
+    let port = examples::free_port();
+    let _scenario = start(
+        "blocking_pool_starvation",
+        &["--jobs", "6", "--pool", "2", "--job-ms", "300"],
+        port,
+    );
+    let depths = |s: &Seen| -> Vec<u64> {
+        s.resource_attributes
+            .iter()
+            .filter(|((id, name), _)| {
+                name == "queue_depth"
+                    && s.resource_types
+                        .get(id)
+                        .is_some_and(|t| t == "BlockingPool")
+            })
+            .flat_map(|(_, values)| values.iter().filter_map(|v| v.parse().ok()))
+            .collect()
+    };
+    let seen = watch(port, Duration::from_secs(25), |s| {
+        let d = depths(s);
+        d.iter().any(|v| *v >= 3) && d.contains(&0)
+    });
+    let d = depths(&seen);
+    assert!(
+        d.iter().any(|v| *v >= 3) && d.contains(&0),
+        "queue_depth values seen on the BlockingPool resource: {d:?}; resources: {:?}; attributes: {:?}",
+        seen.resource_types,
+        seen.resource_attributes.keys().collect::<Vec<_>>()
+    );
+    let busy_threads: Vec<&String> = seen
+        .resource_attributes
+        .iter()
+        .filter(|((_, name), _)| name == "busy_threads")
+        .flat_map(|(_, v)| v)
+        .collect();
+    assert!(
+        busy_threads.iter().any(|v| *v == "2"),
+        "busy_threads: {busy_threads:?}"
+    );
+}
