@@ -43,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod builder;
+mod clock;
 pub mod config;
 mod engine;
 mod export;

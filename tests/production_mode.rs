@@ -1,5 +1,5 @@
 //! Production mode: the same hazards measured through tokio's poll hooks and a coarse clock,
-//! with stalls reported while they are still running.
+//! with stalls reported while they are still running (full mode shares the watchdog).
 
 mod support;
 
@@ -45,7 +45,16 @@ fn run(args: &[&str]) -> String {
 
 #[test]
 fn stalls_are_reported_while_running_and_when_they_end() {
-    let stderr = run(&["--production"]);
+    check_live_and_final(&["--production"]);
+}
+
+#[test]
+fn full_mode_reports_stalls_while_running_too() {
+    check_live_and_final(&[]);
+}
+
+fn check_live_and_final(mode: &[&str]) {
+    let stderr = run(mode);
     let sleep_site = spawn_line("slow_sleep");
     let live: Vec<&str> = stderr
         .lines()

@@ -76,14 +76,12 @@ impl ShardedHistogram {
 
     /// Counts one sample in `bucket` of `shard` without adding to the sum: for samples whose
     /// duration is only known to lie in that bucket (production mode's sub-tick polls).
-    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
     #[inline]
     pub(crate) fn count_in_bucket(&self, shard: usize, bucket: usize, n: u64) {
         self.shards[shard].0.buckets[bucket].fetch_add(n, Relaxed);
     }
 
     /// Records `ns` into `shard`.
-    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
     #[inline]
     pub(crate) fn record_in_shard(&self, shard: usize, bounds: &Bounds, ns: u64) {
         self.shards[shard].0.record_ns(bounds, ns);

@@ -25,8 +25,7 @@ use starvation::Starvation;
 pub(crate) struct Engine {
     pub(crate) config: Config,
     pub(crate) bounds: Bounds,
-    /// Bucket that production mode's untimed fast polls are counted in.
-    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    /// Bucket that untimed fast polls are counted in.
     fast_poll_bucket: usize,
     pub(crate) sites: SiteTable,
     pub(crate) runtimes: Runtimes,
@@ -156,45 +155,14 @@ impl Engine {
         site
     }
 
-    /// One poll of an async task ended. The hot path: atomic adds, plus the report when slow.
-    #[inline]
-    pub(crate) fn record_poll(
-        &self,
-        site: &Site,
-        task_id: u64,
-        duration: Duration,
-        culprit: Option<Culprit>,
-    ) {
-        site.busy.record(&self.bounds, duration);
-        #[cfg(feature = "_otlp")]
-        if let Some(otel) = &site.otel {
-            otel.record_poll(duration);
-        }
-        if duration >= self.config.slow_poll_threshold {
-            self.note_slow(site, duration);
-            if self.config.report_slow_polls {
-                report::slow_poll(
-                    &self.limiter,
-                    site,
-                    task_id,
-                    duration,
-                    &self.config,
-                    culprit,
-                );
-            }
-        }
-    }
-
-    /// `n` polls shorter than [`FAST_POLL`](crate::hooks::clock::FAST_POLL), measured by
-    /// production mode's coarse clock: counted in the bucket holding that limit, not timed.
-    #[cfg(tokio_unstable)]
+    /// `n` polls shorter than [`FAST_POLL`](crate::clock::FAST_POLL) by the coarse clock:
+    /// counted in the bucket holding that limit, not timed. The per-poll hot path of both modes.
     #[inline]
     pub(crate) fn count_fast_polls(&self, site: &Site, shard: usize, n: u64) {
         site.busy.count_in_bucket(shard, self.fast_poll_bucket, n);
     }
 
-    /// One poll of at least `FAST_POLL`, timed to the coarse clock's tick.
-    #[cfg(tokio_unstable)]
+    /// One poll of at least `FAST_POLL`, timed to the coarse clock's tick; reported when slow.
     #[cold]
     pub(crate) fn record_timed_poll(
         &self,
@@ -202,6 +170,7 @@ impl Engine {
         shard: usize,
         elapsed_ns: u64,
         task_id: impl FnOnce() -> u64,
+        culprit: Option<Culprit>,
     ) {
         site.busy.record_in_shard(shard, &self.bounds, elapsed_ns);
         let duration = Duration::from_nanos(elapsed_ns);
@@ -212,7 +181,14 @@ impl Engine {
         if duration >= self.config.slow_poll_threshold {
             self.note_slow(site, duration);
             if self.config.report_slow_polls {
-                report::slow_poll(&self.limiter, site, task_id(), duration, &self.config, None);
+                report::slow_poll(
+                    &self.limiter,
+                    site,
+                    task_id(),
+                    duration,
+                    &self.config,
+                    culprit,
+                );
             }
         }
     }

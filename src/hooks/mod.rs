@@ -8,9 +8,8 @@
 //! two workers, no syscall. A watchdog thread advances the clock and watches the slots, so a
 //! poll that is still running past the threshold is reported while it runs.
 
-pub(crate) mod clock;
 pub(crate) mod slots;
-mod watchdog;
+pub(crate) mod watchdog;
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,6 +17,7 @@ use std::sync::Arc;
 
 use tokio::runtime::TaskMeta;
 
+use crate::clock;
 use crate::engine::histogram::this_threads_shard;
 use crate::engine::sites::{Site, SiteKey, TaskKind};
 use crate::engine::Engine;
@@ -125,9 +125,13 @@ pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
             }
             return;
         }
-        engine.record_timed_poll(site, hot.shard.get(), elapsed, || {
-            meta.id().to_string().parse().unwrap_or(0)
-        });
+        engine.record_timed_poll(
+            site,
+            hot.shard.get(),
+            elapsed,
+            || meta.id().to_string().parse().unwrap_or(0),
+            None,
+        );
     })
 }
 

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Once;
 use std::time::Duration;
 
-use super::{clock, slots};
+use super::slots;
+use crate::clock;
 use crate::engine::sites::Site;
 
 /// Slots are looked at once the poll is at least this old, before taking the owner lock.

@@ -15,6 +15,8 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
+use crate::clock;
+use crate::engine::histogram::this_threads_shard;
 use crate::engine::sites::{Site, SiteKey, TaskKind};
 use crate::engine::Engine;
 use crate::Guard;
@@ -155,10 +157,9 @@ where
         let Some(task) = extensions.get::<TaskSpan>() else {
             return;
         };
-        if poll_context::first_poll_on_thread() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                Engine::watch_runtime(&self.engine, &handle);
-            }
+        // Pool threads running blocking jobs get no worker slot: long jobs are expected there.
+        if task.kind == TaskKind::Async && poll_context::first_poll_on_thread() {
+            self.first_poll_on_thread();
         }
         match task.kind {
             TaskKind::Async => poll_context::begin_poll(
@@ -186,17 +187,27 @@ where
             return;
         };
         match poll.kind {
+            PollKind::Async { .. } if elapsed < clock::FAST_POLL_NS => {
+                self.engine
+                    .count_fast_polls(poll.site, this_threads_shard(), 1);
+            }
             PollKind::Async { task_id } => {
                 let culprit = poll
                     .culprit
                     .map(|(c, _)| c)
-                    .filter(|c| covered(c.inclusive, elapsed));
-                self.engine
-                    .record_poll(poll.site, task_id, elapsed, culprit);
+                    .filter(|c| covered(c.inclusive, Duration::from_nanos(elapsed)));
+                self.engine.record_timed_poll(
+                    poll.site,
+                    this_threads_shard(),
+                    elapsed,
+                    || task_id,
+                    culprit,
+                );
             }
             PollKind::BlockingJob => {
                 poll.site.running.fetch_sub(1, Relaxed);
-                self.engine.record_blocking_run(poll.site, elapsed)
+                self.engine
+                    .record_blocking_run(poll.site, Duration::from_nanos(elapsed))
             }
         }
     }
@@ -211,6 +222,24 @@ where
         if let Some(task) = extensions.get::<TaskSpan>() {
             if task.kind == TaskKind::Blocking && !task.started.load(Relaxed) {
                 task.site.queued.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+}
+
+impl StallscopeLayer {
+    /// Once per thread: watch its runtime, and (with `tokio_unstable`) give it a worker slot
+    /// and start the watchdog, so a poll still running past the threshold is reported live.
+    #[cold]
+    fn first_poll_on_thread(&self) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            Engine::watch_runtime(&self.engine, &handle);
+        }
+        #[cfg(tokio_unstable)]
+        {
+            crate::hooks::watchdog::start();
+            if let Some(slot) = crate::hooks::slots::claim_for_this_thread(&self.engine) {
+                poll_context::set_slot(slot);
             }
         }
     }

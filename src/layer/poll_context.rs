@@ -4,7 +4,9 @@
 //! Fixed-size arrays in a thread-local: no allocation and no lock on the per-poll path.
 
 use std::cell::{Cell, RefCell};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock;
 
 use tracing::Metadata;
 
@@ -30,7 +32,8 @@ pub(crate) struct ActivePoll {
     pub(crate) span: u64,
     pub(crate) site: &'static Site,
     pub(crate) kind: PollKind,
-    pub(crate) start: Instant,
+    /// Coarse clock at the start of the poll.
+    pub(crate) start: u64,
     /// Depth of the user-span stack when the poll began.
     span_base: usize,
     pub(crate) culprit: Option<(Culprit, usize)>,
@@ -40,7 +43,7 @@ pub(crate) struct ActivePoll {
 struct UserSpan {
     span: u64,
     meta: &'static Metadata<'static>,
-    entered: Instant,
+    entered: u64,
 }
 
 struct ThreadPolls {
@@ -48,6 +51,9 @@ struct ThreadPolls {
     polls_len: usize,
     spans: [Option<UserSpan>; MAX_SPAN_DEPTH],
     spans_len: usize,
+    /// This thread's worker slot, where the watchdog sees the outermost poll in progress.
+    #[cfg(tokio_unstable)]
+    slot: Option<&'static crate::hooks::slots::WorkerSlot>,
 }
 
 thread_local! {
@@ -57,6 +63,8 @@ thread_local! {
             polls_len: 0,
             spans: [None; MAX_SPAN_DEPTH],
             spans_len: 0,
+            #[cfg(tokio_unstable)]
+            slot: None,
         })
     };
     /// 0 = not yet known, 1 = measured, 2 = ignored (a runtime of a library that exports for
@@ -85,6 +93,16 @@ pub(crate) fn thread_is_measured() -> bool {
     })
 }
 
+/// Gives this thread's polls a worker slot, so the watchdog sees them while they run.
+#[cfg(tokio_unstable)]
+pub(crate) fn set_slot(slot: &'static crate::hooks::slots::WorkerSlot) {
+    POLLS.with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            p.slot = Some(slot);
+        }
+    });
+}
+
 /// True the first time it is called on a thread (to register that thread's runtime).
 #[inline]
 pub(crate) fn first_poll_on_thread() -> bool {
@@ -100,11 +118,21 @@ pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) {
             return;
         }
         let i = p.polls_len;
+        let start = clock::now_ns();
+        #[cfg(tokio_unstable)]
+        if let (0, Some(slot), PollKind::Async { .. }) = (i, p.slot, kind) {
+            slot.site.store(
+                site as *const Site as *mut Site,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            slot.start_ns
+                .store(start, std::sync::atomic::Ordering::Relaxed);
+        }
         p.polls[i] = Some(ActivePoll {
             span,
             site,
             kind,
-            start: Instant::now(),
+            start,
             span_base: p.spans_len,
             culprit: None,
         });
@@ -112,13 +140,18 @@ pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) {
     });
 }
 
-/// Ends the poll of `span` if it is the innermost one in progress on this thread.
-pub(crate) fn end_poll(span: u64) -> Option<(ActivePoll, Duration)> {
+/// Ends the poll of `span` if it is the innermost one in progress on this thread; returns it
+/// with its coarse duration in nanoseconds.
+pub(crate) fn end_poll(span: u64) -> Option<(ActivePoll, u64)> {
     POLLS.with(|p| {
         let mut p = p.try_borrow_mut().ok()?;
         let i = p.polls_len.checked_sub(1)?;
         let poll = p.polls[i].filter(|poll| poll.span == span)?;
-        let elapsed = poll.start.elapsed();
+        let elapsed = clock::now_ns().saturating_sub(poll.start);
+        #[cfg(tokio_unstable)]
+        if let (0, Some(slot), PollKind::Async { .. }) = (i, p.slot, poll.kind) {
+            slot.start_ns.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         p.polls[i] = None;
         p.polls_len = i;
         // Spans still open belonged to this poll; forget them.
@@ -140,7 +173,7 @@ pub(crate) fn enter_span(span: u64, meta: &'static Metadata<'static>) {
         p.spans[i] = Some(UserSpan {
             span,
             meta,
-            entered: Instant::now(),
+            entered: clock::now_ns(),
         });
         p.spans_len += 1;
     });
@@ -176,7 +209,7 @@ pub(crate) fn exit_span(span: u64) {
             return;
         }
         let depth = i - poll.span_base;
-        let inclusive = user.entered.elapsed();
+        let inclusive = Duration::from_nanos(clock::now_ns().saturating_sub(user.entered));
         let candidate = Culprit {
             meta: user.meta,
             inclusive,

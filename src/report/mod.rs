@@ -179,8 +179,9 @@ pub(crate) fn stall_in_progress(
         threshold_ms = ms(config.slow_poll_threshold),
         thread = thread,
         spawned_at = %site.location,
-        "stall in progress: thread {thread:?} has been polling a task spawned at {} for {:.3?} so far \
+        "stall in progress: thread {thread:?} has been polling a task{} spawned at {} for {:.3?} so far \
          (threshold {:?}); every other task on that worker is waiting{}",
+        name_suffix(site),
         site.location,
         elapsed,
         config.slow_poll_threshold,

@@ -1,4 +1,4 @@
-//! A coarse monotonic clock for the poll hooks: nanoseconds since the process's first use,
+//! A coarse monotonic clock for timing polls in both modes: nanoseconds since the process's first use,
 //! advanced every [`TICK`] by the watchdog thread. Reading it is one relaxed load of a
 //! read-mostly cache line, against ~25-35 ns for `Instant::now()` on the machines we measured.
 //!
