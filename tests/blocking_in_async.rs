@@ -39,16 +39,6 @@ fn slow_polls(stderr: &str) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
-/// Line of the `spawn_named("<task>", ...)` call in the example: tokio's spawn location.
-fn spawn_line(task: &str) -> u32 {
-    let source = include_str!("../examples/blocking_in_async.rs");
-    let index = source
-        .lines()
-        .position(|l| l.contains(&format!("spawn_named(\"{task}\"")))
-        .expect("task spawn in example");
-    (index + 1) as u32
-}
-
 fn run(args: &[&str]) -> (Output, String) {
     let output = examples::command("blocking_in_async")
         .args(args)
@@ -81,7 +71,7 @@ fn the_sleep_and_the_cpu_loop_are_reported_with_location_span_and_duration() {
     assert!(
         location.starts_with(&format!(
             "examples/blocking_in_async.rs:{}:",
-            spawn_line("slow_sleep")
+            examples::spawn_line("slow_sleep")
         )),
         "spawn location {location}"
     );
@@ -110,7 +100,7 @@ fn the_sleep_and_the_cpu_loop_are_reported_with_location_span_and_duration() {
     );
     assert!(cpu[0]["spawned_at"].starts_with(&format!(
         "examples/blocking_in_async.rs:{}:",
-        spawn_line("checksum")
+        examples::spawn_line("checksum")
     )));
     // The loop hashes until 500 ms have passed; preemption on a busy machine only adds.
     assert!(

@@ -157,20 +157,11 @@ fn watch(port: u16, timeout: Duration, done: impl Fn(&Seen) -> bool) -> Seen {
     })
 }
 
-fn spawn_line(task: &str) -> String {
-    let source = include_str!("../examples/blocking_in_async.rs");
-    let index = source
-        .lines()
-        .position(|l| l.contains(&format!("spawn_named(\"{task}\"")))
-        .expect("task spawn in example");
-    format!("examples/blocking_in_async.rs:{}", index + 1)
-}
-
 #[test]
 fn the_console_shows_the_blocking_task_with_its_busy_time() {
     let port = examples::free_port();
     let _scenario = start("blocking_in_async", &["--variant", "sleep"], port);
-    let task = spawn_line("slow_sleep");
+    let task = examples::spawn_site("slow_sleep");
     let seen = watch(port, Duration::from_secs(25), |s| {
         s.busy_at(&task) >= Duration::from_millis(1990)
     });

@@ -14,15 +14,6 @@ fn value(vm: &VictoriaMetrics, promql: &str) -> f64 {
     samples[0].value
 }
 
-fn spawn_line(task: &str) -> String {
-    let source = include_str!("../examples/blocking_in_async.rs");
-    let index = source
-        .lines()
-        .position(|l| l.contains(&format!("spawn_named(\"{task}\"")))
-        .expect("task spawn in example");
-    (index + 1).to_string()
-}
-
 #[test]
 fn the_final_flush_delivers_the_poll_histogram_with_its_attributes() {
     let vm = VictoriaMetrics::start();
@@ -55,7 +46,7 @@ fn the_final_flush_delivers_the_poll_histogram_with_its_attributes() {
     );
     assert_eq!(
         series[0].label("code_line_number"),
-        Some(spawn_line("slow_sleep").as_str())
+        Some(examples::spawn_line("slow_sleep").to_string().as_str())
     );
     assert!(series[0].label("code_column_number").is_some());
     assert!(

@@ -25,15 +25,6 @@ fn field(line: &str, key: &str) -> f64 {
         .expect("number")
 }
 
-fn spawn_line(task: &str) -> String {
-    let source = include_str!("../examples/blocking_in_async.rs");
-    let index = source
-        .lines()
-        .position(|l| l.contains(&format!("spawn_named(\"{task}\"")))
-        .expect("task spawn in example");
-    format!("examples/blocking_in_async.rs:{}:", index + 1)
-}
-
 fn run(args: &[&str]) -> String {
     let output = examples::command("blocking_in_async")
         .args(args)
@@ -55,7 +46,7 @@ fn full_mode_reports_stalls_while_running_too() {
 
 fn check_live_and_final(mode: &[&str]) {
     let stderr = run(mode);
-    let sleep_site = spawn_line("slow_sleep");
+    let sleep_site = format!("{}:", examples::spawn_site("slow_sleep"));
     let live: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("stall in progress") && l.contains(&sleep_site))
@@ -88,7 +79,10 @@ fn check_live_and_final(mode: &[&str]) {
 
     let cpu: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.contains("slow poll:") && l.contains(&spawn_line("checksum")))
+        .filter(|l| {
+            l.contains("slow poll:")
+                && l.contains(&format!("{}:", examples::spawn_site("checksum")))
+        })
         .collect();
     assert_eq!(cpu.len(), 1, "{stderr}");
     let cpu_ms = field(cpu[0], "duration_ms");

@@ -96,3 +96,19 @@ impl OutputWithin for Command {
         output(self, timeout)
     }
 }
+
+/// Line of `spawn_named("<task>", ...)` in the blocking_in_async example: tokio's spawn
+/// location for that task (`spawn_named` is `#[track_caller]`).
+pub fn spawn_line(task: &str) -> u32 {
+    let source = include_str!("../../examples/blocking_in_async.rs");
+    let index = source
+        .lines()
+        .position(|l| l.contains(&format!("spawn_named(\"{task}\"")))
+        .expect("task spawn in example");
+    (index + 1) as u32
+}
+
+/// `examples/blocking_in_async.rs:<line>` of that task's spawn.
+pub fn spawn_site(task: &str) -> String {
+    format!("examples/blocking_in_async.rs:{}", spawn_line(task))
+}
