@@ -1,8 +1,9 @@
 //! The recording engine both measurement sources feed: per-site histograms and counters,
 //! slow-poll detection, the watched runtimes, and snapshots for the report and exporters.
 //!
-//! Sources (the tracing layer today) call [`Engine::record_poll`] and friends; sinks (the log
-//! report, OTLP) read sites and runtimes. Nothing here knows about tracing spans.
+//! Sources (full mode's tracing layer, production mode's poll hooks) call
+//! [`Engine::count_fast_polls`], [`Engine::record_timed_poll`] and friends; sinks (the log
+//! report, OTLP, tokio-console) read sites and runtimes. Nothing here knows about spans or hooks.
 
 pub(crate) mod histogram;
 pub(crate) mod runtimes;
@@ -10,7 +11,9 @@ pub(crate) mod sites;
 pub(crate) mod starvation;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+#[cfg(feature = "_otlp")]
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -42,9 +45,6 @@ pub(crate) struct Engine {
     pub(crate) hooks_installed: AtomicBool,
     #[cfg(feature = "_otlp")]
     pub(crate) otlp: OnceLock<crate::export::otlp::OtlpExporter>,
-    #[cfg(not(feature = "_otlp"))]
-    #[allow(dead_code)]
-    otlp: OnceLock<()>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -59,7 +59,7 @@ impl Engine {
     pub(crate) fn new(config: Config) -> Arc<Engine> {
         let bounds = Bounds::new(&config.histogram_bounds);
         Arc::new(Engine {
-            fast_poll_bucket: bounds.bucket(1_000_000),
+            fast_poll_bucket: bounds.bucket(crate::clock::FAST_POLL_NS),
             startup_notes: std::sync::Mutex::new(Vec::new()),
             startup_said: AtomicBool::new(false),
             bounds,
@@ -70,6 +70,7 @@ impl Engine {
             limiter: RateLimiter::new(20),
             shut_down: AtomicBool::new(false),
             hooks_installed: AtomicBool::new(false),
+            #[cfg(feature = "_otlp")]
             otlp: OnceLock::new(),
             config,
         })
