@@ -137,24 +137,21 @@ impl SiteTable {
         {
             return site;
         }
-        if t.all.len() >= self.max_sites {
-            return Self::overflow(&mut t, key.kind, None, bounds, init);
-        }
-        let file = Self::intern_file(&mut t, key.file);
-        let location = (key.kind, file, key.line, key.column);
-        let mut task_name = key.task_name;
-        if task_name.is_some() {
-            let names = t.names_per_location.entry(location).or_insert(0);
-            if *names >= self.max_names_per_location {
-                task_name = Some(OTHER);
-            } else {
-                *names += 1;
-            }
-        }
-        // The capped name may already exist as a site.
+        // Past the per-location cap, a new name is recorded as `<other>` at that location.
+        let names = t
+            .files
+            .get(key.file)
+            .and_then(|file| {
+                let location = (key.kind, *file, key.line, key.column);
+                t.names_per_location.get(&location).copied()
+            })
+            .unwrap_or(0);
+        let capped_name = match key.task_name {
+            Some(_) if names >= self.max_names_per_location => Some(OTHER),
+            name => name,
+        };
         let capped = SiteKey {
-            task_name,
-            file,
+            task_name: capped_name,
             ..*key
         };
         let capped_hash = capped.hash64();
@@ -165,6 +162,16 @@ impl SiteTable {
         {
             return site;
         }
+        if t.all.len() >= self.max_sites {
+            return Self::overflow(&mut t, key.kind, None, bounds, init);
+        }
+        // Only what becomes a site is interned, so the table's strings stay bounded too.
+        let file = Self::intern_file(&mut t, key.file);
+        if capped_name.is_some_and(|n| n != OTHER) {
+            let location = (key.kind, file, key.line, key.column);
+            *t.names_per_location.entry(location).or_insert(0) += 1;
+        }
+        let task_name = capped_name;
         let task_name = task_name.map(|n| -> &'static str {
             if n == OTHER {
                 OTHER
