@@ -98,7 +98,11 @@ where
     // fmt layer then panics with "Span not found"). `on_enter`/`on_exit` are safe.
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let meta = attrs.metadata();
-        if meta.name() != "runtime.spawn" || !poll_context::thread_is_measured() {
+        if meta.name() != "runtime.spawn" {
+            poll_context::remember_class(id.into_u64(), classify(meta));
+            return;
+        }
+        if !poll_context::thread_is_measured() {
             return;
         }
         // Measured through poll hooks instead (production mode): don't count polls twice.
@@ -140,19 +144,61 @@ where
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
         self.engine.say_startup_notes();
-        if !poll_context::thread_is_measured() {
-            return;
-        }
-        let Some(span) = ctx.span(id) else { return };
-        let meta = span.metadata();
-        if meta.name() != "runtime.spawn" {
-            // tokio's own resource and async-op spans are not where user code blocks; timing
-            // them would double the cost of every lock and channel operation.
-            if poll_context::polling() && !meta.name().starts_with("runtime.") {
+        // Spans created on this thread are classified already: no registry lookup.
+        let class = match poll_context::class_of(id.into_u64()) {
+            Some(class) => Some(class),
+            None => {
+                if !poll_context::thread_is_measured() {
+                    return;
+                }
+                let Some(span) = ctx.span(id) else { return };
+                let meta = span.metadata();
+                if meta.name() == "runtime.spawn" {
+                    self.enter_task(id, &span);
+                    return;
+                }
+                Some(classify(meta))
+            }
+        };
+        if let Some(poll_context::SpanClass::User(meta)) = class {
+            if poll_context::polling() {
                 poll_context::enter_span(id.into_u64(), meta);
             }
+        }
+    }
+
+    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+        if let Some(poll_context::SpanClass::Internal) = poll_context::class_of(id.into_u64()) {
             return;
         }
+        self.exit(id);
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if poll_context::class_of(id.into_u64()).is_some() {
+            poll_context::forget_class(id.into_u64());
+            return;
+        }
+        let Some(span) = ctx.span(&id) else { return };
+        if span.metadata().name() != "runtime.spawn" {
+            return;
+        }
+        let extensions = span.extensions();
+        // A job dropped before any thread ran it (runtime shutdown) leaves the queue too.
+        if let Some(task) = extensions.get::<TaskSpan>() {
+            if task.kind == TaskKind::Blocking && !task.started.load(Relaxed) {
+                task.site.queued.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+}
+
+impl StallscopeLayer {
+    /// First or later enter of a `runtime.spawn` span: a poll begins (or a blocking job starts).
+    fn enter_task<S>(&self, id: &Id, span: &tracing_subscriber::registry::SpanRef<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
         let extensions = span.extensions();
         let Some(task) = extensions.get::<TaskSpan>() else {
             return;
@@ -181,7 +227,8 @@ where
         }
     }
 
-    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+    /// A span exit: ends the poll if the span was a task's, else closes a user span.
+    fn exit(&self, id: &Id) {
         let Some((poll, elapsed)) = poll_context::end_poll(id.into_u64()) else {
             poll_context::exit_span(id.into_u64());
             return;
@@ -212,22 +259,6 @@ where
         }
     }
 
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(&id) else { return };
-        if span.metadata().name() != "runtime.spawn" {
-            return;
-        }
-        let extensions = span.extensions();
-        // A job dropped before any thread ran it (runtime shutdown) leaves the queue too.
-        if let Some(task) = extensions.get::<TaskSpan>() {
-            if task.kind == TaskKind::Blocking && !task.started.load(Relaxed) {
-                task.site.queued.fetch_sub(1, Relaxed);
-            }
-        }
-    }
-}
-
-impl StallscopeLayer {
     /// Once per thread: watch its runtime, and (with `tokio_unstable`) give it a worker slot
     /// and start the watchdog, so a poll still running past the threshold is reported live.
     #[cold]
@@ -242,6 +273,16 @@ impl StallscopeLayer {
                 poll_context::set_slot(slot);
             }
         }
+    }
+}
+
+/// tokio's own resource and async-op spans are not where user code blocks; timing them would
+/// double the cost of every lock and channel operation.
+fn classify(meta: &'static tracing::Metadata<'static>) -> poll_context::SpanClass {
+    if meta.name().starts_with("runtime.") {
+        poll_context::SpanClass::Internal
+    } else {
+        poll_context::SpanClass::User(meta)
     }
 }
 

@@ -74,6 +74,57 @@ thread_local! {
     static RUNTIME_WATCHED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// What a span that is not a task is, cached per thread from `on_new_span` (where its metadata
+/// comes free) so `on_enter`/`on_exit` skip the registry lookup: tokio creates and enters its
+/// resource and async-op spans on the same thread, several per lock or channel operation.
+#[derive(Clone, Copy)]
+pub(crate) enum SpanClass {
+    /// tokio's own resource/async-op spans: never a culprit.
+    Internal,
+    /// A user span: a culprit candidate inside a poll.
+    User(&'static Metadata<'static>),
+}
+
+const CLASS_CACHE_SIZE: usize = 256;
+
+thread_local! {
+    static CLASSES: [Cell<(u64, Option<SpanClass>)>; CLASS_CACHE_SIZE] =
+        const { [const { Cell::new((0, None)) }; CLASS_CACHE_SIZE] };
+}
+
+fn class_slot(span: u64) -> usize {
+    (span as usize) % CLASS_CACHE_SIZE
+}
+
+/// Remembers what `span` is (a span id is never reused with the same generation).
+#[inline]
+pub(crate) fn remember_class(span: u64, class: SpanClass) {
+    let _ = CLASSES.try_with(|c| c[class_slot(span)].set((span, Some(class))));
+}
+
+/// What `span` is, if it was created on this thread and is still remembered.
+#[inline]
+pub(crate) fn class_of(span: u64) -> Option<SpanClass> {
+    CLASSES
+        .try_with(|c| match c[class_slot(span)].get() {
+            (id, class) if id == span => class,
+            _ => None,
+        })
+        .ok()
+        .flatten()
+}
+
+/// Forgets a closed span.
+#[inline]
+pub(crate) fn forget_class(span: u64) {
+    let _ = CLASSES.try_with(|c| {
+        let slot = &c[class_slot(span)];
+        if slot.get().0 == span {
+            slot.set((0, None));
+        }
+    });
+}
+
 /// Threads whose tasks belong to exporters, not to the application.
 const IGNORED_THREAD_PREFIXES: &[&str] = &["reqwest-internal-sync-runtime", "stallscope-"];
 
