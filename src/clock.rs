@@ -38,3 +38,23 @@ pub(crate) fn advance() -> u64 {
 fn origin() -> &'static Instant {
     ORIGIN.get_or_init(Instant::now)
 }
+
+/// Starts the thread that advances the clock (once per process). With `tokio_unstable` the
+/// same thread is the watchdog: each tick it also looks at the worker slots for live stalls.
+pub(crate) fn start_upkeep() {
+    static START: std::sync::Once = std::sync::Once::new();
+    START.call_once(|| {
+        advance();
+        let spawned = std::thread::Builder::new()
+            .name("stallscope-watchdog".into())
+            .spawn(|| loop {
+                std::thread::sleep(TICK);
+                let _now = advance();
+                #[cfg(tokio_unstable)]
+                crate::hooks::watchdog::scan(_now);
+            });
+        if let Err(e) = spawned {
+            crate::report::no_clock_thread(&e);
+        }
+    });
+}

@@ -57,10 +57,12 @@ mod init;
 mod layer;
 mod report;
 pub mod snapshot;
+pub mod sync;
 pub mod task;
 
 pub use builder::Builder;
 pub use config::{ConfigError, Toggle};
+pub use engine::locks::LockKind;
 pub use guard::Guard;
 pub use init::{init, try_init};
 pub use layer::StallscopeLayer;

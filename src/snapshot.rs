@@ -13,6 +13,8 @@ pub struct Snapshot {
     pub tasks: Vec<TaskSiteStats>,
     /// Per `spawn_blocking` call site.
     pub blocking: Vec<BlockingSiteStats>,
+    /// Per wrapped lock site (`stallscope::sync`).
+    pub locks: Vec<LockStats>,
     /// Per watched runtime.
     pub runtimes: Vec<RuntimeStats>,
     /// Upper bounds (seconds) of the histogram buckets; the last bucket is unbounded.
@@ -100,6 +102,27 @@ pub struct BlockingSiteStats {
     pub slow_queue_waits: u64,
     /// Summed duration of those waits.
     pub slow_queue_wait_time: Duration,
+}
+
+/// Acquisitions of the wrapped locks created at one site (or with one name).
+#[derive(Clone, Debug)]
+pub struct LockStats {
+    /// `std::sync::Mutex` or `std::sync::RwLock`.
+    pub kind: crate::engine::locks::LockKind,
+    /// Where the lock was created.
+    pub location: SpawnLocation,
+    /// The name given with `named`, if any.
+    pub name: Option<String>,
+    /// Acquisitions (`lock`, `read`, `write`).
+    pub acquisitions: u64,
+    /// Acquisitions that found the lock taken and waited.
+    pub contentions: u64,
+    /// Waits at or over the slow threshold on a thread polling a tokio task.
+    pub blocking_waits: u64,
+    /// Time each contended acquisition waited.
+    pub wait: HistogramSnapshot,
+    /// Time each guard was held (holds under 1 ms are counted, not timed).
+    pub hold: HistogramSnapshot,
 }
 
 /// One runtime's latest sampled interval and running totals (tokio-metrics `RuntimeMonitor`).

@@ -16,6 +16,11 @@ pub(crate) fn set_default_engine(engine: &Arc<Engine>) {
     let _ = DEFAULT_ENGINE.set(Arc::downgrade(engine));
 }
 
+/// The instance drop-ins (this module, [`crate::sync`]) report to, while it lives.
+pub(crate) fn default_engine() -> Option<Arc<Engine>> {
+    DEFAULT_ENGINE.get().and_then(Weak::upgrade)
+}
+
 /// [`tokio::task::spawn_blocking`], measured in production mode: records how long the job
 /// waited for a pool thread and how long it ran, per call site, and feeds the blocking-pool
 /// starvation report. In full mode (tokio's task spans) it is exactly `tokio::task::spawn_blocking`:
@@ -33,10 +38,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let engine = DEFAULT_ENGINE
-        .get()
-        .and_then(Weak::upgrade)
-        .filter(|e| e.hooks_installed.load(Relaxed));
+    let engine = default_engine().filter(|e| e.hooks_installed.load(Relaxed));
     let Some(engine) = engine else {
         return tokio::task::spawn_blocking(f);
     };

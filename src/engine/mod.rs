@@ -6,6 +6,7 @@
 //! report, OTLP, tokio-console) read sites and runtimes. Nothing here knows about spans or hooks.
 
 pub(crate) mod histogram;
+pub(crate) mod locks;
 pub(crate) mod runtimes;
 pub(crate) mod sites;
 pub(crate) mod starvation;
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::report::{self, Culprit, RateLimiter};
 use crate::snapshot::{BlockingSiteStats, Snapshot, SpawnLocation, TaskSiteStats};
 use histogram::Bounds;
+use locks::{LockKind, LockSite, LockTable};
 use runtimes::Runtimes;
 use sites::{Site, SiteKey, SiteTable, TaskKind};
 use starvation::Starvation;
@@ -31,6 +33,7 @@ pub(crate) struct Engine {
     /// Bucket that untimed fast polls are counted in.
     fast_poll_bucket: usize,
     pub(crate) sites: SiteTable,
+    pub(crate) locks: LockTable,
     pub(crate) runtimes: Runtimes,
     pub(crate) starvation: Starvation,
     /// `runtime.spawn` spans seen: zero after tasks ran means tokio's `tracing` feature is off.
@@ -64,6 +67,7 @@ impl Engine {
             startup_said: AtomicBool::new(false),
             bounds,
             sites: SiteTable::new(config.max_sites, config.max_task_names_per_location),
+            locks: LockTable::new(config.max_sites),
             runtimes: Runtimes::default(),
             starvation: Starvation::default(),
             task_spans_seen: AtomicU64::new(0),
@@ -202,6 +206,62 @@ impl Engine {
         }
     }
 
+    /// The site of a wrapped lock created at `location`; starts the clock it is timed with.
+    pub(crate) fn lock_site(
+        &self,
+        kind: LockKind,
+        location: &'static std::panic::Location<'static>,
+        name: Option<&'static str>,
+    ) -> &'static LockSite {
+        crate::clock::start_upkeep();
+        self.locks
+            .intern(kind, location, name, &self.bounds, &|_site| {
+                #[cfg(feature = "_otlp")]
+                if let Some(otlp) = self.otlp.get() {
+                    _site.otel = Some(otlp.bind_lock(_site));
+                }
+            })
+    }
+
+    /// A contended acquisition of a wrapped lock waited `wait`. Waiting past the threshold on
+    /// a thread that is polling a task is blocking inside async: reported.
+    pub(crate) fn record_lock_wait(&self, site: &LockSite, wait: Duration) {
+        site.contentions.fetch_add(1, Relaxed);
+        site.wait.record(&self.bounds, wait);
+        #[cfg(feature = "_otlp")]
+        if let Some(otel) = &site.otel {
+            otel.record_wait(wait);
+        }
+        if wait < self.config.slow_poll_threshold {
+            return;
+        }
+        let task = crate::layer::current_task_site();
+        #[cfg(tokio_unstable)]
+        let task = task.or_else(crate::hooks::current_task_site);
+        if let Some(task) = task {
+            site.blocking_waits.fetch_add(1, Relaxed);
+            if self.config.report_slow_polls {
+                report::blocking_lock_wait(&self.limiter, site, wait, Some(task), &self.config);
+            }
+        }
+    }
+
+    /// A guard of a wrapped lock was held `held_ns` (coarse clock; short holds are counted).
+    #[inline]
+    pub(crate) fn record_lock_hold(&self, site: &LockSite, held_ns: u64) {
+        if held_ns < crate::clock::FAST_POLL_NS {
+            site.hold
+                .count_in_bucket(histogram::this_threads_shard(), self.fast_poll_bucket, 1);
+            return;
+        }
+        let held = Duration::from_nanos(held_ns);
+        site.hold.record(&self.bounds, held);
+        #[cfg(feature = "_otlp")]
+        if let Some(otel) = &site.otel {
+            otel.record_hold(held);
+        }
+    }
+
     /// A blocking job was picked up by a pool thread after waiting `wait` in the queue.
     pub(crate) fn record_queue_wait(&self, site: &Site, wait: Duration) {
         site.queue_wait.record(&self.bounds, wait);
@@ -288,6 +348,25 @@ impl Engine {
                 }),
             }
         }
+        snapshot.locks = self
+            .locks
+            .all()
+            .into_iter()
+            .map(|lock| crate::snapshot::LockStats {
+                kind: lock.kind,
+                location: SpawnLocation {
+                    file: lock.location.file.to_owned(),
+                    line: lock.location.line,
+                    column: lock.location.column,
+                },
+                name: lock.name.map(str::to_owned),
+                acquisitions: lock.acquisitions.load(Relaxed),
+                contentions: lock.contentions.load(Relaxed),
+                blocking_waits: lock.blocking_waits.load(Relaxed),
+                wait: lock.wait.snapshot(),
+                hold: lock.hold.snapshot(),
+            })
+            .collect();
         snapshot.runtimes = self.runtimes.snapshot();
         snapshot
     }

@@ -135,6 +135,19 @@ pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
     })
 }
 
+/// The site of the task this thread is polling (production mode), if any.
+pub(crate) fn current_task_site() -> Option<&'static Site> {
+    HOT.try_with(|hot| {
+        if hot.start.get() == 0 {
+            None
+        } else {
+            hot.current.get()
+        }
+    })
+    .ok()
+    .flatten()
+}
+
 /// The worker is about to park: publish what it counted so idle workers hold nothing back.
 pub(crate) fn on_park(engine: &Engine) {
     let _ = HOT.try_with(|hot| {

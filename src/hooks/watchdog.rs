@@ -2,7 +2,6 @@
 //! every worker slot, reporting a poll that has run past the threshold while it still runs.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Once;
 use std::time::Duration;
 
 use super::slots;
@@ -12,25 +11,15 @@ use crate::engine::sites::Site;
 /// Slots are looked at once the poll is at least this old, before taking the owner lock.
 const LOOK_AFTER: Duration = Duration::from_millis(10);
 
-static START: Once = Once::new();
-
+/// Watching starts with the clock's upkeep thread.
 pub(crate) fn start() {
-    START.call_once(|| {
-        clock::advance();
-        let spawned = std::thread::Builder::new()
-            .name("stallscope-watchdog".into())
-            .spawn(run);
-        if let Err(e) = spawned {
-            crate::report::no_watchdog(&e);
-        }
-    });
+    clock::start_upkeep();
 }
 
-fn run() {
+/// One look at every worker slot (called by the clock's upkeep thread each tick).
+pub(crate) fn scan(now: u64) {
     let look_after = LOOK_AFTER.as_nanos() as u64;
-    loop {
-        std::thread::sleep(clock::TICK);
-        let now = clock::advance();
+    {
         for slot in slots::in_use() {
             let start = slot.start_ns.load(Relaxed);
             if start == 0 || now.saturating_sub(start) < look_after {

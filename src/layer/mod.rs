@@ -276,6 +276,11 @@ impl StallscopeLayer {
     }
 }
 
+/// The site of the task this thread is polling (full mode), if any.
+pub(crate) fn current_task_site() -> Option<&'static Site> {
+    poll_context::current_task_site()
+}
+
 /// tokio's own resource and async-op spans are not where user code blocks; timing them would
 /// double the cost of every lock and channel operation.
 fn classify(meta: &'static tracing::Metadata<'static>) -> poll_context::SpanClass {

@@ -230,6 +230,18 @@ pub(crate) fn enter_span(span: u64, meta: &'static Metadata<'static>) {
     });
 }
 
+/// The site of the async task whose poll is in progress on this thread, if any.
+pub(crate) fn current_task_site() -> Option<&'static Site> {
+    POLLS
+        .try_with(|p| {
+            let p = p.try_borrow().ok()?;
+            let poll = p.polls[p.polls_len.checked_sub(1)?]?;
+            matches!(poll.kind, PollKind::Async { .. }).then_some(poll.site)
+        })
+        .ok()
+        .flatten()
+}
+
 /// Whether any poll is in progress on this thread (cheap pre-check before span lookups).
 #[inline]
 pub(crate) fn polling() -> bool {

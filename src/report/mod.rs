@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::Metadata;
 
 use crate::config::Config;
+use crate::engine::locks::LockSite;
 use crate::engine::sites::Site;
 use crate::engine::starvation::PoolState;
 use crate::engine::Engine;
@@ -201,12 +202,45 @@ pub(crate) fn out_of_worker_slots(max: usize) {
     }
 }
 
-#[cfg(tokio_unstable)]
-/// The watchdog thread could not start: no coarse clock, so production mode measures nothing.
-pub(crate) fn no_watchdog(e: &std::io::Error) {
+/// The clock's upkeep thread could not start: durations read as zero.
+pub(crate) fn no_clock_thread(e: &std::io::Error) {
     tracing::warn!(
         target: "stallscope",
-        "cannot start the stallscope-watchdog thread ({e}): production-mode poll timing is off"
+        "cannot start the stallscope-watchdog thread ({e}): poll and lock durations read as zero"
+    );
+}
+
+/// A thread polling a tokio task waited on a wrapped std lock past the threshold.
+pub(crate) fn blocking_lock_wait(
+    limiter: &RateLimiter,
+    lock: &LockSite,
+    wait: Duration,
+    task: Option<&Site>,
+    config: &Config,
+) {
+    let Some(suppressed) = limiter.allow() else {
+        return;
+    };
+    let task = task
+        .map(|t| {
+            format!(
+                " while polling a task{} spawned at {}",
+                name_suffix(t),
+                t.location
+            )
+        })
+        .unwrap_or_default();
+    tracing::warn!(
+        target: "stallscope",
+        wait_ms = ms(wait),
+        threshold_ms = ms(config.slow_poll_threshold),
+        lock = %lock.describe(),
+        "blocking lock wait: a tokio worker waited {wait:.3?} for the {}{task} (threshold {:?}); \
+         every other task on that worker waited too. Shorten the critical section, use \
+         tokio::sync for locks held across .await, or use message passing or atomics{}",
+        lock.describe(),
+        config.slow_poll_threshold,
+        suppressed_note(suppressed),
     );
 }
 
@@ -261,6 +295,7 @@ pub(crate) fn summary(snapshot: &Snapshot) {
             );
         }
     }
+    lock_summary(snapshot);
     let mut waits: Vec<_> = snapshot
         .blocking
         .iter()
@@ -277,6 +312,46 @@ pub(crate) fn summary(snapshot: &Snapshot) {
             b.jobs_spawned,
             b.queue_wait.max,
             snapshot.quantile(&b.queue_wait, 0.99).unwrap_or_default(),
+        );
+    }
+}
+
+/// The most contended wrapped locks, for the summary.
+fn lock_summary(snapshot: &Snapshot) {
+    const TOP: usize = 10;
+    let mut locks: Vec<_> = snapshot
+        .locks
+        .iter()
+        .filter(|l| l.contentions > 0)
+        .collect();
+    locks.sort_by_key(|l| std::cmp::Reverse(l.wait.sum));
+    for (rank, l) in locks.iter().take(TOP).enumerate() {
+        let name = l
+            .name
+            .as_deref()
+            .map(|n| format!(" {n:?}"))
+            .unwrap_or_default();
+        let blocking = if l.blocking_waits > 0 {
+            format!(
+                ", {} of them blocked a tokio worker past the threshold",
+                l.blocking_waits
+            )
+        } else {
+            String::new()
+        };
+        tracing::warn!(
+            target: "stallscope",
+            "summary: lock #{} {}{name} created at {}: {} of {} acquisitions waited, {:.3?} in all, \
+             p99 {:.3?}, max {:.3?}{blocking}. Shorter critical sections, tokio::sync for locks held \
+             across .await, message passing or atomics",
+            rank + 1,
+            l.kind,
+            l.location,
+            l.contentions,
+            l.acquisitions,
+            l.wait.sum,
+            snapshot.quantile(&l.wait, 0.99).unwrap_or_default(),
+            l.wait.max,
         );
     }
 }

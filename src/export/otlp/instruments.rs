@@ -12,6 +12,8 @@ use crate::engine::Engine;
 use crate::snapshot::RuntimeStats;
 
 pub(crate) struct Histograms {
+    pub(crate) lock_wait: Histogram<f64>,
+    pub(crate) lock_hold: Histogram<f64>,
     pub(crate) poll: Histogram<f64>,
     pub(crate) queue_wait: Histogram<f64>,
     pub(crate) blocking_run: Histogram<f64>,
@@ -28,6 +30,14 @@ impl Histograms {
                 .build()
         };
         Histograms {
+            lock_wait: histogram(
+                "tokio.lock.wait.duration",
+                "Time a contended acquisition of a wrapped lock waited, by lock",
+            ),
+            lock_hold: histogram(
+                "tokio.lock.hold.duration",
+                "Time a guard of a wrapped lock was held (holds of 1 ms and longer), by lock",
+            ),
             poll: histogram(
                 "tokio.task.poll.duration",
                 "Duration of each poll of an async task, by spawn location",
@@ -61,6 +71,42 @@ pub(crate) fn site_attributes(site: &Site) -> Vec<KeyValue> {
         attributes.push(KeyValue::new("tokio.task.name", name));
     }
     attributes
+}
+
+/// `code.*` attributes of a lock's creation site, `tokio.lock.kind`, and `tokio.lock.name`.
+pub(crate) fn lock_attributes(lock: &crate::engine::locks::LockSite) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("code.file.path", lock.location.file),
+        KeyValue::new("tokio.lock.kind", lock.kind.as_str()),
+    ];
+    if lock.location.file != OTHER {
+        attributes.push(KeyValue::new(
+            "code.line.number",
+            i64::from(lock.location.line),
+        ));
+        attributes.push(KeyValue::new(
+            "code.column.number",
+            i64::from(lock.location.column),
+        ));
+    }
+    if let Some(name) = lock.name {
+        attributes.push(KeyValue::new("tokio.lock.name", name));
+    }
+    attributes
+}
+
+fn observe_locks(
+    engine: &Weak<Engine>,
+    mut f: impl FnMut(&crate::engine::locks::LockSite, &[KeyValue]),
+) {
+    let Some(engine) = engine.upgrade() else {
+        return;
+    };
+    for lock in engine.locks.all() {
+        if let Some(otel) = &lock.otel {
+            f(lock, &otel.attributes);
+        }
+    }
 }
 
 fn observe_sites(engine: &Weak<Engine>, kind: TaskKind, mut f: impl FnMut(&Site, &[KeyValue])) {
@@ -157,6 +203,35 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
             observe_sites(&w, TaskKind::Blocking, |s, a| {
                 o.observe(s.spawned.load(Relaxed), a)
             })
+        })
+        .build();
+
+    // Per lock.
+    let w = e.clone();
+    meter
+        .u64_observable_counter("tokio.lock.acquisitions")
+        .with_unit("{acquisition}")
+        .with_description("Acquisitions of a wrapped lock, by lock")
+        .with_callback(move |o| {
+            observe_locks(&w, |l, a| o.observe(l.acquisitions.load(Relaxed), a))
+        })
+        .build();
+    let w = e.clone();
+    meter
+        .u64_observable_counter("tokio.lock.contentions")
+        .with_unit("{acquisition}")
+        .with_description("Acquisitions of a wrapped lock that found it taken and waited, by lock")
+        .with_callback(move |o| observe_locks(&w, |l, a| o.observe(l.contentions.load(Relaxed), a)))
+        .build();
+    let w = e.clone();
+    meter
+        .u64_observable_counter("tokio.lock.blocking_waits")
+        .with_unit("{acquisition}")
+        .with_description(
+            "Waits on a wrapped lock past the slow threshold by a thread polling a tokio task",
+        )
+        .with_callback(move |o| {
+            observe_locks(&w, |l, a| o.observe(l.blocking_waits.load(Relaxed), a))
         })
         .build();
 

@@ -65,6 +65,31 @@ impl std::fmt::Debug for SiteInstruments {
     }
 }
 
+/// One lock site's histograms, bound to its attributes.
+pub(crate) struct LockInstruments {
+    pub(crate) attributes: Vec<KeyValue>,
+    wait: BoundHistogram<f64>,
+    hold: BoundHistogram<f64>,
+}
+
+impl std::fmt::Debug for LockInstruments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockInstruments")
+            .field("attributes", &self.attributes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockInstruments {
+    pub(crate) fn record_wait(&self, d: Duration) {
+        self.wait.record(d.as_secs_f64());
+    }
+
+    pub(crate) fn record_hold(&self, d: Duration) {
+        self.hold.record(d.as_secs_f64());
+    }
+}
+
 impl SiteInstruments {
     #[inline]
     pub(crate) fn record_poll(&self, d: Duration) {
@@ -155,6 +180,15 @@ impl OtlpExporter {
             poll,
             queue_wait,
             run,
+        }
+    }
+
+    pub(crate) fn bind_lock(&self, lock: &crate::engine::locks::LockSite) -> LockInstruments {
+        let attributes = instruments::lock_attributes(lock);
+        LockInstruments {
+            wait: self.histograms.lock_wait.bind(&attributes),
+            hold: self.histograms.lock_hold.bind(&attributes),
+            attributes,
         }
     }
 

@@ -1,0 +1,160 @@
+//! Locks: where each wrapped lock was created (or its name), and how long acquisitions waited
+//! and guards were held. Bounded like the spawn sites: at most `max_sites` locks sites, further
+//! ones share `<other>`; sites are leaked so the lock path holds `&'static LockSite`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use super::histogram::{Bounds, ShardedHistogram};
+use super::sites::{Location, OTHER};
+
+/// What kind of lock, as exported in `tokio.lock.kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LockKind {
+    /// `stallscope::sync::Mutex` (a `std::sync::Mutex`).
+    StdMutex,
+    /// `stallscope::sync::RwLock` (a `std::sync::RwLock`).
+    StdRwLock,
+}
+
+impl LockKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LockKind::StdMutex => "std::sync::Mutex",
+            LockKind::StdRwLock => "std::sync::RwLock",
+        }
+    }
+}
+
+impl fmt::Display for LockKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One lock creation site (or named lock) and what was measured on it.
+#[derive(Debug)]
+pub(crate) struct LockSite {
+    pub(crate) kind: LockKind,
+    pub(crate) location: Location,
+    pub(crate) name: Option<&'static str>,
+    /// Time each contended acquisition waited (uncontended ones wait nothing and are only
+    /// counted in `acquisitions`).
+    pub(crate) wait: ShardedHistogram,
+    /// Time each guard was held.
+    pub(crate) hold: ShardedHistogram,
+    pub(crate) acquisitions: AtomicU64,
+    pub(crate) contentions: AtomicU64,
+    /// Waits at or over the slow threshold on a thread that was polling a task.
+    pub(crate) blocking_waits: AtomicU64,
+    #[cfg(feature = "_otlp")]
+    pub(crate) otel: Option<crate::export::otlp::LockInstruments>,
+}
+
+impl LockSite {
+    /// The lock's name, or its creation site.
+    pub(crate) fn describe(&self) -> String {
+        match self.name {
+            Some(name) => format!("{} {name:?} (created at {})", self.kind, self.location),
+            None => format!("{} created at {}", self.kind, self.location),
+        }
+    }
+}
+
+type Key = (LockKind, &'static str, u32, u32, Option<&'static str>);
+
+#[derive(Debug, Default)]
+struct Table {
+    by_key: HashMap<Key, &'static LockSite>,
+    all: Vec<&'static LockSite>,
+    overflow: Option<&'static LockSite>,
+}
+
+/// The bounded set of lock sites of one stallscope instance.
+#[derive(Debug)]
+pub(crate) struct LockTable {
+    table: Mutex<Table>,
+    max_sites: usize,
+}
+
+impl LockTable {
+    pub(crate) fn new(max_sites: usize) -> Self {
+        LockTable {
+            table: Mutex::new(Table::default()),
+            max_sites,
+        }
+    }
+
+    /// The site of a lock created at `location` (names are `&'static`: a lock's name is a
+    /// constant in code, so names cannot grow the table without bound).
+    pub(crate) fn intern(
+        &self,
+        kind: LockKind,
+        location: &'static std::panic::Location<'static>,
+        name: Option<&'static str>,
+        bounds: &Bounds,
+        init: &dyn Fn(&mut LockSite),
+    ) -> &'static LockSite {
+        let key = (
+            kind,
+            location.file(),
+            location.line(),
+            location.column(),
+            name,
+        );
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(site) = t.by_key.get(&key) {
+            return site;
+        }
+        let overflowing = t.all.len() >= self.max_sites;
+        if overflowing {
+            if let Some(site) = t.overflow {
+                return site;
+            }
+        }
+        let location = if overflowing {
+            Location {
+                file: OTHER,
+                line: 0,
+                column: 0,
+            }
+        } else {
+            Location {
+                file: location.file(),
+                line: location.line(),
+                column: location.column(),
+            }
+        };
+        let mut site = LockSite {
+            kind,
+            location,
+            name: if overflowing { None } else { name },
+            wait: ShardedHistogram::new(bounds),
+            hold: ShardedHistogram::new(bounds),
+            acquisitions: AtomicU64::new(0),
+            contentions: AtomicU64::new(0),
+            blocking_waits: AtomicU64::new(0),
+            #[cfg(feature = "_otlp")]
+            otel: None,
+        };
+        init(&mut site);
+        let site: &'static LockSite = Box::leak(Box::new(site));
+        t.all.push(site);
+        if overflowing {
+            t.overflow = Some(site);
+        } else {
+            t.by_key.insert(key, site);
+        }
+        site
+    }
+
+    pub(crate) fn all(&self) -> Vec<&'static LockSite> {
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .all
+            .clone()
+    }
+}
