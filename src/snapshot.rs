@@ -107,7 +107,7 @@ pub struct BlockingSiteStats {
 /// Acquisitions of the wrapped locks created at one site (or with one name).
 #[derive(Clone, Debug)]
 pub struct LockStats {
-    /// `std::sync::Mutex` or `std::sync::RwLock`.
+    /// Which lock type.
     pub kind: crate::engine::locks::LockKind,
     /// Where the lock was created.
     pub location: SpawnLocation,
@@ -117,6 +117,10 @@ pub struct LockStats {
     pub acquisitions: u64,
     /// Acquisitions that found the lock taken and waited.
     pub contentions: u64,
+    /// Acquisitions given up before the lock was obtained (tokio locks: the future dropped).
+    pub cancellations: u64,
+    /// How long the cancelled acquisitions had waited.
+    pub cancelled_wait: HistogramSnapshot,
     /// Waits at or over the slow threshold on a thread polling a tokio task.
     pub blocking_waits: u64,
     /// Time each contended acquisition waited.

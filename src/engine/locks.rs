@@ -17,6 +17,12 @@ pub enum LockKind {
     StdMutex,
     /// `stallscope::sync::RwLock` (a `std::sync::RwLock`).
     StdRwLock,
+    /// `tokio::sync::Mutex`, seen through tokio's resource spans (full mode).
+    TokioMutex,
+    /// `tokio::sync::RwLock`, seen through tokio's resource spans (full mode).
+    TokioRwLock,
+    /// `tokio::sync::Semaphore`, seen through tokio's resource spans (full mode).
+    TokioSemaphore,
 }
 
 impl LockKind {
@@ -24,6 +30,9 @@ impl LockKind {
         match self {
             LockKind::StdMutex => "std::sync::Mutex",
             LockKind::StdRwLock => "std::sync::RwLock",
+            LockKind::TokioMutex => "tokio::sync::Mutex",
+            LockKind::TokioRwLock => "tokio::sync::RwLock",
+            LockKind::TokioSemaphore => "tokio::sync::Semaphore",
         }
     }
 }
@@ -47,6 +56,10 @@ pub(crate) struct LockSite {
     pub(crate) hold: ShardedHistogram,
     pub(crate) acquisitions: AtomicU64,
     pub(crate) contentions: AtomicU64,
+    /// Acquisitions given up before the lock was obtained (tokio locks: the future dropped),
+    /// and how long they had waited.
+    pub(crate) cancellations: AtomicU64,
+    pub(crate) cancelled_wait: ShardedHistogram,
     /// Waits at or over the slow threshold on a thread that was polling a task.
     pub(crate) blocking_waits: AtomicU64,
     #[cfg(feature = "_otlp")]
@@ -68,6 +81,7 @@ type Key = (LockKind, &'static str, u32, u32, Option<&'static str>);
 #[derive(Debug, Default)]
 struct Table {
     by_key: HashMap<Key, &'static LockSite>,
+    files: HashMap<Box<str>, &'static str>,
     all: Vec<&'static LockSite>,
     overflow: Option<&'static LockSite>,
 }
@@ -89,23 +103,20 @@ impl LockTable {
 
     /// The site of a lock created at `location` (names are `&'static`: a lock's name is a
     /// constant in code, so names cannot grow the table without bound).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn intern(
         &self,
         kind: LockKind,
-        location: &'static std::panic::Location<'static>,
+        file: &str,
+        line: u32,
+        column: u32,
         name: Option<&'static str>,
         bounds: &Bounds,
         init: &dyn Fn(&mut LockSite),
     ) -> &'static LockSite {
-        let key = (
-            kind,
-            location.file(),
-            location.line(),
-            location.column(),
-            name,
-        );
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(site) = t.by_key.get(&key) {
+        let known_file = t.files.get(file).copied();
+        if let Some(site) = known_file.and_then(|f| t.by_key.get(&(kind, f, line, column, name))) {
             return site;
         }
         let overflowing = t.all.len() >= self.max_sites;
@@ -121,11 +132,16 @@ impl LockTable {
                 column: 0,
             }
         } else {
-            Location {
-                file: location.file(),
-                line: location.line(),
-                column: location.column(),
-            }
+            // Only what becomes a site is interned, so the table's strings stay bounded.
+            let file = match known_file {
+                Some(f) => f,
+                None => {
+                    let leaked: &'static str = Box::leak(file.into());
+                    t.files.insert(file.into(), leaked);
+                    leaked
+                }
+            };
+            Location { file, line, column }
         };
         let mut site = LockSite {
             kind,
@@ -135,6 +151,8 @@ impl LockTable {
             hold: ShardedHistogram::new(bounds),
             acquisitions: AtomicU64::new(0),
             contentions: AtomicU64::new(0),
+            cancellations: AtomicU64::new(0),
+            cancelled_wait: ShardedHistogram::new(bounds),
             blocking_waits: AtomicU64::new(0),
             #[cfg(feature = "_otlp")]
             otel: None,
@@ -145,6 +163,7 @@ impl LockTable {
         if overflowing {
             t.overflow = Some(site);
         } else {
+            let key = (kind, location.file, line, column, name);
             t.by_key.insert(key, site);
         }
         site

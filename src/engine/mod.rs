@@ -214,13 +214,38 @@ impl Engine {
         name: Option<&'static str>,
     ) -> &'static LockSite {
         crate::clock::start_upkeep();
-        self.locks
-            .intern(kind, location, name, &self.bounds, &|_site| {
+        self.lock_site_at(
+            kind,
+            location.file(),
+            location.line(),
+            location.column(),
+            name,
+        )
+    }
+
+    /// The site of a lock created at `file:line:column` (a tokio lock's resource span).
+    pub(crate) fn lock_site_at(
+        &self,
+        kind: LockKind,
+        file: &str,
+        line: u32,
+        column: u32,
+        name: Option<&'static str>,
+    ) -> &'static LockSite {
+        self.locks.intern(
+            kind,
+            file,
+            line,
+            column,
+            name,
+            &self.bounds,
+            &|_site: &mut LockSite| {
                 #[cfg(feature = "_otlp")]
                 if let Some(otlp) = self.otlp.get() {
                     _site.otel = Some(otlp.bind_lock(_site));
                 }
-            })
+            },
+        )
     }
 
     /// A contended acquisition of a wrapped lock waited `wait`. Waiting past the threshold on
@@ -242,6 +267,35 @@ impl Engine {
             site.blocking_waits.fetch_add(1, Relaxed);
             if self.config.report_slow_polls {
                 report::blocking_lock_wait(&self.limiter, site, wait, Some(task), &self.config);
+            }
+        }
+    }
+
+    /// An async acquisition (a tokio lock's async op) ended: obtained after `wait` (`None`:
+    /// at once, uncontended), or given up after `wait` (the future was dropped).
+    pub(crate) fn record_async_acquisition(
+        &self,
+        site: &LockSite,
+        wait: Option<Duration>,
+        acquired: bool,
+    ) {
+        if acquired {
+            site.acquisitions.fetch_add(1, Relaxed);
+            if let Some(wait) = wait {
+                site.contentions.fetch_add(1, Relaxed);
+                site.wait.record(&self.bounds, wait);
+                #[cfg(feature = "_otlp")]
+                if let Some(otel) = &site.otel {
+                    otel.record_wait(wait);
+                }
+            }
+        } else {
+            let wait = wait.unwrap_or_default();
+            site.cancellations.fetch_add(1, Relaxed);
+            site.cancelled_wait.record(&self.bounds, wait);
+            #[cfg(feature = "_otlp")]
+            if let Some(otel) = &site.otel {
+                otel.record_cancelled_wait(wait);
             }
         }
     }
@@ -362,6 +416,8 @@ impl Engine {
                 name: lock.name.map(str::to_owned),
                 acquisitions: lock.acquisitions.load(Relaxed),
                 contentions: lock.contentions.load(Relaxed),
+                cancellations: lock.cancellations.load(Relaxed),
+                cancelled_wait: lock.cancelled_wait.snapshot(),
                 blocking_waits: lock.blocking_waits.load(Relaxed),
                 wait: lock.wait.snapshot(),
                 hold: lock.hold.snapshot(),

@@ -4,6 +4,7 @@
 
 mod fields;
 mod poll_context;
+mod resources;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -98,9 +99,29 @@ where
     // fmt layer then panics with "Span not found"). `on_enter`/`on_exit` are safe.
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let meta = attrs.metadata();
-        if meta.name() != "runtime.spawn" {
-            poll_context::remember_class(id.into_u64(), classify(meta));
-            return;
+        match meta.name() {
+            "runtime.spawn" => {}
+            "runtime.resource" => {
+                if let Some(span) = ctx.span(id) {
+                    resources::new_resource(&self.engine, attrs, span);
+                }
+                poll_context::remember_class(id.into_u64(), poll_context::SpanClass::Internal);
+                return;
+            }
+            "runtime.resource.async_op" => {
+                let tracked = ctx.span(id).is_some_and(resources::new_async_op);
+                let class = if tracked {
+                    poll_context::SpanClass::AsyncOp
+                } else {
+                    poll_context::SpanClass::Internal
+                };
+                poll_context::remember_class(id.into_u64(), class);
+                return;
+            }
+            _ => {
+                poll_context::remember_class(id.into_u64(), classify(meta));
+                return;
+            }
         }
         if !poll_context::thread_is_measured() {
             return;
@@ -161,6 +182,7 @@ where
             }
         };
         if let Some(poll_context::SpanClass::User(meta)) = class {
+            // (Internal and AsyncOp spans are never culprits.)
             if poll_context::polling() {
                 poll_context::enter_span(id.into_u64(), meta);
             }
@@ -168,18 +190,35 @@ where
     }
 
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        if let Some(poll_context::SpanClass::Internal) = poll_context::class_of(id.into_u64()) {
+        if let Some(poll_context::SpanClass::Internal | poll_context::SpanClass::AsyncOp) =
+            poll_context::class_of(id.into_u64())
+        {
             return;
         }
         self.exit(id);
     }
 
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        // Records only: never emit events from here (see on_new_span).
+        if event.metadata().target().starts_with("runtime::resource::") {
+            resources::on_event(&self.engine, event, &ctx);
+        }
+    }
+
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        if poll_context::class_of(id.into_u64()).is_some() {
-            poll_context::forget_class(id.into_u64());
-            return;
+        match poll_context::class_of(id.into_u64()) {
+            Some(poll_context::SpanClass::AsyncOp) => poll_context::forget_class(id.into_u64()),
+            Some(_) => {
+                poll_context::forget_class(id.into_u64());
+                return;
+            }
+            None => {}
         }
         let Some(span) = ctx.span(&id) else { return };
+        if span.metadata().name() == "runtime.resource.async_op" {
+            resources::close_async_op(&self.engine, &span);
+            return;
+        }
         if span.metadata().name() != "runtime.spawn" {
             return;
         }

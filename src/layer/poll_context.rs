@@ -81,6 +81,8 @@ thread_local! {
 pub(crate) enum SpanClass {
     /// tokio's own resource/async-op spans: never a culprit.
     Internal,
+    /// An acquisition of a tracked tokio lock: internal, but its close ends a wait.
+    AsyncOp,
     /// A user span: a culprit candidate inside a poll.
     User(&'static Metadata<'static>),
 }

@@ -69,6 +69,7 @@ impl std::fmt::Debug for SiteInstruments {
 pub(crate) struct LockInstruments {
     pub(crate) attributes: Vec<KeyValue>,
     wait: BoundHistogram<f64>,
+    cancelled_wait: BoundHistogram<f64>,
     hold: BoundHistogram<f64>,
 }
 
@@ -83,6 +84,10 @@ impl std::fmt::Debug for LockInstruments {
 impl LockInstruments {
     pub(crate) fn record_wait(&self, d: Duration) {
         self.wait.record(d.as_secs_f64());
+    }
+
+    pub(crate) fn record_cancelled_wait(&self, d: Duration) {
+        self.cancelled_wait.record(d.as_secs_f64());
     }
 
     pub(crate) fn record_hold(&self, d: Duration) {
@@ -185,8 +190,14 @@ impl OtlpExporter {
 
     pub(crate) fn bind_lock(&self, lock: &crate::engine::locks::LockSite) -> LockInstruments {
         let attributes = instruments::lock_attributes(lock);
+        let with_outcome = |outcome: &'static str| {
+            let mut a = attributes.clone();
+            a.push(KeyValue::new("outcome", outcome));
+            a
+        };
         LockInstruments {
-            wait: self.histograms.lock_wait.bind(&attributes),
+            wait: self.histograms.lock_wait.bind(&with_outcome("acquired")),
+            cancelled_wait: self.histograms.lock_wait.bind(&with_outcome("cancelled")),
             hold: self.histograms.lock_hold.bind(&attributes),
             attributes,
         }

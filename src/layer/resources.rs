@@ -1,0 +1,193 @@
+//! `tokio::sync` locks without code changes (full mode): tokio makes each `Mutex`, `RwLock` and
+//! `Semaphore` created with `new` a `runtime.resource` span, and each `lock()`/`read()`/
+//! `write()`/`acquire()` a `runtime.resource.async_op` span in its scope, alive from the
+//! acquire future's first poll until it completes or is dropped: its lifetime is the wait.
+//! `runtime::resource::poll_op` events say whether a poll was ready (acquired) or pending
+//! (contended); `state_update` events with `locked`/`write_locked` give the hold time.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tracing::field::{Field, Visit};
+use tracing::span::Attributes;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
+
+use crate::clock;
+use crate::engine::locks::{LockKind, LockSite};
+use crate::engine::Engine;
+
+/// Kept on a lock's `runtime.resource` span.
+struct ResourceLock {
+    site: &'static LockSite,
+    /// Coarse time the lock was taken exclusively; 0 while free.
+    locked_at: AtomicU64,
+}
+
+/// Kept on an acquisition's `runtime.resource.async_op` span.
+struct AsyncOpWait {
+    site: &'static LockSite,
+    created: u64,
+    ready: AtomicBool,
+    pending: AtomicBool,
+}
+
+#[derive(Default)]
+struct ResourceFields {
+    concrete_type: String,
+    file: String,
+    line: u32,
+    column: u32,
+    is_internal: bool,
+}
+
+impl Visit for ResourceFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "concrete_type" => value.clone_into(&mut self.concrete_type),
+            "loc.file" => value.clone_into(&mut self.file),
+            _ => {}
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            "loc.line" => self.line = value as u32,
+            "loc.col" => self.column = value as u32,
+            _ => {}
+        }
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_u64(field, value.max(0) as u64);
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if field.name() == "is_internal" {
+            self.is_internal = value;
+        }
+    }
+    fn record_debug(&mut self, _: &Field, _: &dyn fmt::Debug) {}
+}
+
+/// A `runtime.resource` span was created: a lock site if it is a tokio lock.
+pub(crate) fn new_resource<S>(engine: &Engine, attrs: &Attributes<'_>, span: SpanRef<'_, S>)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let mut f = ResourceFields::default();
+    attrs.record(&mut f);
+    let kind = match f.concrete_type.as_str() {
+        "Mutex" => LockKind::TokioMutex,
+        "RwLock" => LockKind::TokioRwLock,
+        "Semaphore" => LockKind::TokioSemaphore,
+        _ => return,
+    };
+    // The semaphore inside every Mutex/RwLock is an internal resource: not a lock of its own.
+    if f.is_internal || f.file.is_empty() {
+        return;
+    }
+    let site = engine.lock_site_at(kind, &f.file, f.line, f.column, None);
+    span.extensions_mut().insert(ResourceLock {
+        site,
+        locked_at: AtomicU64::new(0),
+    });
+}
+
+/// A `runtime.resource.async_op` span was created in a lock's scope: an acquisition begins.
+/// Returns whether it belongs to a tracked lock.
+pub(crate) fn new_async_op<S>(span: SpanRef<'_, S>) -> bool
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let Some(site) = span
+        .parent()
+        .and_then(|p| p.extensions().get::<ResourceLock>().map(|r| r.site))
+    else {
+        return false;
+    };
+    span.extensions_mut().insert(AsyncOpWait {
+        site,
+        created: clock::now_ns(),
+        ready: AtomicBool::new(false),
+        pending: AtomicBool::new(false),
+    });
+    true
+}
+
+/// An async op span closed: the acquisition ended, obtained or given up.
+pub(crate) fn close_async_op<S>(engine: &Engine, span: &SpanRef<'_, S>)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let extensions = span.extensions();
+    let Some(op) = extensions.get::<AsyncOpWait>() else {
+        return;
+    };
+    let waited = Duration::from_nanos(clock::now_ns().saturating_sub(op.created));
+    let acquired = op.ready.load(Relaxed);
+    let contended = op.pending.load(Relaxed);
+    let wait = (contended || !acquired).then_some(waited);
+    engine.record_async_acquisition(op.site, wait, acquired);
+}
+
+#[derive(Default)]
+struct StateFields {
+    is_ready: Option<bool>,
+    locked: Option<bool>,
+}
+
+impl Visit for StateFields {
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        match field.name() {
+            "is_ready" => self.is_ready = Some(value),
+            "locked" | "write_locked" => self.locked = Some(value),
+            _ => {}
+        }
+    }
+    fn record_debug(&mut self, _: &Field, _: &dyn fmt::Debug) {}
+}
+
+/// `runtime::resource::*` events: poll outcomes of acquisitions, lock state changes.
+pub(crate) fn on_event<S>(engine: &Engine, event: &Event<'_>, ctx: &Context<'_, S>)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let target = event.metadata().target();
+    let poll_op = target == "runtime::resource::poll_op";
+    if !poll_op && target != "runtime::resource::state_update" {
+        return;
+    }
+    let mut f = StateFields::default();
+    event.record(&mut f);
+    let Some(current) = ctx.lookup_current() else {
+        return;
+    };
+    if poll_op {
+        // Emitted inside the op's `runtime.resource.async_op.poll` span.
+        let Some(ready) = f.is_ready else { return };
+        let Some(op_span) = current.parent() else {
+            return;
+        };
+        let extensions = op_span.extensions();
+        if let Some(op) = extensions.get::<AsyncOpWait>() {
+            if ready {
+                op.ready.store(true, Relaxed);
+            } else {
+                op.pending.store(true, Relaxed);
+            }
+        }
+        return;
+    }
+    let Some(locked) = f.locked else { return };
+    let extensions = current.extensions();
+    if let Some(lock) = extensions.get::<ResourceLock>() {
+        if locked {
+            lock.locked_at.store(clock::now_ns(), Relaxed);
+        } else {
+            let since = lock.locked_at.swap(0, Relaxed);
+            if since != 0 {
+                engine.record_lock_hold(lock.site, clock::now_ns().saturating_sub(since));
+            }
+        }
+    }
+}

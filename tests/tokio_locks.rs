@@ -1,0 +1,127 @@
+//! `tokio::sync` locks measured without code changes (full mode): wait and hold times per lock
+//! creation site, read from tokio's own resource and async-op spans.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use stallscope::snapshot::LockStats;
+use stallscope::LockKind;
+use tracing_subscriber::prelude::*;
+
+fn stallscope() -> &'static stallscope::Guard {
+    static GUARD: OnceLock<stallscope::Guard> = OnceLock::new();
+    GUARD.get_or_init(|| {
+        let layer = stallscope::Builder::new().build().unwrap();
+        let guard = layer.guard();
+        tracing_subscriber::registry().with(layer).init();
+        guard
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn lock_at(kind: LockKind, line: u32) -> LockStats {
+    let snapshot = stallscope().snapshot();
+    snapshot
+        .locks
+        .iter()
+        .find(|l| {
+            l.kind == kind && l.location.line == line && l.location.file.ends_with("tokio_locks.rs")
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("{kind} created at line {line}: {:?}", snapshot.locks))
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn a_tokio_mutex_held_across_an_await_makes_others_wait_and_cancelled_waits_count() {
+    stallscope();
+    let (mutex, line) = (Arc::new(tokio::sync::Mutex::new(0u32)), line!());
+    runtime().block_on(async {
+        let held = mutex.clone().lock_owned().await;
+        let waiter = {
+            let mutex = mutex.clone();
+            tokio::spawn(async move { *mutex.lock().await += 1 })
+        };
+        // An acquisition given up after 20 ms.
+        assert!(tokio::time::timeout(ms(20), mutex.lock()).await.is_err());
+        tokio::time::sleep(ms(50)).await; // held across an await: the waiter waits ~70 ms
+        drop(held);
+        waiter.await.unwrap();
+    });
+    let stats = lock_at(LockKind::TokioMutex, line);
+    assert_eq!(stats.acquisitions, 2, "{stats:?}");
+    assert_eq!(
+        stats.contentions, 1,
+        "only the spawned waiter waited: {stats:?}"
+    );
+    assert!(
+        stats.wait.max >= ms(65) && stats.wait.max < ms(400),
+        "wait {:?}",
+        stats.wait.max
+    );
+    assert_eq!(stats.cancellations, 1, "{stats:?}");
+    assert!(
+        stats.cancelled_wait.max >= ms(19) && stats.cancelled_wait.max < ms(300),
+        "cancelled after {:?}",
+        stats.cancelled_wait.max
+    );
+    assert!(stats.hold.max >= ms(69), "held {:?}", stats.hold.max);
+}
+
+#[test]
+fn tokio_rwlock_readers_wait_for_the_writer() {
+    stallscope();
+    let (lock, line) = (Arc::new(tokio::sync::RwLock::new(1u32)), line!());
+    runtime().block_on(async {
+        let writing = lock.clone().write_owned().await;
+        let reader = {
+            let lock = lock.clone();
+            tokio::spawn(async move { *lock.read().await })
+        };
+        tokio::time::sleep(ms(50)).await;
+        drop(writing);
+        assert_eq!(reader.await.unwrap(), 1);
+    });
+    let stats = lock_at(LockKind::TokioRwLock, line);
+    assert_eq!(stats.contentions, 1, "{stats:?}");
+    assert!(
+        stats.wait.max >= ms(45) && stats.wait.max < ms(400),
+        "wait {:?}",
+        stats.wait.max
+    );
+    assert!(stats.hold.max >= ms(49), "write held {:?}", stats.hold.max);
+}
+
+#[test]
+fn tokio_semaphore_acquires_wait_for_a_permit() {
+    stallscope();
+    let (permits, line) = (Arc::new(tokio::sync::Semaphore::new(1)), line!());
+    runtime().block_on(async {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let waiter = {
+            let permits = permits.clone();
+            tokio::spawn(async move { drop(permits.acquire().await.unwrap()) })
+        };
+        tokio::time::sleep(ms(50)).await;
+        drop(permit);
+        waiter.await.unwrap();
+    });
+    let stats = lock_at(LockKind::TokioSemaphore, line);
+    assert_eq!(stats.acquisitions, 2, "{stats:?}");
+    assert_eq!(stats.contentions, 1, "{stats:?}");
+    assert!(
+        stats.wait.max >= ms(45) && stats.wait.max < ms(400),
+        "wait {:?}",
+        stats.wait.max
+    );
+}
