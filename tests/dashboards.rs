@@ -17,6 +17,7 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ("blocking_in_async", &[]),
     ("blocking_in_async", &["--fixed"]),
     ("blocking_pool_starvation", &["--job-ms", "300"]),
+    ("threads_with_runtimes", &[]),
 ];
 
 fn panels(board: &Value) -> Vec<&Value> {

@@ -17,6 +17,9 @@ use crate::snapshot::RuntimeStats;
 /// grow memory without bound); the report says so once.
 const MAX_RUNTIMES: usize = 64;
 
+/// This many runtimes at once is flagged as a runtime per thread (or per request).
+const MANY_RUNTIMES: usize = 4;
+
 /// Latest interval and running totals of one runtime.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RuntimeSample {
@@ -165,7 +168,27 @@ impl Runtimes {
         // The first interval starts now, so the first real sample covers one whole interval.
         runtime.sample();
         watched.push(runtime);
+        let count = watched.len();
+        let ids: Vec<String> = watched.iter().map(|w| w.label.clone()).collect();
         drop(watched);
+        // Logged outside the lock: logging dispatches to layers that may read runtimes.
+        if count == 2 {
+            tracing::info!(
+                target: "stallscope",
+                "a second tokio runtime is running (ids {}): metrics and reports tell them apart by tokio.runtime.id",
+                ids.join(", ")
+            );
+        } else if count == MANY_RUNTIMES {
+            tracing::warn!(
+                target: "stallscope",
+                runtimes = count,
+                "{count} tokio runtimes in this process (ids {}): threads that each build their own runtime \
+                 (the asyncio.run-per-thread mistake) split work that one runtime would balance, and block \
+                 each other through shared std locks; share one runtime (Handle::current, a global runtime) \
+                 and tokio::sync or atomics",
+                ids.join(", ")
+            );
+        }
         self.start_sampler(engine, interval);
     }
 

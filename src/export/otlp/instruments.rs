@@ -235,6 +235,19 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
         })
         .build();
 
+    // Per process.
+    let w = e.clone();
+    meter
+        .u64_observable_gauge("tokio.runtimes")
+        .with_unit("{runtime}")
+        .with_description("tokio runtimes stallscope watches in this process")
+        .with_callback(move |o| {
+            if let Some(engine) = w.upgrade() {
+                o.observe(engine.runtimes.watched().len() as u64, &[]);
+            }
+        })
+        .build();
+
     // Per runtime.
     let gauge_u64 = |name: &'static str,
                      unit: &'static str,

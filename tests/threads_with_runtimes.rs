@@ -1,0 +1,108 @@
+//! Several runtimes in one process, told apart; locks measured and exported.
+
+mod support;
+
+use std::time::Duration;
+
+use support::examples::{self, OutputWithin};
+use support::victoria::VictoriaMetrics;
+
+fn run(vm: &VictoriaMetrics, service: &str, args: &[&str]) -> String {
+    let output = examples::command("threads_with_runtimes")
+        .args(args)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", vm.otlp_endpoint())
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "60000")
+        .env("OTEL_SERVICE_NAME", service)
+        .output_within(Duration::from_secs(40));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+fn runtimes(vm: &VictoriaMetrics, service: &str) -> f64 {
+    let q = format!(
+        r#"count(count by (tokio_runtime_id) (tokio_runtime_worker_count{{service_name="{service}"}}))"#
+    );
+    vm.wait_for(&q, Duration::from_secs(10))[0].value
+}
+
+#[test]
+fn two_and_five_runtimes_are_told_apart_and_the_std_lock_blocks_workers() {
+    let vm = VictoriaMetrics::start();
+    let two = run(&vm, "runtimes-2", &["--threads", "2"]);
+    let five = run(&vm, "runtimes-5", &["--threads", "5"]);
+
+    assert_eq!(runtimes(&vm, "runtimes-2"), 2.0);
+    assert_eq!(runtimes(&vm, "runtimes-5"), 5.0);
+    let gauge = vm.wait_for(
+        r#"tokio_runtimes{service_name="runtimes-5"}"#,
+        Duration::from_secs(5),
+    );
+    assert_eq!(gauge[0].value, 5.0);
+
+    assert!(two.contains("a second tokio runtime is running"), "{two}");
+    assert!(
+        !two.contains("tokio runtimes in this process"),
+        "two is not flagged: {two}"
+    );
+    assert!(
+        five.contains("4 tokio runtimes in this process"),
+        "flagged at the 4th: {five}"
+    );
+    // Five threads holding the std lock 40 ms each: workers wait past the 100 ms threshold.
+    assert!(
+        five.contains(r#"blocking lock wait: a tokio worker waited"#)
+            && five.contains(
+                r#"std::sync::Mutex "counter" (created at examples/threads_with_runtimes.rs:"#
+            ),
+        "{five}"
+    );
+    assert!(
+        five.contains("summary: lock #1 std::sync::Mutex \"counter\""),
+        "{five}"
+    );
+
+    // The lock metrics in the time-series database.
+    let counter =
+        r#"service_name="runtimes-5",tokio_lock_name="counter",tokio_lock_kind="std::sync::Mutex""#;
+    let waits = vm.wait_for(
+        &format!(r#"tokio_lock_wait_duration_seconds_count{{{counter},outcome="acquired"}}"#),
+        Duration::from_secs(10),
+    );
+    assert!(waits[0].value >= 4.0, "{waits:?}");
+    let contentions = vm.wait_for(
+        &format!("tokio_lock_contentions_total{{{counter}}}"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(contentions[0].value, waits[0].value);
+    let blocking = vm.wait_for(
+        &format!("tokio_lock_blocking_waits_total{{{counter}}}"),
+        Duration::from_secs(5),
+    );
+    assert!(blocking[0].value >= 1.0, "{blocking:?}");
+    // tokio::sync::Mutex held across an await by ten tasks: waits and holds, without code changes.
+    let tokio_mutex = r#"service_name="runtimes-5",tokio_lock_kind="tokio::sync::Mutex""#;
+    let held = vm.wait_for(
+        &format!("tokio_lock_hold_duration_seconds_count{{{tokio_mutex}}}"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(held[0].value, 10.0, "ten holds of ~20 ms: {held:?}");
+    let tokio_waits = vm.wait_for(
+        &format!(r#"tokio_lock_wait_duration_seconds_count{{{tokio_mutex},outcome="acquired"}}"#),
+        Duration::from_secs(5),
+    );
+    assert!(tokio_waits[0].value >= 8.0, "{tokio_waits:?}");
+}
+
+#[test]
+fn one_runtime_and_an_atomic_have_no_lock_waits() {
+    let vm = VictoriaMetrics::start();
+    let stderr = run(&vm, "runtimes-fixed", &["--fixed"]);
+    assert_eq!(runtimes(&vm, "runtimes-fixed"), 1.0);
+    assert!(!stderr.contains("blocking lock wait"), "{stderr}");
+    assert!(
+        !stderr.contains("tokio runtimes in this process"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("slow poll:"), "{stderr}");
+}
