@@ -123,6 +123,8 @@ pub struct LockStats {
     pub cancelled_wait: HistogramSnapshot,
     /// Waits at or over the slow threshold on a thread polling a tokio task.
     pub blocking_waits: u64,
+    /// Polls that ended with a guard of this lock still held (held across `.await`).
+    pub held_across_await: u64,
     /// Time each contended acquisition waited.
     pub wait: HistogramSnapshot,
     /// Time each guard was held (holds under 1 ms are counted, not timed).

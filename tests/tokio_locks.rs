@@ -125,3 +125,33 @@ fn tokio_semaphore_acquires_wait_for_a_permit() {
         stats.wait.max
     );
 }
+
+#[test]
+fn a_std_guard_held_across_an_await_is_found_at_the_end_of_the_poll() {
+    stallscope();
+    let held = stallscope::sync::Mutex::named("held-across-await", 0u32);
+    let well_used = stallscope::sync::Mutex::named("released-before-await", 0u32);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            {
+                *well_used.lock().unwrap() += 1; // released before the await: fine
+            }
+            tokio::time::sleep(ms(5)).await;
+            let guard = held.lock().unwrap();
+            tokio::time::sleep(ms(20)).await; // the poll ends here with the guard held
+            drop(guard);
+        });
+    let find = |name: &str| {
+        stallscope()
+            .snapshot()
+            .locks
+            .into_iter()
+            .find(|l| l.name.as_deref() == Some(name))
+            .unwrap()
+    };
+    assert!(find("held-across-await").held_across_await >= 1);
+    assert_eq!(find("released-before-await").held_across_await, 0);
+}

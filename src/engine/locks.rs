@@ -37,6 +37,68 @@ impl LockKind {
     }
 }
 
+/// What an acquisition asked for, as exported in `tokio.lock.operation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum LockOp {
+    /// `Mutex::lock` (and `lock_owned`, `blocking_lock`).
+    Lock,
+    /// `RwLock::read` (shared).
+    Read,
+    /// `RwLock::write` (exclusive).
+    Write,
+    /// `Semaphore::acquire` (and `acquire_many`, the `_owned` forms).
+    Acquire,
+}
+
+impl LockOp {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LockOp::Lock => "lock",
+            LockOp::Read => "read",
+            LockOp::Write => "write",
+            LockOp::Acquire => "acquire",
+        }
+    }
+
+    /// Index into a site's per-operation instruments: [`LockKind::operations`] order.
+    #[inline]
+    pub(crate) fn index(self) -> usize {
+        match self {
+            LockOp::Write => 1,
+            LockOp::Lock | LockOp::Read | LockOp::Acquire => 0,
+        }
+    }
+
+    /// The operation of a tokio async op, from its `source` field (`RwLock::read_owned`, ...).
+    pub(crate) fn from_tokio_source(kind: LockKind, source: &str) -> LockOp {
+        let method = source.rsplit("::").next().unwrap_or(source);
+        match kind {
+            LockKind::StdRwLock | LockKind::TokioRwLock if method.starts_with("write") => {
+                LockOp::Write
+            }
+            LockKind::StdRwLock | LockKind::TokioRwLock => LockOp::Read,
+            LockKind::TokioSemaphore => LockOp::Acquire,
+            LockKind::StdMutex | LockKind::TokioMutex => LockOp::Lock,
+        }
+    }
+}
+
+impl LockKind {
+    /// The operations an acquisition of this kind of lock can be, by [`LockOp::index`].
+    pub(crate) fn operations(self) -> &'static [LockOp] {
+        match self {
+            LockKind::StdMutex | LockKind::TokioMutex => &[LockOp::Lock],
+            LockKind::StdRwLock | LockKind::TokioRwLock => &[LockOp::Read, LockOp::Write],
+            LockKind::TokioSemaphore => &[LockOp::Acquire],
+        }
+    }
+
+    /// A std lock: waiting for it blocks the thread.
+    pub(crate) fn is_std(self) -> bool {
+        matches!(self, LockKind::StdMutex | LockKind::StdRwLock)
+    }
+}
+
 impl fmt::Display for LockKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -62,6 +124,8 @@ pub(crate) struct LockSite {
     pub(crate) cancelled_wait: ShardedHistogram,
     /// Waits at or over the slow threshold on a thread that was polling a task.
     pub(crate) blocking_waits: AtomicU64,
+    /// Polls that ended with a guard of this lock still held (held across `.await`).
+    pub(crate) held_across_await: AtomicU64,
     #[cfg(feature = "_otlp")]
     pub(crate) otel: Option<crate::export::otlp::LockInstruments>,
 }
@@ -154,6 +218,7 @@ impl LockTable {
             cancellations: AtomicU64::new(0),
             cancelled_wait: ShardedHistogram::new(bounds),
             blocking_waits: AtomicU64::new(0),
+            held_across_await: AtomicU64::new(0),
             #[cfg(feature = "_otlp")]
             otel: None,
         };

@@ -300,6 +300,14 @@ impl Engine {
         }
     }
 
+    /// A poll of a task at `task` ended with a guard of `lock` still held: reported once per lock.
+    #[cold]
+    pub(crate) fn guard_held_across_await(&self, lock: &LockSite, task: &Site) {
+        if lock.held_across_await.fetch_add(1, Relaxed) == 0 && self.config.report_slow_polls {
+            report::guard_held_across_await(lock, task);
+        }
+    }
+
     /// A guard of a wrapped lock was held `held_ns` (coarse clock; short holds are counted).
     #[inline]
     pub(crate) fn record_lock_hold(&self, site: &LockSite, held_ns: u64) {
@@ -419,6 +427,7 @@ impl Engine {
                 cancellations: lock.cancellations.load(Relaxed),
                 cancelled_wait: lock.cancelled_wait.snapshot(),
                 blocking_waits: lock.blocking_waits.load(Relaxed),
+                held_across_await: lock.held_across_await.load(Relaxed),
                 wait: lock.wait.snapshot(),
                 hold: lock.hold.snapshot(),
             })

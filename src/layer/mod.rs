@@ -272,6 +272,12 @@ impl StallscopeLayer {
             poll_context::exit_span(id.into_u64());
             return;
         };
+        if let (PollKind::Async { .. }, Some(lock)) = (
+            poll.kind,
+            crate::sync::guard_taken_in_poll_still_held(id.into_u64()),
+        ) {
+            self.engine.guard_held_across_await(lock, poll.site);
+        }
         match poll.kind {
             PollKind::Async { .. } if elapsed < clock::FAST_POLL_NS => {
                 self.engine
@@ -313,6 +319,11 @@ impl StallscopeLayer {
             }
         }
     }
+}
+
+/// The span id of the task poll in progress on this thread (full mode), if any.
+pub(crate) fn current_poll_span() -> Option<u64> {
+    poll_context::current_poll_span()
 }
 
 /// The site of the task this thread is polling (full mode), if any.

@@ -232,6 +232,18 @@ pub(crate) fn enter_span(span: u64, meta: &'static Metadata<'static>) {
     });
 }
 
+/// The span id of the async task poll in progress on this thread, if any.
+pub(crate) fn current_poll_span() -> Option<u64> {
+    POLLS
+        .try_with(|p| {
+            let p = p.try_borrow().ok()?;
+            let poll = p.polls[p.polls_len.checked_sub(1)?]?;
+            matches!(poll.kind, PollKind::Async { .. }).then_some(poll.span)
+        })
+        .ok()
+        .flatten()
+}
+
 /// The site of the async task whose poll is in progress on this thread, if any.
 pub(crate) fn current_task_site() -> Option<&'static Site> {
     POLLS

@@ -6,7 +6,7 @@
 //! (contended); `state_update` events with `locked`/`write_locked` give the hold time.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use tracing::field::{Field, Visit};
@@ -22,9 +22,14 @@ use crate::engine::Engine;
 /// Kept on a lock's `runtime.resource` span.
 struct ResourceLock {
     site: &'static LockSite,
-    /// Coarse time the lock was taken exclusively; 0 while free.
-    locked_at: AtomicU64,
+    /// Coarse start times of exclusive holds not yet released, oldest first. At a handover the
+    /// next holder's `locked = true` can arrive (from another worker) before the previous
+    /// holder's `locked = false`, so two can be open at once; a release ends the oldest.
+    holds: std::sync::Mutex<std::collections::VecDeque<u64>>,
 }
+
+/// Open holds kept per lock; more means release events were lost (dropped events).
+const MAX_OPEN_HOLDS: usize = 4;
 
 /// Kept on an acquisition's `runtime.resource.async_op` span.
 struct AsyncOpWait {
@@ -89,7 +94,7 @@ where
     let site = engine.lock_site_at(kind, &f.file, f.line, f.column, None);
     span.extensions_mut().insert(ResourceLock {
         site,
-        locked_at: AtomicU64::new(0),
+        holds: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(MAX_OPEN_HOLDS)),
     });
 }
 
@@ -181,13 +186,16 @@ where
     let Some(locked) = f.locked else { return };
     let extensions = current.extensions();
     if let Some(lock) = extensions.get::<ResourceLock>() {
+        let now = clock::now_ns();
+        let mut holds = lock.holds.lock().unwrap_or_else(|e| e.into_inner());
         if locked {
-            lock.locked_at.store(clock::now_ns(), Relaxed);
-        } else {
-            let since = lock.locked_at.swap(0, Relaxed);
-            if since != 0 {
-                engine.record_lock_hold(lock.site, clock::now_ns().saturating_sub(since));
+            if holds.len() == MAX_OPEN_HOLDS {
+                holds.pop_front();
             }
+            holds.push_back(now);
+        } else if let Some(since) = holds.pop_front() {
+            drop(holds);
+            engine.record_lock_hold(lock.site, now.saturating_sub(since));
         }
     }
 }

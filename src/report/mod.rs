@@ -210,6 +210,21 @@ pub(crate) fn no_clock_thread(e: &std::io::Error) {
     );
 }
 
+/// A poll ended with a wrapped std lock's guard still held (once per lock).
+pub(crate) fn guard_held_across_await(lock: &LockSite, task: &Site) {
+    tracing::warn!(
+        target: "stallscope",
+        lock = %lock.describe(),
+        spawned_at = %task.location,
+        "lock held across .await: a poll of the task{} spawned at {} ended while holding the {}; \
+         anything else that locks it blocks its thread until this task runs again. Drop the guard \
+         before the .await, or use tokio::sync::Mutex (reported once per lock)",
+        name_suffix(task),
+        task.location,
+        lock.describe(),
+    );
+}
+
 /// A thread polling a tokio task waited on a wrapped std lock past the threshold.
 pub(crate) fn blocking_lock_wait(
     limiter: &RateLimiter,

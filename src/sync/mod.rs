@@ -27,6 +27,46 @@ use crate::clock;
 use crate::engine::locks::{LockKind, LockSite};
 use crate::task::default_engine;
 
+thread_local! {
+    /// Guards of wrapped locks alive on this thread, and the site of the latest one: a guard
+    /// still alive when a poll ends was held across an `.await`.
+    /// The count, the latest guard's lock, and the poll (its span id) that took it.
+    static HELD: std::cell::Cell<(u32, Option<&'static LockSite>, u64)> =
+        const { std::cell::Cell::new((0, None, 0)) };
+}
+
+/// The lock whose guard was taken during the poll of span `poll` and is still held as that poll
+/// ends, if any. (Other tasks polled on this thread while it is suspended are not blamed.)
+#[inline]
+pub(crate) fn guard_taken_in_poll_still_held(poll: u64) -> Option<&'static LockSite> {
+    HELD.try_with(|h| match h.get() {
+        (0, _, _) => None,
+        (_, site, taken_in) => site.filter(|_| taken_in == poll),
+    })
+    .ok()
+    .flatten()
+}
+
+fn note_acquired(site: Option<&'static LockSite>) {
+    if site.is_some() {
+        let poll = crate::layer::current_poll_span().unwrap_or(0);
+        let _ = HELD.try_with(|h| h.set((h.get().0 + 1, site, poll)));
+    }
+}
+
+fn note_released(site: Option<&'static LockSite>) {
+    if site.is_some() {
+        let _ = HELD.try_with(|h| {
+            let (n, last, poll) = h.get();
+            if n <= 1 {
+                h.set((0, None, 0));
+            } else {
+                h.set((n - 1, last, poll));
+            }
+        });
+    }
+}
+
 /// The site a new lock records into, if a stallscope instance exists.
 fn site(
     kind: LockKind,
@@ -47,6 +87,7 @@ fn acquire<G>(
     let Some(site) = site else {
         return (try_acquire().unwrap_or_else(acquire), 0);
     };
+    note_acquired(Some(site));
     site.acquisitions
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Some(guard) = try_acquire() {
@@ -64,6 +105,7 @@ fn acquire<G>(
 /// Records a guard's hold time when it drops.
 #[inline]
 fn release(site: Option<&'static LockSite>, acquired: u64) {
+    note_released(site);
     if let Some(site) = site {
         let held = clock::now_ns().saturating_sub(acquired);
         if let Some(engine) = default_engine() {

@@ -73,10 +73,16 @@ impl<T: ?Sized> Mutex<T> {
     pub fn try_lock(&self) -> TryLockResult<MutexGuard<'_, T>> {
         let acquired = crate::clock::now_ns();
         match self.inner.try_lock() {
-            Ok(guard) => Ok(self.wrap(guard, acquired)),
-            Err(TryLockError::Poisoned(p)) => Err(TryLockError::Poisoned(PoisonError::new(
-                self.wrap(p.into_inner(), acquired),
-            ))),
+            Ok(guard) => {
+                super::note_acquired(self.site);
+                Ok(self.wrap(guard, acquired))
+            }
+            Err(TryLockError::Poisoned(p)) => {
+                super::note_acquired(self.site);
+                Err(TryLockError::Poisoned(PoisonError::new(
+                    self.wrap(p.into_inner(), acquired),
+                )))
+            }
             Err(TryLockError::WouldBlock) => Err(TryLockError::WouldBlock),
         }
     }
