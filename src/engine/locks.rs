@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Mutex;
 
 use super::histogram::{Bounds, ShardedHistogram};
@@ -12,6 +12,7 @@ use super::sites::{Location, OTHER};
 
 /// What kind of lock, as exported in `tokio.lock.kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum LockKind {
     /// `stallscope::sync::Mutex` (a `std::sync::Mutex`).
     StdMutex,
@@ -124,6 +125,11 @@ pub(crate) struct LockSite {
     pub(crate) cancelled_wait: ShardedHistogram,
     /// Waits at or over the slow threshold on a thread that was polling a task.
     pub(crate) blocking_waits: AtomicU64,
+    /// Guards of a wrapped std lock taken in one poll of a task and released in a later one
+    /// (or outside it): held across an `.await`.
+    pub(crate) held_across_await: AtomicU64,
+    /// The first of those was reported (once per lock site).
+    pub(crate) held_across_reported: AtomicBool,
     /// Polls that ended with a guard of this lock still held (held across `.await`).
     pub(crate) held_across_await: AtomicU64,
     #[cfg(feature = "_otlp")]
