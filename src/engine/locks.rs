@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use super::histogram::{Bounds, ShardedHistogram};
@@ -12,7 +12,6 @@ use super::sites::{Location, OTHER};
 
 /// What kind of lock, as exported in `tokio.lock.kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum LockKind {
     /// `stallscope::sync::Mutex` (a `std::sync::Mutex`).
     StdMutex,
@@ -35,68 +34,6 @@ impl LockKind {
             LockKind::TokioRwLock => "tokio::sync::RwLock",
             LockKind::TokioSemaphore => "tokio::sync::Semaphore",
         }
-    }
-}
-
-/// What an acquisition asked for, as exported in `tokio.lock.operation`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum LockOp {
-    /// `Mutex::lock` (and `lock_owned`, `blocking_lock`).
-    Lock,
-    /// `RwLock::read` (shared).
-    Read,
-    /// `RwLock::write` (exclusive).
-    Write,
-    /// `Semaphore::acquire` (and `acquire_many`, the `_owned` forms).
-    Acquire,
-}
-
-impl LockOp {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            LockOp::Lock => "lock",
-            LockOp::Read => "read",
-            LockOp::Write => "write",
-            LockOp::Acquire => "acquire",
-        }
-    }
-
-    /// Index into a site's per-operation instruments: [`LockKind::operations`] order.
-    #[inline]
-    pub(crate) fn index(self) -> usize {
-        match self {
-            LockOp::Write => 1,
-            LockOp::Lock | LockOp::Read | LockOp::Acquire => 0,
-        }
-    }
-
-    /// The operation of a tokio async op, from its `source` field (`RwLock::read_owned`, ...).
-    pub(crate) fn from_tokio_source(kind: LockKind, source: &str) -> LockOp {
-        let method = source.rsplit("::").next().unwrap_or(source);
-        match kind {
-            LockKind::StdRwLock | LockKind::TokioRwLock if method.starts_with("write") => {
-                LockOp::Write
-            }
-            LockKind::StdRwLock | LockKind::TokioRwLock => LockOp::Read,
-            LockKind::TokioSemaphore => LockOp::Acquire,
-            LockKind::StdMutex | LockKind::TokioMutex => LockOp::Lock,
-        }
-    }
-}
-
-impl LockKind {
-    /// The operations an acquisition of this kind of lock can be, by [`LockOp::index`].
-    pub(crate) fn operations(self) -> &'static [LockOp] {
-        match self {
-            LockKind::StdMutex | LockKind::TokioMutex => &[LockOp::Lock],
-            LockKind::StdRwLock | LockKind::TokioRwLock => &[LockOp::Read, LockOp::Write],
-            LockKind::TokioSemaphore => &[LockOp::Acquire],
-        }
-    }
-
-    /// A std lock: waiting for it blocks the thread.
-    pub(crate) fn is_std(self) -> bool {
-        matches!(self, LockKind::StdMutex | LockKind::StdRwLock)
     }
 }
 
@@ -125,11 +62,6 @@ pub(crate) struct LockSite {
     pub(crate) cancelled_wait: ShardedHistogram,
     /// Waits at or over the slow threshold on a thread that was polling a task.
     pub(crate) blocking_waits: AtomicU64,
-    /// Guards of a wrapped std lock taken in one poll of a task and released in a later one
-    /// (or outside it): held across an `.await`.
-    pub(crate) held_across_await: AtomicU64,
-    /// The first of those was reported (once per lock site).
-    pub(crate) held_across_reported: AtomicBool,
     /// Polls that ended with a guard of this lock still held (held across `.await`).
     pub(crate) held_across_await: AtomicU64,
     #[cfg(feature = "_otlp")]
