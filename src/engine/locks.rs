@@ -12,6 +12,7 @@ use super::sites::{Location, OTHER};
 
 /// What kind of lock, as exported in `tokio.lock.kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum LockKind {
     /// `stallscope::sync::Mutex` (a `std::sync::Mutex`).
     StdMutex,
@@ -23,6 +24,10 @@ pub enum LockKind {
     TokioRwLock,
     /// `tokio::sync::Semaphore`, seen through tokio's resource spans (full mode).
     TokioSemaphore,
+    /// `stallscope::sync::parking_lot::Mutex` (feature `parking_lot`).
+    ParkingLotMutex,
+    /// `stallscope::sync::parking_lot::RwLock` (feature `parking_lot`).
+    ParkingLotRwLock,
 }
 
 impl LockKind {
@@ -33,6 +38,98 @@ impl LockKind {
             LockKind::TokioMutex => "tokio::sync::Mutex",
             LockKind::TokioRwLock => "tokio::sync::RwLock",
             LockKind::TokioSemaphore => "tokio::sync::Semaphore",
+            LockKind::ParkingLotMutex => "parking_lot::Mutex",
+            LockKind::ParkingLotRwLock => "parking_lot::RwLock",
+        }
+    }
+}
+
+/// What an acquisition asked for, as exported in `tokio.lock.operation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum LockOp {
+    /// `Mutex::lock` (and `lock_owned`, `blocking_lock`).
+    Lock,
+    /// `RwLock::read` (shared).
+    Read,
+    /// `RwLock::write` (exclusive).
+    Write,
+    /// `Semaphore::acquire` (and `acquire_many`, the `_owned` forms).
+    Acquire,
+}
+
+// The names and indices are for the OTLP export.
+#[cfg_attr(not(feature = "_otlp"), allow(dead_code))]
+impl LockOp {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LockOp::Lock => "lock",
+            LockOp::Read => "read",
+            LockOp::Write => "write",
+            LockOp::Acquire => "acquire",
+        }
+    }
+
+    /// Index into a site's per-operation instruments: [`LockKind::operations`] order.
+    #[inline]
+    pub(crate) fn index(self) -> usize {
+        match self {
+            LockOp::Write => 1,
+            LockOp::Lock | LockOp::Read | LockOp::Acquire => 0,
+        }
+    }
+
+    /// The operation of a tokio async op, from its `source` field (`RwLock::read_owned`, ...).
+    pub(crate) fn from_tokio_source(kind: LockKind, source: &str) -> LockOp {
+        let method = source.rsplit("::").next().unwrap_or(source);
+        match kind {
+            LockKind::StdRwLock | LockKind::TokioRwLock | LockKind::ParkingLotRwLock
+                if method.starts_with("write") =>
+            {
+                LockOp::Write
+            }
+            LockKind::StdRwLock | LockKind::TokioRwLock | LockKind::ParkingLotRwLock => {
+                LockOp::Read
+            }
+            LockKind::TokioSemaphore => LockOp::Acquire,
+            LockKind::StdMutex | LockKind::TokioMutex | LockKind::ParkingLotMutex => LockOp::Lock,
+        }
+    }
+}
+
+impl LockKind {
+    /// The operations an acquisition of this kind of lock can be, by [`LockOp::index`].
+    pub(crate) fn operations(self) -> &'static [LockOp] {
+        match self {
+            LockKind::StdMutex | LockKind::TokioMutex | LockKind::ParkingLotMutex => {
+                &[LockOp::Lock]
+            }
+            LockKind::StdRwLock | LockKind::TokioRwLock | LockKind::ParkingLotRwLock => {
+                &[LockOp::Read, LockOp::Write]
+            }
+            LockKind::TokioSemaphore => &[LockOp::Acquire],
+        }
+    }
+
+    /// What to do about a contended lock of this kind (the summary's hint).
+    pub(crate) fn contention_hint(self) -> &'static str {
+        match self {
+            LockKind::StdMutex
+            | LockKind::StdRwLock
+            | LockKind::ParkingLotMutex
+            | LockKind::ParkingLotRwLock => {
+                "waiting for a std lock in async code blocks the worker thread: keep the critical \
+                 section short and free of I/O, use tokio::sync if the guard must live across \
+                 .await, or replace the lock with message passing or atomics"
+            }
+            LockKind::TokioMutex | LockKind::TokioRwLock => {
+                "tasks queue for this lock: hold it for less (copy what you need and drop the \
+                 guard before awaiting I/O), split the data so tasks need different locks, or \
+                 give the state to one task and send it messages"
+            }
+            LockKind::TokioSemaphore => {
+                "tasks queue for permits: expected if the semaphore bounds concurrency on \
+                 purpose; otherwise add permits or shorten the work done under one"
+            }
         }
     }
 }

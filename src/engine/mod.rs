@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::report::{self, Culprit, RateLimiter};
 use crate::snapshot::{BlockingSiteStats, Snapshot, SpawnLocation, TaskSiteStats};
 use histogram::Bounds;
-use locks::{LockKind, LockSite, LockTable};
+use locks::{LockKind, LockOp, LockSite, LockTable};
 use runtimes::Runtimes;
 use sites::{Site, SiteKey, SiteTable, TaskKind};
 use starvation::Starvation;
@@ -250,12 +250,13 @@ impl Engine {
 
     /// A contended acquisition of a wrapped lock waited `wait`. Waiting past the threshold on
     /// a thread that is polling a task is blocking inside async: reported.
-    pub(crate) fn record_lock_wait(&self, site: &LockSite, wait: Duration) {
+    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
+    pub(crate) fn record_lock_wait(&self, site: &LockSite, op: LockOp, wait: Duration) {
         site.contentions.fetch_add(1, Relaxed);
         site.wait.record(&self.bounds, wait);
         #[cfg(feature = "_otlp")]
         if let Some(otel) = &site.otel {
-            otel.record_wait(wait);
+            otel.record_wait(op, wait);
         }
         if wait < self.config.slow_poll_threshold {
             return;
@@ -273,9 +274,11 @@ impl Engine {
 
     /// An async acquisition (a tokio lock's async op) ended: obtained after `wait` (`None`:
     /// at once, uncontended), or given up after `wait` (the future was dropped).
+    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
     pub(crate) fn record_async_acquisition(
         &self,
         site: &LockSite,
+        op: LockOp,
         wait: Option<Duration>,
         acquired: bool,
     ) {
@@ -286,7 +289,7 @@ impl Engine {
                 site.wait.record(&self.bounds, wait);
                 #[cfg(feature = "_otlp")]
                 if let Some(otel) = &site.otel {
-                    otel.record_wait(wait);
+                    otel.record_wait(op, wait);
                 }
             }
         } else {
@@ -295,7 +298,7 @@ impl Engine {
             site.cancelled_wait.record(&self.bounds, wait);
             #[cfg(feature = "_otlp")]
             if let Some(otel) = &site.otel {
-                otel.record_cancelled_wait(wait);
+                otel.record_cancelled_wait(op, wait);
             }
         }
     }
@@ -310,7 +313,8 @@ impl Engine {
 
     /// A guard of a wrapped lock was held `held_ns` (coarse clock; short holds are counted).
     #[inline]
-    pub(crate) fn record_lock_hold(&self, site: &LockSite, held_ns: u64) {
+    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
+    pub(crate) fn record_lock_hold(&self, site: &LockSite, op: LockOp, held_ns: u64) {
         if held_ns < crate::clock::FAST_POLL_NS {
             site.hold
                 .count_in_bucket(histogram::this_threads_shard(), self.fast_poll_bucket, 1);
@@ -320,7 +324,7 @@ impl Engine {
         site.hold.record(&self.bounds, held);
         #[cfg(feature = "_otlp")]
         if let Some(otel) = &site.otel {
-            otel.record_hold(held);
+            otel.record_hold(op, held);
         }
     }
 

@@ -17,6 +17,14 @@ use crate::snapshot::RuntimeStats;
 /// grow memory without bound); the report says so once.
 const MAX_RUNTIMES: usize = 64;
 
+/// Runtimes watched by any instance in this process (reports name the runtime when it is > 1).
+static WATCHED_IN_PROCESS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many runtimes stallscope has watched in this process.
+pub(crate) fn watched_in_process() -> usize {
+    WATCHED_IN_PROCESS.load(Relaxed)
+}
+
 /// This many runtimes at once is flagged as a runtime per thread (or per request).
 const MANY_RUNTIMES: usize = 4;
 
@@ -168,6 +176,7 @@ impl Runtimes {
         // The first interval starts now, so the first real sample covers one whole interval.
         runtime.sample();
         watched.push(runtime);
+        WATCHED_IN_PROCESS.fetch_add(1, Relaxed);
         let count = watched.len();
         let ids: Vec<String> = watched.iter().map(|w| w.label.clone()).collect();
         drop(watched);

@@ -2,6 +2,7 @@
 //! spans (`--cfg tokio_unstable` + tokio's `tracing` feature). Each enter/exit of a
 //! `runtime.spawn` span is one poll; a blocking job's first enter ends its queue wait.
 
+mod block_on;
 mod fields;
 mod poll_context;
 mod resources;
@@ -51,8 +52,10 @@ struct TaskSpan {
     /// Blocking jobs: when `spawn_blocking` queued the job.
     created: Instant,
     /// Blocking jobs: whether a pool thread picked it up (later enters are tracing's
-    /// `Instrumented` entering once more on drop, not a run).
+    /// `Instrumented` entering once more on drop, not a run). `block_on`s: whether it began.
     started: AtomicBool,
+    /// `block_on` spans only: the caller's context (see [`block_on`]).
+    block_on: Option<Box<block_on::BlockOn>>,
 }
 
 impl StallscopeLayer {
@@ -109,7 +112,9 @@ where
                 return;
             }
             "runtime.resource.async_op" => {
-                let tracked = ctx.span(id).is_some_and(resources::new_async_op);
+                let tracked = ctx
+                    .span(id)
+                    .is_some_and(|span| resources::new_async_op(attrs, span));
                 let class = if tracked {
                     poll_context::SpanClass::AsyncOp
                 } else {
@@ -159,6 +164,7 @@ where
                 kind,
                 created: Instant::now(),
                 started: AtomicBool::new(false),
+                block_on: block_on::created(&fields.kind),
             });
         }
     }
@@ -245,6 +251,11 @@ impl StallscopeLayer {
         // Pool threads running blocking jobs get no worker slot: long jobs are expected there.
         if task.kind == TaskKind::Async && poll_context::first_poll_on_thread() {
             self.first_poll_on_thread();
+        }
+        if let Some(b) = &task.block_on {
+            if !task.started.swap(true, Relaxed) {
+                block_on::first_enter(&self.engine, task.site, b);
+            }
         }
         match task.kind {
             TaskKind::Async => poll_context::begin_poll(

@@ -16,7 +16,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::clock;
-use crate::engine::locks::{LockKind, LockSite};
+use crate::engine::locks::{LockKind, LockOp, LockSite};
 use crate::engine::Engine;
 
 /// Kept on a lock's `runtime.resource` span.
@@ -34,6 +34,7 @@ const MAX_OPEN_HOLDS: usize = 4;
 /// Kept on an acquisition's `runtime.resource.async_op` span.
 struct AsyncOpWait {
     site: &'static LockSite,
+    op: LockOp,
     created: u64,
     ready: AtomicBool,
     pending: AtomicBool,
@@ -98,9 +99,21 @@ where
     });
 }
 
+/// The operation of a RwLock's async op, from its `source` (`RwLock::write_owned`, ...).
+struct OpSource(LockOp);
+
+impl Visit for OpSource {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "source" {
+            self.0 = LockOp::from_tokio_source(LockKind::TokioRwLock, value);
+        }
+    }
+    fn record_debug(&mut self, _: &Field, _: &dyn fmt::Debug) {}
+}
+
 /// A `runtime.resource.async_op` span was created in a lock's scope: an acquisition begins.
 /// Returns whether it belongs to a tracked lock.
-pub(crate) fn new_async_op<S>(span: SpanRef<'_, S>) -> bool
+pub(crate) fn new_async_op<S>(attrs: &Attributes<'_>, span: SpanRef<'_, S>) -> bool
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -110,8 +123,18 @@ where
     else {
         return false;
     };
+    let op = match site.kind {
+        // Only a RwLock's operations need telling apart.
+        LockKind::TokioRwLock => {
+            let mut source = OpSource(LockOp::Read);
+            attrs.record(&mut source);
+            source.0
+        }
+        kind => kind.operations()[0],
+    };
     span.extensions_mut().insert(AsyncOpWait {
         site,
+        op,
         created: clock::now_ns(),
         ready: AtomicBool::new(false),
         pending: AtomicBool::new(false),
@@ -132,7 +155,7 @@ where
     let acquired = op.ready.load(Relaxed);
     let contended = op.pending.load(Relaxed);
     let wait = (contended || !acquired).then_some(waited);
-    engine.record_async_acquisition(op.site, wait, acquired);
+    engine.record_async_acquisition(op.site, op.op, wait, acquired);
 }
 
 #[derive(Default)]
@@ -195,7 +218,12 @@ where
             holds.push_back(now);
         } else if let Some(since) = holds.pop_front() {
             drop(holds);
-            engine.record_lock_hold(lock.site, now.saturating_sub(since));
+            // Exclusive holds only: a Mutex's `locked`, a RwLock's `write_locked`.
+            let op = match lock.site.kind {
+                LockKind::TokioRwLock => LockOp::Write,
+                _ => LockOp::Lock,
+            };
+            engine.record_lock_hold(lock.site, op, now.saturating_sub(since));
         }
     }
 }

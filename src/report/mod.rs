@@ -100,11 +100,12 @@ pub(crate) fn slow_poll(
         task.name = site.task_name.unwrap_or(""),
         spawned_at = %site.location,
         span = %span,
-        "slow poll: task {task_id}{} spawned at {} blocked its worker thread for {:.3?} (threshold {:?}){inside}; \
+        "slow poll: task {task_id}{} spawned at {}{} blocked its worker thread for {:.3?} (threshold {:?}){inside}; \
          every other task on that worker waited. Look for a synchronous call (std::thread::sleep, CPU-bound work, \
          blocking I/O, a std Mutex) and move it to spawn_blocking or use its async form{}",
         name_suffix(site),
         site.location,
+        runtime_note(),
         duration,
         config.slow_poll_threshold,
         suppressed_note(suppressed),
@@ -225,6 +226,54 @@ pub(crate) fn guard_held_across_await(lock: &LockSite, task: &Site) {
     );
 }
 
+/// One `block_on` call site ran on many different runtimes (once per call site).
+pub(crate) fn runtime_per_thread(block_on: &Site, runtimes: &[String]) {
+    tracing::warn!(
+        target: "stallscope",
+        block_on_at = %block_on.location,
+        runtimes = runtimes.len(),
+        "runtime per thread: block_on at {} has run on {} different tokio runtimes (ids {}): a runtime is \
+         built per thread or per iteration (the asyncio.run-per-thread mistake); each has its own workers, \
+         timers and blocking pool, their tasks cannot balance across them, and they block each other \
+         through shared std locks. Build one runtime, share its Handle (Handle::spawn, Handle::block_on), \
+         and use tokio::sync or atomics for shared state (reported once per call site)",
+        block_on.location,
+        runtimes.len(),
+        runtimes.join(", "),
+    );
+}
+
+/// A `block_on` started while its thread was polling a task of another runtime (once per call
+/// site).
+pub(crate) fn nested_block_on(block_on: &Site, inner: &str, task: &Site, outer: &str) {
+    tracing::warn!(
+        target: "stallscope",
+        block_on_at = %block_on.location,
+        runtime = inner,
+        outer_runtime = outer,
+        spawned_at = %task.location,
+        "block_on inside another runtime's task: the task{} spawned at {} on runtime {outer} called \
+         block_on at {} on runtime {inner}; the task and its thread wait until that future completes. \
+         Await the future in the task instead, or spawn it on the other runtime (Handle::spawn) and \
+         await the JoinHandle (reported once per call site)",
+        name_suffix(task),
+        task.location,
+        block_on.location,
+    );
+}
+
+/// ` on runtime <id>` when the process runs several runtimes and this thread is in one.
+pub(crate) fn runtime_note() -> String {
+    if crate::engine::runtimes::watched_in_process() < 2 {
+        return String::new();
+    }
+    #[cfg(tokio_unstable)]
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        return format!(" on runtime {}", handle.id());
+    }
+    String::new()
+}
+
 /// A thread polling a tokio task waited on a wrapped std lock past the threshold.
 pub(crate) fn blocking_lock_wait(
     limiter: &RateLimiter,
@@ -250,9 +299,10 @@ pub(crate) fn blocking_lock_wait(
         wait_ms = ms(wait),
         threshold_ms = ms(config.slow_poll_threshold),
         lock = %lock.describe(),
-        "blocking lock wait: a tokio worker waited {wait:.3?} for the {}{task} (threshold {:?}); \
+        "blocking lock wait: a tokio worker{} waited {wait:.3?} for the {}{task} (threshold {:?}); \
          every other task on that worker waited too. Shorten the critical section, use \
          tokio::sync for locks held across .await, or use message passing or atomics{}",
+        runtime_note(),
         lock.describe(),
         config.slow_poll_threshold,
         suppressed_note(suppressed),
@@ -311,6 +361,7 @@ pub(crate) fn summary(snapshot: &Snapshot) {
         }
     }
     lock_summary(snapshot);
+    runtime_summary(snapshot);
     let mut waits: Vec<_> = snapshot
         .blocking
         .iter()
@@ -329,6 +380,39 @@ pub(crate) fn summary(snapshot: &Snapshot) {
             snapshot.quantile(&b.queue_wait, 0.99).unwrap_or_default(),
         );
     }
+}
+
+/// Several runtimes: one line naming each, for the summary.
+fn runtime_summary(snapshot: &Snapshot) {
+    const TOP: usize = 16;
+    if snapshot.runtimes.len() < 2 {
+        return;
+    }
+    let each: Vec<String> = snapshot
+        .runtimes
+        .iter()
+        .take(TOP)
+        .map(|r| {
+            format!(
+                "runtime {} ({} workers, busy {:.3?})",
+                r.runtime, r.workers, r.worker_busy_time
+            )
+        })
+        .collect();
+    let more = snapshot.runtimes.len().saturating_sub(TOP);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    tracing::info!(
+        target: "stallscope",
+        runtimes = snapshot.runtimes.len(),
+        "summary: {} tokio runtimes ran: {}{more}; metrics carry tokio.runtime.id. Unless they are \
+         isolated on purpose, one shared runtime balances the work across its workers",
+        snapshot.runtimes.len(),
+        each.join(", "),
+    );
 }
 
 /// The most contended wrapped locks, for the summary.
@@ -357,8 +441,7 @@ fn lock_summary(snapshot: &Snapshot) {
         tracing::warn!(
             target: "stallscope",
             "summary: lock #{} {}{name} created at {}: {} of {} acquisitions waited, {:.3?} in all, \
-             p99 {:.3?}, max {:.3?}{blocking}. Shorter critical sections, tokio::sync for locks held \
-             across .await, message passing or atomics",
+             p99 {:.3?}, max {:.3?}{blocking}; {}",
             rank + 1,
             l.kind,
             l.location,
@@ -367,6 +450,7 @@ fn lock_summary(snapshot: &Snapshot) {
             l.wait.sum,
             snapshot.quantile(&l.wait, 0.99).unwrap_or_default(),
             l.wait.max,
+            l.kind.contention_hint(),
         );
     }
 }

@@ -5,6 +5,8 @@
 //! uncontended acquisition costs a `try_lock` and an atomic add; only a contended one reads the
 //! clock twice. A wait at or over the slow threshold on a thread that is polling a tokio task
 //! is reported: that is blocking inside async, every other task on that worker waited too.
+//! With feature `parking_lot`, `stallscope::sync::parking_lot` wraps parking_lot's locks the
+//! same way.
 //!
 //! ```
 //! let stallscope = stallscope::Builder::new().build().unwrap();
@@ -15,6 +17,8 @@
 //! ```
 
 mod mutex;
+#[cfg(feature = "parking_lot")]
+pub mod parking_lot;
 mod rwlock;
 
 pub use mutex::{Mutex, MutexGuard};
@@ -24,7 +28,7 @@ use std::panic::Location;
 use std::time::Duration;
 
 use crate::clock;
-use crate::engine::locks::{LockKind, LockSite};
+use crate::engine::locks::{LockKind, LockOp, LockSite};
 use crate::task::default_engine;
 
 thread_local! {
@@ -81,6 +85,7 @@ fn site(
 #[inline]
 fn acquire<G>(
     site: Option<&'static LockSite>,
+    op: LockOp,
     try_acquire: impl FnOnce() -> Option<G>,
     acquire: impl FnOnce() -> G,
 ) -> (G, u64) {
@@ -97,19 +102,62 @@ fn acquire<G>(
     let guard = acquire();
     let acquired = clock::now_ns();
     if let Some(engine) = default_engine() {
-        engine.record_lock_wait(site, Duration::from_nanos(acquired.saturating_sub(started)));
+        let waited = Duration::from_nanos(acquired.saturating_sub(started));
+        engine.record_lock_wait(site, op, waited);
     }
     (guard, acquired)
 }
 
+/// [`acquire`] with a deadline: `try_acquire_for` gives up after its timeout (`None`), which is
+/// recorded as a cancelled acquisition with its wait.
+#[cfg(feature = "parking_lot")]
+fn try_acquire_for<G>(
+    site: Option<&'static LockSite>,
+    op: LockOp,
+    try_acquire: impl FnOnce() -> Option<G>,
+    try_acquire_for: impl FnOnce() -> Option<G>,
+) -> Option<(G, u64)> {
+    let Some(site) = site else {
+        return try_acquire().or_else(try_acquire_for).map(|g| (g, 0));
+    };
+    if let Some(guard) = try_acquire() {
+        note_acquired(Some(site));
+        site.acquisitions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Some((guard, clock::now_ns()));
+    }
+    let started = clock::now_ns();
+    let guard = try_acquire_for();
+    let ended = clock::now_ns();
+    let waited = Duration::from_nanos(ended.saturating_sub(started));
+    let engine = default_engine();
+    match guard {
+        Some(guard) => {
+            note_acquired(Some(site));
+            site.acquisitions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(engine) = engine {
+                engine.record_lock_wait(site, op, waited);
+            }
+            Some((guard, ended))
+        }
+        None => {
+            if let Some(engine) = engine {
+                engine.record_async_acquisition(site, op, Some(waited), false);
+            }
+            None
+        }
+    }
+}
+
 /// Records a guard's hold time when it drops.
 #[inline]
-fn release(site: Option<&'static LockSite>, acquired: u64) {
+fn release(site: Option<&'static LockSite>, op: LockOp, acquired: u64) {
     note_released(site);
     if let Some(site) = site {
         let held = clock::now_ns().saturating_sub(acquired);
         if let Some(engine) = default_engine() {
-            engine.record_lock_hold(site, held);
+            engine.record_lock_hold(site, op, held);
         }
     }
 }

@@ -3,7 +3,7 @@ use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::sync::{LockResult, PoisonError, TryLockError, TryLockResult};
 
-use crate::engine::locks::{LockKind, LockSite};
+use crate::engine::locks::{LockKind, LockOp, LockSite};
 
 /// `std::sync::Mutex`, measured. See the [module docs](crate::sync).
 pub struct Mutex<T: ?Sized> {
@@ -56,6 +56,7 @@ impl<T: ?Sized> Mutex<T> {
     pub fn lock(&self) -> LockResult<MutexGuard<'_, T>> {
         let (result, acquired) = super::acquire(
             self.site,
+            LockOp::Lock,
             || match self.inner.try_lock() {
                 Ok(guard) => Some(Ok(guard)),
                 Err(TryLockError::Poisoned(p)) => Some(Err(p)),
@@ -92,6 +93,11 @@ impl<T: ?Sized> Mutex<T> {
         self.inner.is_poisoned()
     }
 
+    /// As [`std::sync::Mutex::clear_poison`].
+    pub fn clear_poison(&self) {
+        self.inner.clear_poison();
+    }
+
     /// As [`std::sync::Mutex::get_mut`].
     pub fn get_mut(&mut self) -> LockResult<&mut T> {
         self.inner.get_mut()
@@ -126,7 +132,7 @@ impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
 
 impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
-        super::release(self.site, self.acquired);
+        super::release(self.site, LockOp::Lock, self.acquired);
     }
 }
 

@@ -1,9 +1,9 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
-use std::sync::{LockResult, PoisonError, TryLockError};
+use std::sync::{LockResult, PoisonError, TryLockError, TryLockResult};
 
-use crate::engine::locks::{LockKind, LockSite};
+use crate::engine::locks::{LockKind, LockOp, LockSite};
 
 /// `std::sync::RwLock`, measured (reads and writes into the same lock site). See the
 /// [module docs](crate::sync).
@@ -56,6 +56,7 @@ impl<T: ?Sized> RwLock<T> {
     pub fn read(&self) -> LockResult<RwLockReadGuard<'_, T>> {
         let (result, acquired) = super::acquire(
             self.site,
+            LockOp::Read,
             || match self.inner.try_read() {
                 Ok(guard) => Some(Ok(guard)),
                 Err(TryLockError::Poisoned(p)) => Some(Err(p)),
@@ -78,6 +79,7 @@ impl<T: ?Sized> RwLock<T> {
     pub fn write(&self) -> LockResult<RwLockWriteGuard<'_, T>> {
         let (result, acquired) = super::acquire(
             self.site,
+            LockOp::Write,
             || match self.inner.try_write() {
                 Ok(guard) => Some(Ok(guard)),
                 Err(TryLockError::Poisoned(p)) => Some(Err(p)),
@@ -96,9 +98,54 @@ impl<T: ?Sized> RwLock<T> {
         }
     }
 
+    /// As [`std::sync::RwLock::try_read`] (never waits, so never records a wait).
+    pub fn try_read(&self) -> TryLockResult<RwLockReadGuard<'_, T>> {
+        let acquired = crate::clock::now_ns();
+        let wrap = |inner| {
+            super::note_acquired(self.site);
+            RwLockReadGuard {
+                inner,
+                site: self.site,
+                acquired,
+            }
+        };
+        match self.inner.try_read() {
+            Ok(guard) => Ok(wrap(guard)),
+            Err(TryLockError::Poisoned(p)) => Err(TryLockError::Poisoned(PoisonError::new(wrap(
+                p.into_inner(),
+            )))),
+            Err(TryLockError::WouldBlock) => Err(TryLockError::WouldBlock),
+        }
+    }
+
+    /// As [`std::sync::RwLock::try_write`] (never waits, so never records a wait).
+    pub fn try_write(&self) -> TryLockResult<RwLockWriteGuard<'_, T>> {
+        let acquired = crate::clock::now_ns();
+        let wrap = |inner| {
+            super::note_acquired(self.site);
+            RwLockWriteGuard {
+                inner,
+                site: self.site,
+                acquired,
+            }
+        };
+        match self.inner.try_write() {
+            Ok(guard) => Ok(wrap(guard)),
+            Err(TryLockError::Poisoned(p)) => Err(TryLockError::Poisoned(PoisonError::new(wrap(
+                p.into_inner(),
+            )))),
+            Err(TryLockError::WouldBlock) => Err(TryLockError::WouldBlock),
+        }
+    }
+
     /// As [`std::sync::RwLock::is_poisoned`].
     pub fn is_poisoned(&self) -> bool {
         self.inner.is_poisoned()
+    }
+
+    /// As [`std::sync::RwLock::clear_poison`].
+    pub fn clear_poison(&self) {
+        self.inner.clear_poison();
     }
 
     /// As [`std::sync::RwLock::get_mut`].
@@ -129,7 +176,7 @@ impl<T: ?Sized> Deref for RwLockReadGuard<'_, T> {
 
 impl<T: ?Sized> Drop for RwLockReadGuard<'_, T> {
     fn drop(&mut self) {
-        super::release(self.site, self.acquired);
+        super::release(self.site, LockOp::Read, self.acquired);
     }
 }
 
@@ -148,6 +195,6 @@ impl<T: ?Sized> DerefMut for RwLockWriteGuard<'_, T> {
 
 impl<T: ?Sized> Drop for RwLockWriteGuard<'_, T> {
     fn drop(&mut self) {
-        super::release(self.site, self.acquired);
+        super::release(self.site, LockOp::Write, self.acquired);
     }
 }

@@ -32,11 +32,11 @@ impl Histograms {
         Histograms {
             lock_wait: histogram(
                 "tokio.lock.wait.duration",
-                "Time a contended acquisition of a wrapped lock waited, by lock",
+                "Time a contended acquisition waited, by lock, operation and outcome (acquired or given up)",
             ),
             lock_hold: histogram(
                 "tokio.lock.hold.duration",
-                "Time a guard of a wrapped lock was held (holds of 1 ms and longer), by lock",
+                "Time a guard was held (holds of 1 ms and longer), by lock and operation",
             ),
             poll: histogram(
                 "tokio.task.poll.duration",
@@ -211,7 +211,7 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
     meter
         .u64_observable_counter("tokio.lock.acquisitions")
         .with_unit("{acquisition}")
-        .with_description("Acquisitions of a wrapped lock, by lock")
+        .with_description("Acquisitions of a lock, by lock")
         .with_callback(move |o| {
             observe_locks(&w, |l, a| o.observe(l.acquisitions.load(Relaxed), a))
         })
@@ -220,7 +220,7 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
     meter
         .u64_observable_counter("tokio.lock.contentions")
         .with_unit("{acquisition}")
-        .with_description("Acquisitions of a wrapped lock that found it taken and waited, by lock")
+        .with_description("Acquisitions of a lock that found it taken and waited, by lock")
         .with_callback(move |o| observe_locks(&w, |l, a| o.observe(l.contentions.load(Relaxed), a)))
         .build();
     let w = e.clone();
@@ -232,6 +232,17 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
         )
         .with_callback(move |o| {
             observe_locks(&w, |l, a| o.observe(l.blocking_waits.load(Relaxed), a))
+        })
+        .build();
+    let w = e.clone();
+    meter
+        .u64_observable_counter("tokio.lock.held_across_await")
+        .with_unit("{poll}")
+        .with_description(
+            "Polls that ended with a guard of a wrapped lock still held (held across .await)",
+        )
+        .with_callback(move |o| {
+            observe_locks(&w, |l, a| o.observe(l.held_across_await.load(Relaxed), a))
         })
         .build();
 

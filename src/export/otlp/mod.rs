@@ -65,9 +65,14 @@ impl std::fmt::Debug for SiteInstruments {
     }
 }
 
-/// One lock site's histograms, bound to its attributes.
+/// One lock site's histograms, bound to its attributes, per operation
+/// ([`LockOp::index`](crate::engine::locks::LockOp::index): `read`/`write` for a RwLock).
 pub(crate) struct LockInstruments {
     pub(crate) attributes: Vec<KeyValue>,
+    ops: Vec<LockOpInstruments>,
+}
+
+struct LockOpInstruments {
     wait: BoundHistogram<f64>,
     cancelled_wait: BoundHistogram<f64>,
     hold: BoundHistogram<f64>,
@@ -82,16 +87,26 @@ impl std::fmt::Debug for LockInstruments {
 }
 
 impl LockInstruments {
-    pub(crate) fn record_wait(&self, d: Duration) {
-        self.wait.record(d.as_secs_f64());
+    fn op(&self, op: crate::engine::locks::LockOp) -> Option<&LockOpInstruments> {
+        self.ops.get(op.index())
     }
 
-    pub(crate) fn record_cancelled_wait(&self, d: Duration) {
-        self.cancelled_wait.record(d.as_secs_f64());
+    pub(crate) fn record_wait(&self, op: crate::engine::locks::LockOp, d: Duration) {
+        if let Some(i) = self.op(op) {
+            i.wait.record(d.as_secs_f64());
+        }
     }
 
-    pub(crate) fn record_hold(&self, d: Duration) {
-        self.hold.record(d.as_secs_f64());
+    pub(crate) fn record_cancelled_wait(&self, op: crate::engine::locks::LockOp, d: Duration) {
+        if let Some(i) = self.op(op) {
+            i.cancelled_wait.record(d.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn record_hold(&self, op: crate::engine::locks::LockOp, d: Duration) {
+        if let Some(i) = self.op(op) {
+            i.hold.record(d.as_secs_f64());
+        }
     }
 }
 
@@ -190,17 +205,26 @@ impl OtlpExporter {
 
     pub(crate) fn bind_lock(&self, lock: &crate::engine::locks::LockSite) -> LockInstruments {
         let attributes = instruments::lock_attributes(lock);
-        let with_outcome = |outcome: &'static str| {
-            let mut a = attributes.clone();
-            a.push(KeyValue::new("outcome", outcome));
-            a
-        };
-        LockInstruments {
-            wait: self.histograms.lock_wait.bind(&with_outcome("acquired")),
-            cancelled_wait: self.histograms.lock_wait.bind(&with_outcome("cancelled")),
-            hold: self.histograms.lock_hold.bind(&attributes),
-            attributes,
-        }
+        let ops = lock
+            .kind
+            .operations()
+            .iter()
+            .map(|op| {
+                let mut with_op = attributes.clone();
+                with_op.push(KeyValue::new("tokio.lock.operation", op.as_str()));
+                let with_outcome = |outcome: &'static str| {
+                    let mut a = with_op.clone();
+                    a.push(KeyValue::new("outcome", outcome));
+                    a
+                };
+                LockOpInstruments {
+                    wait: self.histograms.lock_wait.bind(&with_outcome("acquired")),
+                    cancelled_wait: self.histograms.lock_wait.bind(&with_outcome("cancelled")),
+                    hold: self.histograms.lock_hold.bind(&with_op),
+                }
+            })
+            .collect();
+        LockInstruments { attributes, ops }
     }
 
     /// Final collection and export, bounded by the export timeout. Runs on a helper thread:
