@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::{validate_bounds, Config, ConfigError, Toggle};
+use crate::config::{validate_bounds, Config, ConfigError, StackSignal, Toggle};
 use crate::engine::Engine;
 use crate::layer::StallscopeLayer;
 use crate::Error;
@@ -104,6 +104,28 @@ impl Builder {
         self
     }
 
+    /// Whether a stall detected while it runs makes the stalled worker capture its stack, so
+    /// the report names the line that blocks (default on; Linux x86_64/aarch64 with feature
+    /// `stacks`). See [`StackSignal`] for the signal it uses.
+    pub fn capture_stacks(mut self, on: bool) -> Self {
+        self.config.capture_stacks = on;
+        self
+    }
+
+    /// The signal that asks a stalled worker for its stack (default `SIGRTMIN+6`). stallscope
+    /// never replaces a handler the program installed: if the signal is taken, stacks are off
+    /// and the log says so.
+    pub fn stack_signal(mut self, signal: StackSignal) -> Self {
+        self.config.stack_signal = signal;
+        self
+    }
+
+    /// How often a stall that goes on is sampled again (default 1 s, at most 10 samples).
+    pub fn stack_sample_interval(mut self, interval: Duration) -> Self {
+        self.config.stack_sample_interval = interval;
+        self
+    }
+
     /// Validates the configuration, starts the exporters and returns the layer.
     pub fn build(self) -> Result<StallscopeLayer, Error> {
         let config = self.config;
@@ -124,6 +146,7 @@ impl Builder {
         };
         zero("slow_poll_threshold", config.slow_poll_threshold)?;
         zero("sample_interval", config.sample_interval)?;
+        zero("stack_sample_interval", config.stack_sample_interval)?;
         if config.max_sites == 0 || config.max_task_names_per_location == 0 {
             return Err(ConfigError::new("max_sites", "0", "a positive whole number").into());
         }

@@ -38,6 +38,47 @@ pub struct Config {
     pub max_task_names_per_location: usize,
     /// Whether OTLP export runs.
     pub otlp: Toggle,
+    /// Capture the stalled worker's stack when a stall is detected (Linux x86_64/aarch64).
+    pub capture_stacks: bool,
+    /// The signal that asks a stalled worker for its stack.
+    pub stack_signal: StackSignal,
+    /// How often a stall that goes on is sampled again.
+    pub stack_sample_interval: Duration,
+}
+
+/// The signal stack capture uses: one the runtime and common libraries leave alone.
+///
+/// Real-time signals are numbered from `SIGRTMIN`, which the C library decides at run time
+/// (glibc keeps the first two or three for itself), so the default is an offset from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackSignal {
+    /// `SIGRTMIN+n`.
+    RtMinPlus(u8),
+    /// A signal number as the kernel numbers it.
+    Number(i32),
+}
+
+impl StackSignal {
+    /// The default, `SIGRTMIN+6`.
+    pub const DEFAULT: StackSignal = StackSignal::RtMinPlus(6);
+
+    /// The signal number on this system.
+    #[cfg(all(unix, feature = "stacks"))]
+    pub fn resolve(self) -> i32 {
+        match self {
+            StackSignal::RtMinPlus(n) => libc::SIGRTMIN() + i32::from(n),
+            StackSignal::Number(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for StackSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StackSignal::RtMinPlus(n) => write!(f, "SIGRTMIN+{n}"),
+            StackSignal::Number(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -51,6 +92,9 @@ impl Default for Config {
             max_sites: 512,
             max_task_names_per_location: 16,
             otlp: Toggle::Auto,
+            capture_stacks: true,
+            stack_signal: StackSignal::DEFAULT,
+            stack_sample_interval: Duration::from_secs(1),
         }
     }
 }
@@ -115,8 +159,47 @@ impl Config {
                 _ => return Err(ConfigError::new(vars::OTLP, &v, "one of auto, on, off")),
             };
         }
+        if let Some(v) = var(lookup, vars::STACKS) {
+            self.capture_stacks = parse_bool(vars::STACKS, &v)?;
+        }
+        if let Some(v) = var(lookup, vars::STACK_SIGNAL) {
+            self.stack_signal = parse_signal(vars::STACK_SIGNAL, &v)?;
+        }
+        if let Some(v) = var(lookup, vars::STACK_INTERVAL) {
+            self.stack_sample_interval = parse_duration(vars::STACK_INTERVAL, &v)?;
+            if self.stack_sample_interval < Duration::from_millis(10) {
+                return Err(ConfigError::new(
+                    vars::STACK_INTERVAL,
+                    &v,
+                    "a duration of at least 10ms, such as 1s or 250ms",
+                ));
+            }
+        }
         Ok(self)
     }
+}
+
+/// Parses `SIGRTMIN+6`, `RTMIN+6`, `SIGRTMIN` or a signal number such as `40`.
+pub(crate) fn parse_signal(variable: &str, value: &str) -> Result<StackSignal, ConfigError> {
+    const FORM: &str = "a real-time signal as SIGRTMIN+N (N from 0 to 30) or a signal number";
+    let upper = value.to_ascii_uppercase();
+    let rt = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if let Some(rest) = rt.strip_prefix("RTMIN") {
+        let offset = match rest.strip_prefix('+') {
+            None if rest.is_empty() => Some(0),
+            Some(n) => n.parse::<u8>().ok().filter(|n| *n <= 30),
+            None => None,
+        };
+        return offset
+            .map(StackSignal::RtMinPlus)
+            .ok_or_else(|| ConfigError::new(variable, value, FORM));
+    }
+    value
+        .parse::<i32>()
+        .ok()
+        .filter(|n| (1..=64).contains(n))
+        .map(StackSignal::Number)
+        .ok_or_else(|| ConfigError::new(variable, value, FORM))
 }
 
 /// Names of the environment variables stallscope reads.
@@ -137,6 +220,12 @@ pub mod vars {
     pub const MAX_TASK_NAMES: &str = "STALLSCOPE_MAX_TASK_NAMES";
     /// `auto`/`on`/`off`: OTLP export.
     pub const OTLP: &str = "STALLSCOPE_OTLP";
+    /// `on`/`off`: capture the stalled worker's stack.
+    pub const STACKS: &str = "STALLSCOPE_STACKS";
+    /// The signal used to capture stacks, e.g. `SIGRTMIN+6`.
+    pub const STACK_SIGNAL: &str = "STALLSCOPE_STACK_SIGNAL";
+    /// How often a lasting stall's stack is sampled again, e.g. `1s`.
+    pub const STACK_INTERVAL: &str = "STALLSCOPE_STACK_INTERVAL";
     /// `on`/`off`: compose console-subscriber in `init()`.
     pub const CONSOLE: &str = "STALLSCOPE_CONSOLE";
 }
@@ -280,6 +369,38 @@ mod tests {
         assert_eq!(d("1.5s"), Duration::from_millis(1500));
         assert_eq!(d("250us"), Duration::from_micros(250));
         assert_eq!(d("2m"), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn stack_signals_parse_as_rtmin_offsets_or_numbers() {
+        let sig = |s| parse_signal("X", s).unwrap();
+        assert_eq!(sig("SIGRTMIN+6"), StackSignal::RtMinPlus(6));
+        assert_eq!(sig("rtmin+3"), StackSignal::RtMinPlus(3));
+        assert_eq!(sig("SIGRTMIN"), StackSignal::RtMinPlus(0));
+        assert_eq!(sig("40"), StackSignal::Number(40));
+        for bad in [
+            "SIGUSR9",
+            "SIGRTMIN+99",
+            "SIGRTMIN-1",
+            "0",
+            "abc",
+            "SIGRTMIN+",
+        ] {
+            let err = env(&[("STALLSCOPE_STACK_SIGNAL", bad)]).unwrap_err();
+            assert_eq!(err.variable(), "STALLSCOPE_STACK_SIGNAL", "{bad}");
+            assert!(err.to_string().contains("SIGRTMIN+N"), "{err}");
+        }
+        let err = env(&[("STALLSCOPE_STACKS", "maybe")]).unwrap_err();
+        assert_eq!(err.variable(), "STALLSCOPE_STACKS");
+        let err = env(&[("STALLSCOPE_STACK_INTERVAL", "1ms")]).unwrap_err();
+        assert_eq!(err.variable(), "STALLSCOPE_STACK_INTERVAL");
+        let config = env(&[
+            ("STALLSCOPE_STACKS", "off"),
+            ("STALLSCOPE_STACK_INTERVAL", "250ms"),
+        ]);
+        let config = config.unwrap();
+        assert!(!config.capture_stacks);
+        assert_eq!(config.stack_sample_interval, Duration::from_millis(250));
     }
 
     #[test]

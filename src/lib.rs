@@ -61,7 +61,7 @@ pub mod sync;
 pub mod task;
 
 pub use builder::Builder;
-pub use config::{ConfigError, Toggle};
+pub use config::{ConfigError, StackSignal, Toggle};
 pub use engine::locks::LockKind;
 pub use guard::Guard;
 pub use init::{init, try_init};

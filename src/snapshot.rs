@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub histogram_bounds: Vec<f64>,
     /// The slow-poll threshold in force.
     pub slow_threshold: Duration,
+    /// Stacks of stalled workers captured and resolved so far.
+    pub stall_stacks: u64,
 }
 
 impl Snapshot {
@@ -85,6 +87,9 @@ pub struct TaskSiteStats {
     pub slow_polls: u64,
     /// Summed duration of those slow polls: worker time blocked.
     pub slow_poll_time: Duration,
+    /// Where the latest stall here was blocked: the innermost frame of the application's own
+    /// code in the stack captured while it ran, as `function (file:line)`.
+    pub blocked_in: Option<String>,
 }
 
 /// `spawn_blocking` jobs from one call site.

@@ -23,8 +23,22 @@ use crate::snapshot::{BlockingSiteStats, Snapshot, SpawnLocation, TaskSiteStats}
 use histogram::Bounds;
 use locks::{LockKind, LockOp, LockSite, LockTable};
 use runtimes::Runtimes;
-use sites::{Site, SiteKey, SiteTable, TaskKind};
+use sites::{BlockedIn, Site, SiteKey, SiteTable, TaskKind};
 use starvation::Starvation;
+
+/// A stalled worker's stack, resolved: what the report and exporters say of it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StallStack {
+    /// The innermost frame of the application's own code, `function (file:line)`.
+    pub(crate) culprit: Option<String>,
+    /// The frame just inside it: the call that blocks, e.g. `std::thread::sleep`.
+    pub(crate) callee: Option<String>,
+    /// The innermost frames down to a few callers of the culprit, `" <- "`-separated.
+    pub(crate) summary: String,
+    /// Every frame, one per line (exported whole with the stall's span).
+    #[allow(dead_code)] // read by the OTLP stall spans
+    pub(crate) full: String,
+}
 
 /// Shared state of one stallscope instance; the layer and the guard hold it.
 pub(crate) struct Engine {
@@ -36,6 +50,8 @@ pub(crate) struct Engine {
     pub(crate) locks: LockTable,
     pub(crate) runtimes: Runtimes,
     pub(crate) starvation: Starvation,
+    /// Stacks of stalled workers captured and resolved.
+    stall_stacks: AtomicU64,
     /// `runtime.spawn` spans seen: zero after tasks ran means tokio's `tracing` feature is off.
     pub(crate) task_spans_seen: AtomicU64,
     limiter: RateLimiter,
@@ -71,6 +87,7 @@ impl Engine {
             runtimes: Runtimes::default(),
             starvation: Starvation::default(),
             task_spans_seen: AtomicU64::new(0),
+            stall_stacks: AtomicU64::new(0),
             limiter: RateLimiter::new(20),
             shut_down: AtomicBool::new(false),
             hooks_installed: AtomicBool::new(false),
@@ -173,6 +190,7 @@ impl Engine {
         &self,
         site: &Site,
         shard: usize,
+        start_ns: u64,
         elapsed_ns: u64,
         task_id: impl FnOnce() -> u64,
         culprit: Option<Culprit>,
@@ -193,6 +211,7 @@ impl Engine {
                     duration,
                     &self.config,
                     culprit,
+                    site.blocked_in(Some(start_ns)),
                 );
             }
         }
@@ -203,6 +222,30 @@ impl Engine {
     pub(crate) fn report_stall_in_progress(&self, site: &Site, thread: &str, elapsed: Duration) {
         if self.config.report_slow_polls {
             report::stall_in_progress(&self.limiter, site, thread, elapsed, &self.config);
+        }
+    }
+
+    /// A stack captured while a poll of `site` that started at coarse `stall_start` was
+    /// stalled, `elapsed` into it: reported, and kept for the slow-poll line and the summary.
+    #[cfg_attr(not(all(tokio_unstable, feature = "stacks")), allow(dead_code))]
+    pub(crate) fn report_stall_stack(
+        &self,
+        site: &Site,
+        thread: &str,
+        stall_start: u64,
+        elapsed: Duration,
+        sample: u32,
+        stack: &StallStack,
+    ) {
+        self.stall_stacks.fetch_add(1, Relaxed);
+        if let Some(frame) = &stack.culprit {
+            *site.blocked_in.lock().unwrap_or_else(|e| e.into_inner()) = Some(BlockedIn {
+                frame: frame.clone(),
+                stall_start,
+            });
+        }
+        if self.config.report_slow_polls {
+            report::stall_stack(&self.limiter, site, thread, elapsed, sample, stack);
         }
     }
 
@@ -384,6 +427,7 @@ impl Engine {
         let mut snapshot = Snapshot {
             histogram_bounds: self.bounds.seconds().to_vec(),
             slow_threshold: self.config.slow_poll_threshold,
+            stall_stacks: self.stall_stacks.load(Relaxed),
             ..Snapshot::default()
         };
         for site in self.sites.all() {
@@ -403,6 +447,7 @@ impl Engine {
                     polls: self.site_polls(site),
                     slow_polls: slow_count,
                     slow_poll_time: slow_time,
+                    blocked_in: site.blocked_in(None),
                 }),
                 TaskKind::Blocking => snapshot.blocking.push(BlockingSiteStats {
                     location,

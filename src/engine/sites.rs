@@ -62,8 +62,30 @@ pub(crate) struct Site {
     /// Blocking only: jobs queued here and not yet started, and jobs running now.
     pub(crate) queued: AtomicI64,
     pub(crate) running: AtomicI64,
+    /// Async only: where the latest stall of this site was blocked, from a captured stack.
+    pub(crate) blocked_in: Mutex<Option<BlockedIn>>,
     #[cfg(feature = "_otlp")]
     pub(crate) otel: Option<crate::export::otlp::SiteInstruments>,
+}
+
+/// The user's innermost frame in a stack captured during a stall.
+#[derive(Clone, Debug)]
+pub(crate) struct BlockedIn {
+    /// `function (file:line)`.
+    pub(crate) frame: String,
+    /// Coarse start of the stalled poll the stack was taken in.
+    pub(crate) stall_start: u64,
+}
+
+impl Site {
+    /// Where the stall that started at coarse time `stall_start` was blocked, if its stack was
+    /// captured and resolved; `None` asks for the latest stall of the site.
+    pub(crate) fn blocked_in(&self, stall_start: Option<u64>) -> Option<String> {
+        let note = self.blocked_in.lock().unwrap_or_else(|e| e.into_inner());
+        note.as_ref()
+            .filter(|b| stall_start.is_none_or(|s| s == b.stall_start))
+            .map(|b| b.frame.clone())
+    }
 }
 
 /// A site as found in a span or hook, before interning.
@@ -244,6 +266,7 @@ impl SiteTable {
             spawned: AtomicU64::new(0),
             queued: AtomicI64::new(0),
             running: AtomicI64::new(0),
+            blocked_in: Mutex::new(None),
             #[cfg(feature = "_otlp")]
             otel: None,
         };

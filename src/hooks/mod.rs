@@ -9,6 +9,7 @@
 //! poll that is still running past the threshold is reported while it runs.
 
 pub(crate) mod slots;
+pub(crate) mod stacks;
 pub(crate) mod watchdog;
 
 use std::cell::Cell;
@@ -128,6 +129,7 @@ pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
         engine.record_timed_poll(
             site,
             hot.shard.get(),
+            start,
             elapsed,
             || meta.id().to_string().parse().unwrap_or(0),
             None,

@@ -94,6 +94,7 @@ impl Drop for Claim {
             if let Some(engine) = engine {
                 slot.publish_pending(&engine);
             }
+            super::stacks::set_owner(index_of(slot), false);
             slot.in_use.store(false, Relaxed);
         }
     }
@@ -143,10 +144,24 @@ fn claim(engine: &std::sync::Arc<Engine>) -> Option<&'static WorkerSlot> {
     slot.pending_site.store(ptr::null_mut(), Relaxed);
     slot.shard
         .store(crate::engine::histogram::this_threads_shard(), Relaxed);
+    super::stacks::set_owner(index_of(slot), true);
     Some(slot)
 }
 
 /// Slots in use now (watchdog).
 pub(crate) fn in_use() -> impl Iterator<Item = &'static WorkerSlot> {
     SLOTS.iter().filter(|s| s.in_use.load(Relaxed))
+}
+
+/// Slots in use now, with their index (watchdog: stack capture buffers share it).
+pub(crate) fn in_use_indexed() -> impl Iterator<Item = (usize, &'static WorkerSlot)> {
+    SLOTS
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.in_use.load(Relaxed))
+}
+
+fn index_of(slot: &'static WorkerSlot) -> usize {
+    (slot as *const WorkerSlot as usize - SLOTS.as_ptr() as usize)
+        / std::mem::size_of::<WorkerSlot>()
 }

@@ -1,10 +1,11 @@
 //! The watchdog thread (one per process): advances the coarse clock every tick and looks at
-//! every worker slot, reporting a poll that has run past the threshold while it still runs.
+//! every worker slot, reporting a poll that has run past the threshold while it still runs, and
+//! asking the stalled worker for its stack (see [`stacks`]).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::slots;
+use super::{slots, stacks};
 use crate::clock;
 use crate::engine::sites::Site;
 
@@ -20,7 +21,7 @@ pub(crate) fn start() {
 pub(crate) fn scan(now: u64) {
     let look_after = LOOK_AFTER.as_nanos() as u64;
     {
-        for slot in slots::in_use() {
+        for (index, slot) in slots::in_use_indexed() {
             let start = slot.start_ns.load(Relaxed);
             if start == 0 || now.saturating_sub(start) < look_after {
                 continue;
@@ -46,6 +47,8 @@ pub(crate) fn scan(now: u64) {
             let site: &'static Site = unsafe { &*site };
             slot.reported_start.store(start, Relaxed);
             engine.report_stall_in_progress(site, &thread, elapsed);
+            stacks::stall_began(&engine, index, site, thread, start, now);
         }
     }
+    stacks::tick(now);
 }

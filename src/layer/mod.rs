@@ -302,6 +302,7 @@ impl StallscopeLayer {
                 self.engine.record_timed_poll(
                     poll.site,
                     this_threads_shard(),
+                    poll.start,
                     elapsed,
                     || task_id,
                     culprit,

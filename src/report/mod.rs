@@ -84,14 +84,18 @@ pub(crate) fn slow_poll(
     duration: Duration,
     config: &Config,
     culprit: Option<Culprit>,
+    blocked_in: Option<String>,
 ) {
     let Some(suppressed) = limiter.allow() else {
         return;
     };
     let span = culprit.map(|c| c.describe()).unwrap_or_else(|| "-".into());
-    let inside = culprit
+    let mut inside = culprit
         .map(|c| format!(", inside span {}", c.describe()))
         .unwrap_or_default();
+    if let Some(frame) = &blocked_in {
+        inside.push_str(&format!(", blocked in {frame} (from its stack)"));
+    }
     tracing::warn!(
         target: "stallscope",
         duration_ms = ms(duration),
@@ -100,6 +104,7 @@ pub(crate) fn slow_poll(
         task.name = site.task_name.unwrap_or(""),
         spawned_at = %site.location,
         span = %span,
+        blocked_in = blocked_in.as_deref().unwrap_or("-"),
         "slow poll: task {task_id}{} spawned at {}{} blocked its worker thread for {:.3?} (threshold {:?}){inside}; \
          every other task on that worker waited. Look for a synchronous call (std::thread::sleep, CPU-bound work, \
          blocking I/O, a std Mutex) and move it to spawn_blocking or use its async form{}",
@@ -189,6 +194,67 @@ pub(crate) fn stall_in_progress(
         config.slow_poll_threshold,
         suppressed_note(suppressed),
     );
+}
+
+/// A stalled worker's stack, captured while the stall runs: the line that blocks.
+#[cfg_attr(not(all(tokio_unstable, feature = "stacks")), allow(dead_code))]
+pub(crate) fn stall_stack(
+    limiter: &RateLimiter,
+    site: &Site,
+    thread: &str,
+    elapsed: Duration,
+    sample: u32,
+    stack: &crate::engine::StallStack,
+) {
+    let Some(suppressed) = limiter.allow() else {
+        return;
+    };
+    let blocked = match (&stack.culprit, &stack.callee) {
+        (Some(culprit), Some(callee)) => format!("is blocked in {culprit}, calling {callee}"),
+        (Some(culprit), None) => format!("is blocked in {culprit}"),
+        (None, _) => "is blocked outside the application's own code".to_owned(),
+    };
+    tracing::warn!(
+        target: "stallscope",
+        elapsed_ms = ms(elapsed),
+        sample,
+        thread = thread,
+        spawned_at = %site.location,
+        blocked_in = stack.culprit.as_deref().unwrap_or("-"),
+        stack = %stack.summary,
+        "stall stack: thread {thread:?} {blocked}, {:.3?} into a poll of a task{} spawned at {} (sample {sample}); \
+         stack, innermost first: {}{}",
+        elapsed,
+        name_suffix(site),
+        site.location,
+        stack.summary,
+        suppressed_note(suppressed),
+    );
+}
+
+/// Stack capture cannot run in this process (said once).
+#[cfg(tokio_unstable)]
+pub(crate) fn stacks_unavailable(why: &str) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            target: "stallscope",
+            "stall stacks unavailable: {why}; stalls are still reported while they run, without the blocking line"
+        );
+    }
+}
+
+/// A stalled thread did not run the stack handler in time (said once per process).
+#[cfg(all(tokio_unstable, feature = "stacks"))]
+pub(crate) fn stack_capture_timed_out(thread: &str) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(
+            target: "stallscope",
+            "stall stack: thread {thread:?} did not answer the stack signal within 250ms (it blocks the signal, \
+             or waits in the kernel uninterruptibly); its stall is reported without a stack"
+        );
+    }
 }
 
 #[cfg(tokio_unstable)]
@@ -348,9 +414,14 @@ pub(crate) fn summary(snapshot: &Snapshot) {
                 .as_deref()
                 .map(|n| format!(" (task {n:?})"))
                 .unwrap_or_default();
+            let blocked_in = t
+                .blocked_in
+                .as_deref()
+                .map(|frame| format!("; blocked in {frame}"))
+                .unwrap_or_default();
             tracing::warn!(
                 target: "stallscope",
-                "summary: #{} {}{name}: {} slow polls, max {:.3?}, total blocked {:.3?}, {} polls in all",
+                "summary: #{} {}{name}: {} slow polls, max {:.3?}, total blocked {:.3?}, {} polls in all{blocked_in}",
                 rank + 1,
                 t.location,
                 t.slow_polls,

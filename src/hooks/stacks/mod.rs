@@ -1,0 +1,268 @@
+//! Which line is blocking the runtime right now: when the watchdog finds a poll running past
+//! the threshold, it has the stalled worker capture its own stack (a directed signal, see
+//! [`capture`]), and again every sampling interval while the stall lasts. The symbolizer thread
+//! resolves the frames (see [`symbolize`]) and the engine reports the user's innermost frame.
+//!
+//! Linux on x86_64 and aarch64 (libgcc's unwinder steps through the kernel's signal frame on
+//! both). Elsewhere, or with `STALLSCOPE_STACKS=off`, stalls are still reported live, without
+//! a stack, and the first one says why.
+//!
+//! The watchdog side runs on the watchdog thread only, so its bookkeeping is thread-local.
+
+#[cfg(all(
+    feature = "stacks",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod capture;
+#[cfg(all(
+    feature = "stacks",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub(crate) mod symbolize;
+
+pub(crate) use sampler::{set_owner, stall_began, tick};
+
+#[cfg(all(
+    feature = "stacks",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod sampler {
+    use std::cell::RefCell;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::mpsc::{sync_channel, SyncSender};
+    use std::sync::{Arc, OnceLock, Weak};
+    use std::time::Duration;
+
+    use super::capture::{self, Status};
+    use super::symbolize::Stack;
+    use crate::engine::sites::Site;
+    use crate::engine::Engine;
+    use crate::hooks::slots::{MAX_SLOTS, SLOTS};
+
+    /// A stall's samples at most (one at the threshold, then one per interval).
+    const MAX_SAMPLES_PER_STALL: u32 = 10;
+
+    /// A thread that has not run the handler by then has the signal blocked or sits in an
+    /// uninterruptible wait: the request is dropped and the report goes without a stack.
+    const CAPTURE_TIMEOUT_NS: u64 = 250_000_000;
+
+    /// Captures waiting for the symbolizer; beyond this they are dropped (bounded memory).
+    const SYMBOLIZER_QUEUE: usize = 16;
+
+    /// What the watchdog knows about a stall it asked a stack of.
+    struct Stall {
+        engine: Weak<Engine>,
+        site: &'static Site,
+        thread: String,
+        /// Coarse start of the stalled poll: identifies the stall in its slot.
+        start: u64,
+    }
+
+    struct Watched {
+        stall: Stall,
+        samples: u32,
+        last_request: u64,
+        pending_since: Option<u64>,
+    }
+
+    struct Job {
+        stall: Stall,
+        /// How long the poll had run when the stack was taken.
+        elapsed: Duration,
+        sample: u32,
+        frames: Vec<usize>,
+    }
+
+    thread_local! {
+        static WATCHED: RefCell<Vec<Option<Watched>>> =
+            RefCell::new((0..MAX_SLOTS).map(|_| None).collect());
+    }
+
+    /// Slot `index` has just been found stalled (the watchdog reported it): capture its stack.
+    pub(crate) fn stall_began(
+        engine: &Arc<Engine>,
+        index: usize,
+        site: &'static Site,
+        thread: String,
+        start: u64,
+        now: u64,
+    ) {
+        if !engine.config.capture_stacks || !installed(engine) {
+            return;
+        }
+        let stall = Stall {
+            engine: Arc::downgrade(engine),
+            site,
+            thread,
+            start,
+        };
+        WATCHED.with(|w| {
+            let mut w = w.borrow_mut();
+            w[index] = Some(Watched {
+                stall,
+                samples: 0,
+                last_request: now,
+                pending_since: None,
+            });
+            request(w[index].as_mut().expect("just set"), index, now);
+        });
+    }
+
+    fn request(watched: &mut Watched, index: usize, now: u64) {
+        if still_ours() && capture::request(index) {
+            watched.pending_since = Some(now);
+            watched.last_request = now;
+        }
+    }
+
+    /// Once per tick: hand finished captures to the symbolizer, time out stuck ones, and
+    /// sample stalls that go on.
+    pub(crate) fn tick(now: u64) {
+        WATCHED.with(|w| {
+            for (index, entry) in w.borrow_mut().iter_mut().enumerate() {
+                let Some(watched) = entry else { continue };
+                let running = SLOTS[index].start_ns.load(Relaxed) == watched.stall.start;
+                if let Some(since) = watched.pending_since {
+                    match capture::take(index) {
+                        Status::Done(frames) => {
+                            watched.pending_since = None;
+                            watched.samples += 1;
+                            let elapsed = Duration::from_nanos(since - watched.stall.start);
+                            symbolize_later(Job {
+                                stall: Stall {
+                                    engine: watched.stall.engine.clone(),
+                                    thread: watched.stall.thread.clone(),
+                                    ..watched.stall
+                                },
+                                elapsed,
+                                sample: watched.samples,
+                                frames,
+                            });
+                        }
+                        Status::Pending if now - since > CAPTURE_TIMEOUT_NS => {
+                            if capture::abandon(index) {
+                                watched.pending_since = None;
+                                crate::report::stack_capture_timed_out(&watched.stall.thread);
+                            }
+                        }
+                        Status::Pending => continue,
+                        Status::Idle => watched.pending_since = None,
+                    }
+                }
+                if !running {
+                    *entry = None;
+                    continue;
+                }
+                let interval = watched
+                    .stall
+                    .engine
+                    .upgrade()
+                    .map(|e| e.config.stack_sample_interval.as_nanos() as u64);
+                if let Some(interval) = interval {
+                    if watched.pending_since.is_none()
+                        && watched.samples < MAX_SAMPLES_PER_STALL
+                        && now - watched.last_request >= interval
+                    {
+                        request(watched, index, now);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The handler is installed for the signal `engine` asks for (first call installs it).
+    fn installed(engine: &Engine) -> bool {
+        let signal = engine.config.stack_signal.resolve();
+        match capture::install(signal) {
+            Ok(_) => true,
+            Err(e) => {
+                crate::report::stacks_unavailable(&e.to_string());
+                false
+            }
+        }
+    }
+
+    /// The host may have replaced our handler since: never send a signal it would mishandle
+    /// (an unhandled real-time signal terminates the process).
+    fn still_ours() -> bool {
+        if capture::handler_still_installed() {
+            return true;
+        }
+        crate::report::stacks_unavailable(
+            "another handler replaced stallscope's for the stack signal; \
+             stack capture is off from now on",
+        );
+        false
+    }
+
+    fn symbolize_later(job: Job) {
+        static QUEUE: OnceLock<Option<SyncSender<Job>>> = OnceLock::new();
+        let queue = QUEUE.get_or_init(|| {
+            let (tx, rx) = sync_channel::<Job>(SYMBOLIZER_QUEUE);
+            std::thread::Builder::new()
+                .name("stallscope-symbolizer".into())
+                .spawn(move || {
+                    for job in rx {
+                        let stack = Stack::resolve(&job.frames);
+                        if let Some(engine) = job.stall.engine.upgrade() {
+                            engine.report_stall_stack(
+                                job.stall.site,
+                                &job.stall.thread,
+                                job.stall.start,
+                                job.elapsed,
+                                job.sample,
+                                &(&stack).into(),
+                            );
+                        }
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        });
+        if let Some(queue) = queue {
+            // Full: the symbolizer is behind; this sample is dropped rather than queued.
+            let _ = queue.try_send(job);
+        }
+    }
+
+    /// Slot `index` now belongs to the current thread (0: released).
+    pub(crate) fn set_owner(index: usize, owned: bool) {
+        capture::set_owner(index, if owned { capture::current_tid() } else { 0 });
+    }
+}
+
+#[cfg(not(all(
+    feature = "stacks",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+mod sampler {
+    use std::sync::Arc;
+
+    use crate::engine::sites::Site;
+    use crate::engine::Engine;
+
+    pub(crate) fn stall_began(
+        engine: &Arc<Engine>,
+        _index: usize,
+        _site: &'static Site,
+        _thread: String,
+        _start: u64,
+        _now: u64,
+    ) {
+        if engine.config.capture_stacks {
+            crate::report::stacks_unavailable(if cfg!(feature = "stacks") {
+                "stack capture needs Linux on x86_64 or aarch64"
+            } else {
+                "stallscope was built without its `stacks` feature"
+            });
+        }
+    }
+
+    pub(crate) fn tick(_now: u64) {}
+
+    pub(crate) fn set_owner(_index: usize, _owned: bool) {}
+}
