@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::examples::{self, OutputWithin};
+use support::log::number_field;
 
 /// Seconds since midnight of a fmt timestamp (`2026-11-24T07:48:13.344093Z ...`).
 fn timestamp(line: &str) -> f64 {
@@ -15,14 +16,6 @@ fn timestamp(line: &str) -> f64 {
     h.parse::<f64>().unwrap() * 3600.0
         + m.parse::<f64>().unwrap() * 60.0
         + s[1..].parse::<f64>().unwrap()
-}
-
-fn field(line: &str, key: &str) -> f64 {
-    let start = line.find(&format!(" {key}=")).expect(key) + key.len() + 2;
-    let rest = &line[start..];
-    rest[..rest.find(' ').unwrap_or(rest.len())]
-        .parse()
-        .expect("number")
 }
 
 fn run(args: &[&str]) -> String {
@@ -63,10 +56,10 @@ fn check_live_and_final(mode: &[&str]) {
     assert_eq!(ended.len(), 1, "one report when it ended:\n{stderr}");
 
     // Measured to the coarse clock's tick: 2 s of std::thread::sleep, never less.
-    let total = field(ended[0], "duration_ms");
+    let total = number_field(ended[0], "duration_ms");
     assert!((1995.0..2600.0).contains(&total), "duration {total}");
     // The live report came at the threshold (100 ms), while the poll still had ~1.9 s to run.
-    let live_elapsed = field(live[0], "elapsed_ms");
+    let live_elapsed = number_field(live[0], "elapsed_ms");
     assert!(
         (100.0..400.0).contains(&live_elapsed),
         "live report after {live_elapsed} ms"
@@ -85,7 +78,7 @@ fn check_live_and_final(mode: &[&str]) {
         })
         .collect();
     assert_eq!(cpu.len(), 1, "{stderr}");
-    let cpu_ms = field(cpu[0], "duration_ms");
+    let cpu_ms = number_field(cpu[0], "duration_ms");
     assert!((495.0..2000.0).contains(&cpu_ms), "duration {cpu_ms}");
     assert_eq!(stderr.matches("slow poll:").count(), 2, "{stderr}");
     // Production mode does not also count tokio's task spans (the example has them compiled in).

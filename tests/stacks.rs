@@ -11,17 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::examples::{self, OutputWithin};
+use support::log::number_field;
 
 const CHILD: &str = "STALLSCOPE_TEST_CHILD";
-
-/// `field=value` of a log line, as a number.
-fn field(line: &str, key: &str) -> f64 {
-    let start = line.find(&format!(" {key}=")).expect(key) + key.len() + 2;
-    let rest = &line[start..];
-    rest[..rest.find(' ').unwrap_or(rest.len())]
-        .parse()
-        .expect("number")
-}
 
 /// Line number of the first line of the example containing `needle`.
 fn example_line(needle: &str) -> usize {
@@ -61,7 +53,7 @@ fn check_blocking_scenario(mode: &[&str]) {
         line.contains("std::thread"),
         "the sleep is in the stack: {line}"
     );
-    let taken_at = field(line, "elapsed_ms");
+    let taken_at = number_field(line, "elapsed_ms");
     assert!(
         (100.0..350.0).contains(&taken_at),
         "stack taken {taken_at} ms into the stall (threshold 100 ms)"

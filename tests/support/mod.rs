@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod examples;
+pub mod log;
 pub mod victoria;
