@@ -215,3 +215,48 @@ fn the_console_shows_the_blocking_pool_and_its_queue_depth_changing() {
         "busy_threads: {busy_threads:?}"
     );
 }
+
+#[test]
+fn the_console_shows_the_stalled_worker_and_its_blocking_line_live() {
+    let port = examples::free_port();
+    let _scenario = start("blocking_in_async", &["--variant", "sleep"], port);
+    let attribute = |s: &Seen, attribute: &str| -> Vec<String> {
+        s.resource_attributes
+            .iter()
+            .filter(|((id, name), _)| {
+                name == attribute
+                    && s.resource_types
+                        .get(id)
+                        .is_some_and(|t| t == "WorkerStalls")
+            })
+            .flat_map(|(_, values)| values.clone())
+            .collect()
+    };
+    let blocked_in_slow_operation = |s: &Seen| {
+        attribute(s, "blocked_in")
+            .iter()
+            .any(|v| v.contains("slow_operation") && v.contains("examples/blocking_in_async.rs:"))
+    };
+    let seen = watch(port, Duration::from_secs(25), |s| {
+        blocked_in_slow_operation(s) && attribute(s, "stalled_workers").contains(&"1".into())
+    });
+    assert!(
+        blocked_in_slow_operation(&seen),
+        "blocked_in on the WorkerStalls resource: {:?}; resources: {:?}",
+        attribute(&seen, "blocked_in"),
+        seen.resource_types
+    );
+    assert!(
+        attribute(&seen, "stalled_workers").contains(&"1".into()),
+        "stalled_workers: {:?}",
+        attribute(&seen, "stalled_workers")
+    );
+    let task = examples::spawn_site("slow_sleep");
+    assert!(
+        attribute(&seen, "stalled_task")
+            .iter()
+            .any(|t| t.starts_with(&task)),
+        "stalled_task: {:?}",
+        attribute(&seen, "stalled_task")
+    );
+}

@@ -244,6 +244,8 @@ impl Engine {
                 stall_start,
             });
         }
+        #[cfg(tokio_unstable)]
+        crate::hooks::console_hint::latest_stall(site, elapsed, stack.culprit.as_deref());
         if self.config.report_slow_polls {
             report::stall_stack(&self.limiter, site, thread, elapsed, sample, stack);
         }

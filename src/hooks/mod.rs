@@ -8,6 +8,7 @@
 //! two workers, no syscall. A watchdog thread advances the clock and watches the slots, so a
 //! poll that is still running past the threshold is reported while it runs.
 
+pub(crate) mod console_hint;
 pub(crate) mod slots;
 pub(crate) mod stacks;
 pub(crate) mod watchdog;

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::{slots, stacks};
+use super::{console_hint, slots, stacks};
 use crate::clock;
 use crate::engine::sites::Site;
 
@@ -20,6 +20,7 @@ pub(crate) fn start() {
 /// One look at every worker slot (called by the clock's upkeep thread each tick).
 pub(crate) fn scan(now: u64) {
     let look_after = LOOK_AFTER.as_nanos() as u64;
+    let mut stalled = 0;
     {
         for (index, slot) in slots::in_use_indexed() {
             let start = slot.start_ns.load(Relaxed);
@@ -27,6 +28,7 @@ pub(crate) fn scan(now: u64) {
                 continue;
             }
             if slot.reported_start.load(Relaxed) == start {
+                stalled += 1;
                 continue;
             }
             let (engine, thread) = {
@@ -46,9 +48,12 @@ pub(crate) fn scan(now: u64) {
             // never freed, so a non-null pointer is valid for the rest of the process.
             let site: &'static Site = unsafe { &*site };
             slot.reported_start.store(start, Relaxed);
+            stalled += 1;
             engine.report_stall_in_progress(site, &thread, elapsed);
+            console_hint::latest_stall(site, elapsed, None);
             stacks::stall_began(&engine, index, site, thread, start, now);
         }
     }
+    console_hint::stalled_workers(stalled);
     stacks::tick(now);
 }
