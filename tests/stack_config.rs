@@ -133,6 +133,9 @@ fn images_are_pinned_and_ports_published() {
         let Some(image) = service["image"].as_str() else {
             continue;
         };
+        if service.get("build").is_some() {
+            continue; // built here from this repository (the examples profile)
+        }
         let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
         assert!(
             tag.chars()
@@ -170,6 +173,49 @@ fn images_are_pinned_and_ports_published() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn the_examples_profile_runs_every_example_against_the_collector() {
+    let compose = compose();
+    let dockerfile = read("deploy/examples.Dockerfile");
+    let mut examples: Vec<String> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 3, "{examples:?}");
+    for example in &examples {
+        let name = format!("example-{}", example.replace('_', "-"));
+        let service = service(&compose, &name);
+        assert_eq!(service["profiles"][0], "examples", "{name}");
+        assert_eq!(
+            service["build"]["dockerfile"], "deploy/examples.Dockerfile",
+            "{name}"
+        );
+        assert_eq!(service["command"][0], example.as_str(), "{name}");
+        let env = &service["environment"];
+        assert_eq!(env["OTEL_SERVICE_NAME"], example.as_str(), "{name}");
+        let (host, port) = host_port(env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str().unwrap());
+        assert_eq!(host, "otel-collector", "{name}");
+        assert!(
+            ports(&compose, "otel-collector")
+                .iter()
+                .any(|p| p.1 == port),
+            "{name}: the collector listens on {port}"
+        );
+        assert!(
+            dockerfile.contains(&format!("/src/target/release/examples/{example} ")),
+            "deploy/examples.Dockerfile copies {example}"
+        );
+    }
+    // The build context leaves out the build output and the tools (gigabytes).
+    let ignore = read(".dockerignore");
+    for entry in ["target/", ".tools/"] {
+        assert!(ignore.lines().any(|l| l == entry), ".dockerignore: {entry}");
     }
 }
 
