@@ -272,37 +272,40 @@ fn every_panel_query_returns_data_and_the_hazards_show() {
     );
 
     // threads_with_runtimes, std::sync::Mutex "counter": held 40 ms by each of 20 tasks on 5
-    // runtimes, so waits are multiples of 40 ms below the 0.8 s all holds take together.
+    // runtimes, so waits are multiples of 40 ms below the 0.8 s all holds take together (the
+    // bounds leave a bucket of room for a loaded machine: buckets ..., 0.1, 0.25, 0.5, 1, 2.5 s).
     let locks = "stallscope-locks.json";
     let longest = range(locks, "Longest lock wait, by lock");
     let counter = series_with(&longest, "tokio_lock_name", "counter").max();
     assert!(
-        counter > 0.1 && counter <= 1.0,
+        counter > 0.1 && counter <= 2.5,
         "waits behind 40 ms holds by 4 other threads: {counter}"
     );
     // tokio::sync::Mutex: 10 tasks hold it 20 ms across an .await, one after the other: the
-    // last waits 9 x 20 ms = 180 ms, in the bucket up to 250 ms.
+    // last waits 9 x 20 ms = 180 ms, in the bucket up to 250 ms (or the next, under load).
     let tokio_lock = series_with(&longest, "tokio_lock_kind", "tokio::sync::Mutex").max();
     assert!(
-        tokio_lock > 0.1 && tokio_lock <= 0.25,
+        tokio_lock > 0.1 && tokio_lock <= 0.5,
         "the 10th waiter of 20 ms holds waits ~180 ms: {tokio_lock}"
     );
     let mean = range(locks, "Mean wait per contended acquisition, by lock");
     let tokio_mean = series_with(&mean, "tokio_lock_kind", "tokio::sync::Mutex").last();
     assert!(
-        (0.05..=0.2).contains(&tokio_mean),
+        (0.05..=0.25).contains(&tokio_mean),
         "waits of 20, 40, ... 180 ms average ~100 ms: {tokio_mean}"
     );
 
+    // Median holds over the whole run (the last point's window covers it): 40 ms in the bucket
+    // up to 50 ms, 20 ms in the one up to 25 ms (each may reach the next bucket under load).
     let holds = range(locks, "Hold time p50, by lock");
-    let counter_hold = series_with(&holds, "tokio_lock_name", "counter").max();
+    let counter_hold = series_with(&holds, "tokio_lock_name", "counter").last();
     assert!(
-        counter_hold > 0.025 && counter_hold <= 0.05,
+        counter_hold > 0.025 && counter_hold <= 0.1,
         "the 40 ms of work under the std lock: {counter_hold}"
     );
-    let tokio_hold = series_with(&holds, "tokio_lock_kind", "tokio::sync::Mutex").max();
+    let tokio_hold = series_with(&holds, "tokio_lock_kind", "tokio::sync::Mutex").last();
     assert!(
-        tokio_hold > 0.01 && tokio_hold <= 0.025,
+        tokio_hold > 0.01 && tokio_hold <= 0.05,
         "the 20 ms sleep holding the tokio lock: {tokio_hold}"
     );
 
