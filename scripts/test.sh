@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script).
-# Installs what the tests need (VictoriaMetrics, the real OTLP receiver), then checks
-# formatting, lints, every test, and that the crate builds and degrades without tokio_unstable.
+# Installs what the tests need (VictoriaMetrics, the real OTLP receiver), validates the docker
+# compose stack's files with their own tools (installing those too), then checks formatting,
+# lints, every test, and that the crate builds and degrades without tokio_unstable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "test services: VictoriaMetrics"
 scripts/victoria-metrics.sh
+
+step "stack files: docker compose config, promtool check config, dashboards against Grafana's schema"
+scripts/check-stack.sh
 
 step "cargo fmt --check"
 cargo fmt --check

@@ -52,6 +52,32 @@ impl Sample {
     }
 }
 
+/// One series of a range-query result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// All labels, including `__name__` when the query kept it.
+    pub labels: BTreeMap<String, String>,
+    /// (Unix time in seconds, value), NaN points left out.
+    pub points: Vec<(f64, f64)>,
+}
+
+impl Series {
+    /// A label's value, if present.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    /// The largest value over the range (NaN if the series has no points).
+    pub fn max(&self) -> f64 {
+        self.points.iter().map(|p| p.1).fold(f64::NAN, f64::max)
+    }
+
+    /// The value of the last point (NaN if the series has no points).
+    pub fn last(&self) -> f64 {
+        self.points.last().map_or(f64::NAN, |p| p.1)
+    }
+}
+
 /// A running VictoriaMetrics process; killed (and its storage removed) on drop.
 pub struct VictoriaMetrics {
     child: Child,
@@ -187,49 +213,23 @@ impl VictoriaMetrics {
 
     /// Instant PromQL/MetricsQL query (after a flush). Panics on an error response.
     pub fn query(&self, promql: &str) -> Vec<Sample> {
-        self.force_flush();
         // Without `time`, VictoriaMetrics evaluates at a second-aligned "now", which hides the
         // samples of the last fraction of a second (a final flush just before the query). Ask
         // for a moment just ahead instead; the lookback window still covers the whole run.
-        let ahead = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs_f64()
-            + 1.0;
-        let path = format!(
-            "/api/v1/query?query={}&time={ahead:.3}&nocache=1",
-            urlencode(promql)
-        );
-        let resp = self.get(&path);
-        let body = resp.text();
-        if resp.status != 200 {
-            panic!("query {promql:?}: HTTP {}: {body}", resp.status);
-        }
-        let json: serde_json::Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("query {promql:?}: bad JSON ({e}): {body}"));
-        if json["status"] != "success" {
-            panic!("query {promql:?}: {body}");
-        }
-        let data = &json["data"];
+        let ahead = unix_now() + 1.0;
+        let (data, body) = self.api("query", promql, &format!("&time={ahead:.3}"));
         match data["resultType"].as_str() {
             Some("vector") => data["result"]
                 .as_array()
                 .unwrap_or_else(|| panic!("query {promql:?}: no result array: {body}"))
                 .iter()
                 .map(|series| {
-                    let labels = series["metric"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, v)| {
-                                    (k.clone(), v.as_str().unwrap_or_default().to_owned())
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
                     let value = parse_value(&series["value"][1])
                         .unwrap_or_else(|| panic!("query {promql:?}: bad value in {series}"));
-                    Sample { labels, value }
+                    Sample {
+                        labels: labels_of(series),
+                        value,
+                    }
                 })
                 .collect(),
             Some("scalar") => {
@@ -242,6 +242,63 @@ impl VictoriaMetrics {
             }
             other => panic!("query {promql:?}: unexpected resultType {other:?}: {body}"),
         }
+    }
+
+    /// Range query (after a flush), as a Grafana time-series panel evaluates its targets:
+    /// every series with its points from `start` to a second ahead of now (Unix seconds),
+    /// one every `step`. Points whose value is NaN are left out.
+    pub fn query_range(&self, promql: &str, start: f64, step: Duration) -> Vec<Series> {
+        let end = unix_now() + 1.0;
+        let extra = format!("&start={start:.3}&end={end:.3}&step={}ms", step.as_millis());
+        let (data, body) = self.api("query_range", promql, &extra);
+        if data["resultType"] != "matrix" {
+            panic!("query_range {promql:?}: expected a matrix: {body}");
+        }
+        data["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("query_range {promql:?}: no result array: {body}"))
+            .iter()
+            .map(|series| {
+                let points = series["values"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("query_range {promql:?}: no values in {series}"))
+                    .iter()
+                    .map(|point| {
+                        let time = point[0].as_f64().unwrap_or(f64::NAN);
+                        let value = parse_value(&point[1]).unwrap_or_else(|| {
+                            panic!("query_range {promql:?}: bad value in {series}")
+                        });
+                        (time, value)
+                    })
+                    .filter(|(_, value)| !value.is_nan())
+                    .collect();
+                Series {
+                    labels: labels_of(series),
+                    points,
+                }
+            })
+            .collect()
+    }
+
+    /// GET `/api/v1/<endpoint>?query=<promql><extra>` after a flush: the response's `data`
+    /// and its body (for messages). Panics on an HTTP or query error.
+    fn api(&self, endpoint: &str, promql: &str, extra: &str) -> (serde_json::Value, String) {
+        self.force_flush();
+        let path = format!(
+            "/api/v1/{endpoint}?query={}{extra}&nocache=1",
+            urlencode(promql)
+        );
+        let resp = self.get(&path);
+        let body = resp.text();
+        if resp.status != 200 {
+            panic!("{endpoint} {promql:?}: HTTP {}: {body}", resp.status);
+        }
+        let mut json: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{endpoint} {promql:?}: bad JSON ({e}): {body}"));
+        if json["status"] != "success" {
+            panic!("{endpoint} {promql:?}: {body}");
+        }
+        (json["data"].take(), body)
     }
 
     /// Poll [`query`](Self::query) until it returns something; panic after `timeout`,
@@ -345,6 +402,26 @@ fn unique_temp_dir() -> PathBuf {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ))
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// The `metric` object of a query result's series, as a label map.
+fn labels_of(series: &serde_json::Value) -> BTreeMap<String, String> {
+    series["metric"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn parse_value(v: &serde_json::Value) -> Option<f64> {
