@@ -38,6 +38,8 @@ pub struct Config {
     pub max_task_names_per_location: usize,
     /// Whether OTLP export runs.
     pub otlp: Toggle,
+    /// Whether each stall over the threshold is also exported as an OTLP span (when OTLP runs).
+    pub stall_spans: bool,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             max_sites: 512,
             max_task_names_per_location: 16,
             otlp: Toggle::Auto,
+            stall_spans: true,
         }
     }
 }
@@ -58,8 +61,8 @@ impl Default for Config {
 /// On, off, or decided by the environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Toggle {
-    /// OTLP runs when an `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`
-    /// is set.
+    /// OTLP runs when `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` or
+    /// (with stall spans on) `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set.
     Auto,
     /// Always on (the OTLP default endpoint, localhost, when none is set).
     On,
@@ -115,6 +118,9 @@ impl Config {
                 _ => return Err(ConfigError::new(vars::OTLP, &v, "one of auto, on, off")),
             };
         }
+        if let Some(v) = var(lookup, vars::STALL_SPANS) {
+            self.stall_spans = parse_bool(vars::STALL_SPANS, &v)?;
+        }
         Ok(self)
     }
 }
@@ -137,6 +143,8 @@ pub mod vars {
     pub const MAX_TASK_NAMES: &str = "STALLSCOPE_MAX_TASK_NAMES";
     /// `auto`/`on`/`off`: OTLP export.
     pub const OTLP: &str = "STALLSCOPE_OTLP";
+    /// `on`/`off`: each stall over the threshold as an OTLP span (when OTLP runs).
+    pub const STALL_SPANS: &str = "STALLSCOPE_STALL_SPANS";
     /// `on`/`off`: compose console-subscriber in `init()`.
     pub const CONSOLE: &str = "STALLSCOPE_CONSOLE";
 }
@@ -308,6 +316,7 @@ mod tests {
             ("STALLSCOPE_MAX_SITES", "0", "positive whole number"),
             ("STALLSCOPE_MAX_TASK_NAMES", "lots", "positive whole number"),
             ("STALLSCOPE_OTLP", "sometimes", "auto, on, off"),
+            ("STALLSCOPE_STALL_SPANS", "traces", "on or off"),
         ];
         for (var, value, expected) in cases {
             let err = env(&[(var, value)]).unwrap_err();
@@ -324,8 +333,10 @@ mod tests {
             ("STALLSCOPE_HISTOGRAM_BOUNDS", "0.001, 0.01,1"),
             ("STALLSCOPE_OTLP", "ON"),
             ("STALLSCOPE_MAX_SITES", " "),
+            ("STALLSCOPE_STALL_SPANS", "off"),
         ])
         .unwrap();
+        assert!(!c.stall_spans);
         assert_eq!(c.slow_poll_threshold, Duration::from_millis(20));
         assert!(!c.report_slow_polls);
         assert_eq!(c.histogram_bounds, vec![0.001, 0.01, 1.0]);

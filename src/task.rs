@@ -63,7 +63,7 @@ where
         site.queued.fetch_sub(1, Relaxed);
         site.running.fetch_add(1, Relaxed);
         let _running = Running(site);
-        engine.record_queue_wait(site, queued.elapsed());
+        engine.record_queue_wait(site, queued.elapsed(), |_| {});
         let started = Instant::now();
         let result = f();
         engine.record_blocking_run(site, started.elapsed());
