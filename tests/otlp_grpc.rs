@@ -180,10 +180,22 @@ fn the_slow_poll_arrives_as_a_span_naming_task_spawn_location_and_user_span() {
 
 #[test]
 fn starved_blocking_pool_queue_waits_arrive_as_spans() {
+    assert_queue_wait_spans(&[]);
+}
+
+#[test]
+fn production_mode_queue_waits_arrive_as_spans_naming_the_calling_span() {
+    // Poll hooks and stallscope::task::spawn_blocking, no task spans.
+    assert_queue_wait_spans(&["--production"]);
+}
+
+fn assert_queue_wait_spans(mode: &[&str]) {
     // 6 one-job waves of 600 ms on 2 pool threads: jobs wait ~0, 0, 0.6, 0.6, 1.2, 1.2 s.
+    let mut args = vec!["--jobs", "6", "--pool", "2", "--job-ms", "600"];
+    args.extend_from_slice(mode);
     let run = run(
         "blocking_pool_starvation",
-        &["--jobs", "6", "--pool", "2", "--job-ms", "600"],
+        &args,
         "service.name=queue-wait-test",
     );
     let stderr = &run.stderr;
