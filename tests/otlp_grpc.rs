@@ -137,6 +137,7 @@ fn the_slow_poll_arrives_as_a_span_naming_task_spawn_location_and_user_span() {
     let slow: Vec<_> = spans
         .iter()
         .filter(|s| s.name == "stallscope.slow_poll")
+        .filter(|s| s.attributes.get("tokio.task.name").map(String::as_str) == Some("slow_sleep"))
         .collect();
     assert_eq!(
         slow.len(),
