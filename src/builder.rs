@@ -126,6 +126,13 @@ impl Builder {
         self
     }
 
+    /// Whether each slow poll, long blocking-pool queue wait and blocking lock wait is also
+    /// exported as an OTLP span when OTLP runs (default on).
+    pub fn stall_spans(mut self, on: bool) -> Self {
+        self.config.stall_spans = on;
+        self
+    }
+
     /// Validates the configuration, starts the exporters and returns the layer.
     pub fn build(self) -> Result<StallscopeLayer, Error> {
         let config = self.config;
@@ -186,7 +193,7 @@ fn start_otlp(
     notes: &mut Vec<(tracing::Level, String)>,
 ) -> Result<(), Error> {
     use crate::export::otlp::{settings::OtlpSettings, OtlpExporter};
-    let Some(settings) = OtlpSettings::resolve(toggle, lookup)? else {
+    let Some(settings) = OtlpSettings::resolve(toggle, engine.config.stall_spans, lookup)? else {
         return Ok(());
     };
     let exporter = OtlpExporter::start(
@@ -212,6 +219,7 @@ fn start_otlp(
     let endpoint = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     ]
     .iter()
     .any(|v| lookup(v).is_some_and(|e| !e.trim().is_empty()));
@@ -219,7 +227,7 @@ fn start_otlp(
         notes.push((
             tracing::Level::WARN,
             "OTLP export was asked for, but stallscope was built without its `otlp` feature; \
-             metrics stay in the log report"
+             metrics and stalls stay in the log report"
                 .to_owned(),
         ));
     }

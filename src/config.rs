@@ -44,6 +44,8 @@ pub struct Config {
     pub stack_signal: StackSignal,
     /// How often a stall that goes on is sampled again.
     pub stack_sample_interval: Duration,
+    /// Whether each stall over the threshold is also exported as an OTLP span (when OTLP runs).
+    pub stall_spans: bool,
 }
 
 /// The signal stack capture uses: one the runtime and common libraries leave alone.
@@ -95,6 +97,7 @@ impl Default for Config {
             capture_stacks: true,
             stack_signal: StackSignal::DEFAULT,
             stack_sample_interval: Duration::from_secs(1),
+            stall_spans: true,
         }
     }
 }
@@ -102,8 +105,8 @@ impl Default for Config {
 /// On, off, or decided by the environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Toggle {
-    /// OTLP runs when an `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`
-    /// is set.
+    /// OTLP runs when `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` or
+    /// (with stall spans on) `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set.
     Auto,
     /// Always on (the OTLP default endpoint, localhost, when none is set).
     On,
@@ -175,6 +178,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(v) = var(lookup, vars::STALL_SPANS) {
+            self.stall_spans = parse_bool(vars::STALL_SPANS, &v)?;
+        }
         Ok(self)
     }
 }
@@ -226,6 +232,8 @@ pub mod vars {
     pub const STACK_SIGNAL: &str = "STALLSCOPE_STACK_SIGNAL";
     /// How often a lasting stall's stack is sampled again, e.g. `1s`.
     pub const STACK_INTERVAL: &str = "STALLSCOPE_STACK_INTERVAL";
+    /// `on`/`off`: each stall over the threshold as an OTLP span (when OTLP runs).
+    pub const STALL_SPANS: &str = "STALLSCOPE_STALL_SPANS";
     /// `on`/`off`: compose console-subscriber in `init()`.
     pub const CONSOLE: &str = "STALLSCOPE_CONSOLE";
 }
@@ -429,6 +437,7 @@ mod tests {
             ("STALLSCOPE_MAX_SITES", "0", "positive whole number"),
             ("STALLSCOPE_MAX_TASK_NAMES", "lots", "positive whole number"),
             ("STALLSCOPE_OTLP", "sometimes", "auto, on, off"),
+            ("STALLSCOPE_STALL_SPANS", "traces", "on or off"),
         ];
         for (var, value, expected) in cases {
             let err = env(&[(var, value)]).unwrap_err();
@@ -445,8 +454,10 @@ mod tests {
             ("STALLSCOPE_HISTOGRAM_BOUNDS", "0.001, 0.01,1"),
             ("STALLSCOPE_OTLP", "ON"),
             ("STALLSCOPE_MAX_SITES", " "),
+            ("STALLSCOPE_STALL_SPANS", "off"),
         ])
         .unwrap();
+        assert!(!c.stall_spans);
         assert_eq!(c.slow_poll_threshold, Duration::from_millis(20));
         assert!(!c.report_slow_polls);
         assert_eq!(c.histogram_bounds, vec![0.001, 0.01, 1.0]);

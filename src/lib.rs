@@ -9,7 +9,9 @@
 //!   worst offenders when the [`Guard`] drops): the embedded default, no collector needed;
 //! - to tokio-console (feature `console`), whose layer composes in the same registry;
 //! - as OpenTelemetry metrics over OTLP (feature `otlp`), configured by the standard `OTEL_*`
-//!   variables.
+//!   variables, and each stall as an OTLP span (`stallscope.slow_poll`,
+//!   `stallscope.blocking_queue_wait`, `stallscope.lock_wait`), parented to the application's
+//!   tracing-opentelemetry span with feature `tracing-opentelemetry`.
 //!
 //! # Requirements
 //!

@@ -7,6 +7,7 @@ use std::time::Instant;
 use tokio::task::JoinHandle;
 
 use crate::engine::sites::{SiteKey, TaskKind};
+use crate::engine::stall::is_tokio_internal;
 use crate::engine::Engine;
 
 /// The instance drop-in functions report to: the first one built in the process.
@@ -51,6 +52,12 @@ where
         task_name: None,
     });
     site.queued.fetch_add(1, Relaxed);
+    // The calling span, for the stall span of a long wait (its name and its trace): a handle
+    // that keeps it open until the job starts. Only when stall spans are exported.
+    let caller = engine
+        .exports_stall_spans()
+        .then(tracing::Span::current)
+        .filter(|span| span.metadata().is_some_and(|m| !is_tokio_internal(m)));
     let queued = Instant::now();
     tokio::task::spawn_blocking(move || {
         /// Keeps the running count right even if `f` panics.
@@ -63,7 +70,13 @@ where
         site.queued.fetch_sub(1, Relaxed);
         site.running.fetch_add(1, Relaxed);
         let _running = Running(site);
-        engine.record_queue_wait(site, queued.elapsed());
+        engine.record_queue_wait(site, queued.elapsed(), |stall| {
+            if let Some(caller) = &caller {
+                stall.span = caller.metadata();
+                stall.parent = engine.trace_parent(caller.id().as_ref());
+            }
+        });
+        drop(caller);
         let started = Instant::now();
         let result = f();
         engine.record_blocking_run(site, started.elapsed());

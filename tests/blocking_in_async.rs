@@ -156,6 +156,12 @@ fn bad_configuration_fails_at_start_naming_the_variable() {
             "a duration with a unit",
         ),
         ("STALLSCOPE_REPORT", "loud", "on or off"),
+        ("STALLSCOPE_STALL_SPANS", "maybe", "on or off"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "localhost:4318",
+            "an http:// or https:// URL",
+        ),
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "not a url",
@@ -167,7 +173,7 @@ fn bad_configuration_fails_at_start_naming_the_variable() {
     ];
     for (var, value, expected) in cases {
         let mut cmd = examples::command("blocking_in_async");
-        if var.starts_with("OTEL_") && var != "OTEL_EXPORTER_OTLP_ENDPOINT" {
+        if var.starts_with("OTEL_") && !var.ends_with("_ENDPOINT") {
             // OTEL_* settings are read when OTLP runs.
             cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9");
         }

@@ -1,11 +1,15 @@
 //! OTLP/HTTP export into a real time-series database (VictoriaMetrics with Prometheus naming),
-//! queried back with PromQL, as a Grafana dashboard would.
+//! queried back with PromQL, as a Grafana dashboard would; stall spans into a minimal
+//! OTLP/HTTP receiver (VictoriaMetrics takes no traces).
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
 use support::examples::{self, OutputWithin};
+use support::otlp::{spans, HttpReceiver, ReceivedSpan};
 use support::victoria::VictoriaMetrics;
 
 fn value(vm: &VictoriaMetrics, promql: &str) -> f64 {
@@ -132,4 +136,108 @@ fn a_collector_that_is_down_never_stalls_the_app_and_is_logged_once() {
     assert!((1..=2).contains(&failures), "{failures} lines:\n{stderr}");
     // The scenario takes ~3 s; shutdown waits at most the export timeout for the last flush.
     assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
+/// Runs blocking_in_async's 2 s sleep with `env` (OTLP/HTTP); returns its stderr.
+fn run_sleep(env: &[(&str, String)]) -> String {
+    let mut command = examples::command("blocking_in_async");
+    command
+        .args(["--variant", "sleep"])
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "60000")
+        .env("STALLSCOPE_CONSOLE", "off");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output_within(Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+/// The spans of the requests sent to `path`.
+fn spans_sent_to(requests: &[(String, Vec<u8>)], path: &str) -> Vec<ReceivedSpan> {
+    let decoded: Vec<_> = requests
+        .iter()
+        .filter(|(p, _)| p == path)
+        .map(|(_, body)| ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf"))
+        .collect();
+    spans(&decoded)
+}
+
+fn assert_the_slow_sleep(spans: &[ReceivedSpan], stderr: &str) {
+    let sleeps: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attributes.get("tokio.task.name").map(String::as_str) == Some("slow_sleep"))
+        .collect();
+    assert_eq!(sleeps.len(), 1, "{spans:#?}\n{stderr}");
+    let span = sleeps[0];
+    assert_eq!(span.name, "stallscope.slow_poll");
+    assert_eq!(span.attr("stallscope.span.name"), "slow_operation");
+    let d = span.duration().as_secs_f64();
+    assert!((1.99..3.0).contains(&d), "{d} s");
+}
+
+#[test]
+fn stall_spans_go_to_the_generic_endpoint_plus_v1_traces_over_http() {
+    let receiver = HttpReceiver::start();
+    let stderr = run_sleep(&[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())]);
+    assert!(
+        stderr.contains("stall spans (http/protobuf) to http://127.0.0.1:"),
+        "{stderr}"
+    );
+    let requests = receiver.stop();
+    let paths: Vec<&str> = requests.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(paths.contains(&"/v1/metrics"), "{paths:?}");
+    assert_the_slow_sleep(&spans_sent_to(&requests, "/v1/traces"), &stderr);
+}
+
+#[test]
+fn the_traces_endpoint_variable_is_used_verbatim() {
+    let receiver = HttpReceiver::start();
+    let stderr = run_sleep(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("{}/custom/spans", receiver.endpoint()),
+        ),
+    ]);
+    let requests = receiver.stop();
+    assert!(spans_sent_to(&requests, "/v1/traces").is_empty());
+    assert_the_slow_sleep(&spans_sent_to(&requests, "/custom/spans"), &stderr);
+}
+
+#[test]
+fn stall_spans_off_sends_no_spans() {
+    let receiver = HttpReceiver::start();
+    let stderr = run_sleep(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("STALLSCOPE_STALL_SPANS", "off".to_owned()),
+    ]);
+    assert!(stderr.contains("stall spans off"), "{stderr}");
+    assert!(
+        stderr.contains("slow poll: task"),
+        "the log still says it: {stderr}"
+    );
+    let requests = receiver.stop();
+    let paths: Vec<&str> = requests.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(paths.iter().all(|p| *p == "/v1/metrics"), "{paths:?}");
+}
+
+#[test]
+fn a_collector_that_is_down_costs_stall_spans_one_log_line() {
+    // Nothing listens on this port; span batches go out every 100 ms.
+    let endpoint = format!("http://127.0.0.1:{}", examples::free_port());
+    let started = Instant::now();
+    let stderr = run_sleep(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "100".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".to_owned()),
+    ]);
+    let elapsed = started.elapsed();
+    assert!(stderr.contains("slow poll: task"), "{stderr}");
+    let metrics = stderr.matches("(metrics) failed").count();
+    let spans = stderr.matches("(stall spans) failed").count();
+    assert_eq!((metrics, spans), (1, 1), "one line per signal:\n{stderr}");
+    assert!(elapsed < Duration::from_secs(12), "took {elapsed:?}");
 }

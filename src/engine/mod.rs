@@ -9,6 +9,7 @@ pub(crate) mod histogram;
 pub(crate) mod locks;
 pub(crate) mod runtimes;
 pub(crate) mod sites;
+pub(crate) mod stall;
 pub(crate) mod starvation;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -24,6 +25,7 @@ use histogram::Bounds;
 use locks::{LockKind, LockOp, LockSite, LockTable};
 use runtimes::Runtimes;
 use sites::{BlockedIn, Site, SiteKey, SiteTable, TaskKind};
+use stall::{Stall, StallKind, TraceParent};
 use starvation::Starvation;
 
 /// A stalled worker's stack, resolved: what the report and exporters say of it.
@@ -36,7 +38,6 @@ pub(crate) struct StallStack {
     /// The innermost frames down to a few callers of the culprit, `" <- "`-separated.
     pub(crate) summary: String,
     /// Every frame, one per line (exported whole with the stall's span).
-    #[allow(dead_code)] // read by the OTLP stall spans
     pub(crate) full: String,
 }
 
@@ -188,7 +189,7 @@ impl Engine {
     #[cold]
     pub(crate) fn record_timed_poll(
         &self,
-        site: &Site,
+        site: &'static Site,
         shard: usize,
         start_ns: u64,
         elapsed_ns: u64,
@@ -203,17 +204,75 @@ impl Engine {
         }
         if duration >= self.config.slow_poll_threshold {
             self.note_slow(site, duration);
-            if self.config.report_slow_polls {
-                report::slow_poll(
-                    &self.limiter,
-                    site,
-                    task_id(),
-                    duration,
-                    &self.config,
-                    culprit,
-                    site.blocked_in(Some(start_ns)),
-                );
+            if let Some(mut stall) = self.stall(StallKind::SlowPoll, site, duration) {
+                stall.task_id = Some(task_id());
+                stall.span = culprit.map(|c| c.meta);
+                // Where the watchdog found this poll blocked, if it captured its stack.
+                if let Some(blocked) = site.blocked_in(Some(start_ns)) {
+                    stall.blocked_in = Some(blocked.frame);
+                    stall.stack = Some(blocked.stack);
+                }
+                stall.parent = culprit
+                    .and_then(|c| c.trace_parent)
+                    .or_else(|| self.trace_parent(None));
+                self.emit_stall(stall);
             }
+        }
+    }
+
+    /// A stall of `site` that just ended on this thread after `duration`, to fill in and hand
+    /// to [`Engine::emit_stall`]; `None` when no sink wants stalls (the log report and stall
+    /// spans both off).
+    pub(crate) fn stall(
+        &self,
+        kind: StallKind,
+        site: &'static Site,
+        duration: Duration,
+    ) -> Option<Stall> {
+        (self.config.report_slow_polls || self.exports_stall_spans())
+            .then(|| Stall::new(kind, site, duration, self.config.slow_poll_threshold))
+    }
+
+    /// Whether stall spans are exported (OTLP on, `STALLSCOPE_STALL_SPANS` on).
+    #[inline]
+    pub(crate) fn exports_stall_spans(&self) -> bool {
+        #[cfg(feature = "_otlp")]
+        if let Some(otlp) = self.otlp.get() {
+            return otlp.exports_stall_spans();
+        }
+        false
+    }
+
+    /// The user's OpenTelemetry span at `span` or above (the current span when `None`), when
+    /// stall spans are exported and tracing-opentelemetry's layer is in the subscriber. Only
+    /// for stalls: it looks spans up in the registry.
+    pub(crate) fn trace_parent(&self, span: Option<&tracing::span::Id>) -> Option<TraceParent> {
+        if self.exports_stall_spans() {
+            stall::trace_parent(span)
+        } else {
+            None
+        }
+    }
+
+    /// Hands a stall at or over the threshold to every sink: the log report (rate-limited) and
+    /// the OTLP sink, which exports it as a span (rate-limited, never blocks). Call it on the
+    /// thread that stalled, right when the stall ends.
+    pub(crate) fn emit_stall(&self, stall: Stall) {
+        if self.config.report_slow_polls {
+            match stall.kind {
+                StallKind::SlowPoll => report::slow_poll(&self.limiter, &stall),
+                StallKind::LockWait => report::blocking_lock_wait(&self.limiter, &stall),
+                // Reported per starvation episode, not per job.
+                StallKind::BlockingQueueWait => self.starvation.slow_wait(
+                    stall.duration,
+                    &self.sites,
+                    &self.runtimes.snapshot(),
+                ),
+            }
+        }
+        #[cfg(feature = "_otlp")]
+        if let (Some(otlp), false) = (self.otlp.get(), self.is_shut_down()) {
+            otlp.export_stall(&stall);
         }
     }
 
@@ -241,6 +300,7 @@ impl Engine {
         if let Some(frame) = &stack.culprit {
             *site.blocked_in.lock().unwrap_or_else(|e| e.into_inner()) = Some(BlockedIn {
                 frame: frame.clone(),
+                stack: stack.full.clone(),
                 stall_start,
             });
         }
@@ -295,8 +355,7 @@ impl Engine {
 
     /// A contended acquisition of a wrapped lock waited `wait`. Waiting past the threshold on
     /// a thread that is polling a task is blocking inside async: reported.
-    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
-    pub(crate) fn record_lock_wait(&self, site: &LockSite, op: LockOp, wait: Duration) {
+    pub(crate) fn record_lock_wait(&self, site: &'static LockSite, op: LockOp, wait: Duration) {
         site.contentions.fetch_add(1, Relaxed);
         site.wait.record(&self.bounds, wait);
         #[cfg(feature = "_otlp")]
@@ -311,8 +370,11 @@ impl Engine {
         let task = task.or_else(crate::hooks::current_task_site);
         if let Some(task) = task {
             site.blocking_waits.fetch_add(1, Relaxed);
-            if self.config.report_slow_polls {
-                report::blocking_lock_wait(&self.limiter, site, wait, Some(task), &self.config);
+            if let Some(mut stall) = self.stall(StallKind::LockWait, task, wait) {
+                stall.lock = Some((site, op));
+                stall.span = stall::current_user_span();
+                stall.parent = self.trace_parent(None);
+                self.emit_stall(stall);
             }
         }
     }
@@ -373,8 +435,15 @@ impl Engine {
         }
     }
 
-    /// A blocking job was picked up by a pool thread after waiting `wait` in the queue.
-    pub(crate) fn record_queue_wait(&self, site: &Site, wait: Duration) {
+    /// A blocking job was picked up by a pool thread after waiting `wait` in the queue; on a
+    /// slow wait, `describe` adds what the source knows to the [`Stall`] (job id, the span
+    /// and trace that called `spawn_blocking`).
+    pub(crate) fn record_queue_wait(
+        &self,
+        site: &'static Site,
+        wait: Duration,
+        describe: impl FnOnce(&mut Stall),
+    ) {
         site.queue_wait.record(&self.bounds, wait);
         #[cfg(feature = "_otlp")]
         if let Some(otel) = &site.otel {
@@ -382,9 +451,9 @@ impl Engine {
         }
         if wait >= self.config.slow_poll_threshold {
             self.note_slow(site, wait);
-            if self.config.report_slow_polls {
-                self.starvation
-                    .slow_wait(wait, &self.sites, &self.runtimes.snapshot());
+            if let Some(mut stall) = self.stall(StallKind::BlockingQueueWait, site, wait) {
+                describe(&mut stall);
+                self.emit_stall(stall);
             }
         }
     }
@@ -449,7 +518,7 @@ impl Engine {
                     polls: self.site_polls(site),
                     slow_polls: slow_count,
                     slow_poll_time: slow_time,
-                    blocked_in: site.blocked_in(None),
+                    blocked_in: site.blocked_in(None).map(|b| b.frame),
                 }),
                 TaskKind::Blocking => snapshot.blocking.push(BlockingSiteStats {
                     location,

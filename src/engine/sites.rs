@@ -73,6 +73,8 @@ pub(crate) struct Site {
 pub(crate) struct BlockedIn {
     /// `function (file:line)`.
     pub(crate) frame: String,
+    /// The whole stack, one frame per line.
+    pub(crate) stack: String,
     /// Coarse start of the stalled poll the stack was taken in.
     pub(crate) stall_start: u64,
 }
@@ -80,11 +82,11 @@ pub(crate) struct BlockedIn {
 impl Site {
     /// Where the stall that started at coarse time `stall_start` was blocked, if its stack was
     /// captured and resolved; `None` asks for the latest stall of the site.
-    pub(crate) fn blocked_in(&self, stall_start: Option<u64>) -> Option<String> {
+    pub(crate) fn blocked_in(&self, stall_start: Option<u64>) -> Option<BlockedIn> {
         let note = self.blocked_in.lock().unwrap_or_else(|e| e.into_inner());
         note.as_ref()
             .filter(|b| stall_start.is_none_or(|s| s == b.stall_start))
-            .map(|b| b.frame.clone())
+            .cloned()
     }
 }
 

@@ -20,7 +20,7 @@ use tracing_subscriber::Layer;
 use crate::clock;
 use crate::engine::histogram::this_threads_shard;
 use crate::engine::sites::{Site, SiteKey, TaskKind};
-use crate::engine::Engine;
+use crate::engine::{stall, Engine};
 use crate::Guard;
 use fields::TaskFields;
 use poll_context::PollKind;
@@ -270,7 +270,18 @@ impl StallscopeLayer {
                     task.site.queued.fetch_sub(1, Relaxed);
                     task.site.running.fetch_add(1, Relaxed);
                     self.engine
-                        .record_queue_wait(task.site, task.created.elapsed());
+                        .record_queue_wait(task.site, task.created.elapsed(), |stall| {
+                            stall.task_id = Some(task.task_id);
+                            // The job's span is a child of the span that called spawn_blocking.
+                            let caller = span
+                                .scope()
+                                .skip(1)
+                                .find(|s| !stall::is_tokio_internal(s.metadata()));
+                            if let Some(caller) = caller {
+                                stall.span = Some(caller.metadata());
+                                stall.parent = self.engine.trace_parent(Some(&caller.id()));
+                            }
+                        });
                     poll_context::begin_poll(id.into_u64(), task.site, PollKind::BlockingJob);
                 }
             }
@@ -280,7 +291,9 @@ impl StallscopeLayer {
     /// A span exit: ends the poll if the span was a task's, else closes a user span.
     fn exit(&self, id: &Id) {
         let Some((poll, elapsed)) = poll_context::end_poll(id.into_u64()) else {
-            poll_context::exit_span(id.into_u64());
+            if let Some(inclusive) = poll_context::exit_span(id.into_u64()) {
+                self.culprit_exited(id, inclusive);
+            }
             return;
         };
         if let (PollKind::Async { .. }, Some(lock)) = (
@@ -316,6 +329,20 @@ impl StallscopeLayer {
         }
     }
 
+    /// A user span that may name a slow poll exited: read its OpenTelemetry span now, while it
+    /// is alive (an `#[instrument]`ed future's span closes before its task's poll ends), so the
+    /// stall span can be its child. Only for spans long enough to cover a slow poll.
+    #[cold]
+    fn culprit_exited(&self, id: &Id, inclusive: Duration) {
+        let may_cover_a_slow_poll = covered(inclusive, self.engine.config.slow_poll_threshold);
+        if may_cover_a_slow_poll && self.engine.exports_stall_spans() {
+            poll_context::set_culprit_trace_parent(
+                id.into_u64(),
+                self.engine.trace_parent(Some(id)),
+            );
+        }
+    }
+
     /// Once per thread: watch its runtime, and (with `tokio_unstable`) give it a worker slot
     /// and start the watchdog, so a poll still running past the threshold is reported live.
     #[cold]
@@ -346,7 +373,7 @@ pub(crate) fn current_task_site() -> Option<&'static Site> {
 /// tokio's own resource and async-op spans are not where user code blocks; timing them would
 /// double the cost of every lock and channel operation.
 fn classify(meta: &'static tracing::Metadata<'static>) -> poll_context::SpanClass {
-    if meta.name().starts_with("runtime.") {
+    if stall::is_tokio_internal(meta) {
         poll_context::SpanClass::Internal
     } else {
         poll_context::SpanClass::User(meta)

@@ -11,6 +11,7 @@ use crate::clock;
 use tracing::Metadata;
 
 use crate::engine::sites::Site;
+use crate::engine::stall::TraceParent;
 use crate::report::Culprit;
 
 /// Nested polls on one thread happen with `block_in_place` + `block_on`; deeper is ignored.
@@ -262,34 +263,27 @@ pub(crate) fn polling() -> bool {
     POLLS.with(|p| p.try_borrow().map(|p| p.polls_len > 0).unwrap_or(false))
 }
 
-/// A user span was exited: credit its time to the current poll's culprit candidate.
-pub(crate) fn exit_span(span: u64) {
+/// A user span was exited: credit its time to the current poll's culprit candidate. Returns
+/// the time spent inside it when it became the candidate.
+pub(crate) fn exit_span(span: u64) -> Option<Duration> {
     POLLS.with(|p| {
-        let Ok(mut p) = p.try_borrow_mut() else {
-            return;
-        };
-        let Some(i) = p.spans_len.checked_sub(1) else {
-            return;
-        };
-        let Some(user) = p.spans[i].filter(|s| s.span == span) else {
-            return;
-        };
+        let mut p = p.try_borrow_mut().ok()?;
+        let i = p.spans_len.checked_sub(1)?;
+        let user = p.spans[i].filter(|s| s.span == span)?;
         p.spans[i] = None;
         p.spans_len = i;
-        let Some(pi) = p.polls_len.checked_sub(1) else {
-            return;
-        };
-        let Some(poll) = p.polls[pi].as_mut() else {
-            return;
-        };
+        let pi = p.polls_len.checked_sub(1)?;
+        let poll = p.polls[pi].as_mut()?;
         if i < poll.span_base {
-            return;
+            return None;
         }
         let depth = i - poll.span_base;
         let inclusive = Duration::from_nanos(clock::now_ns().saturating_sub(user.entered));
         let candidate = Culprit {
+            span,
             meta: user.meta,
             inclusive,
+            trace_parent: None,
         };
         // Inner spans exit first. Keep the innermost span that covered most of the time: a
         // shallower span replaces it only if it covered clearly more, a sibling if it covered more.
@@ -304,8 +298,26 @@ pub(crate) fn exit_span(span: u64) {
                 }
             }
         };
-        if replace {
+        replace.then(|| {
             poll.culprit = Some((candidate, depth));
+            inclusive
+        })
+    })
+}
+
+/// Sets the OpenTelemetry span of the current poll's culprit, if `span` still is the culprit.
+pub(crate) fn set_culprit_trace_parent(span: u64, parent: Option<TraceParent>) {
+    POLLS.with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return;
+        };
+        let Some(pi) = p.polls_len.checked_sub(1) else {
+            return;
+        };
+        if let Some(poll) = p.polls[pi].as_mut() {
+            if let Some((culprit, _)) = poll.culprit.as_mut().filter(|(c, _)| c.span == span) {
+                culprit.trace_parent = parent;
+            }
         }
     });
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tracing::Metadata;
 
-use crate::config::Config;
 use crate::engine::locks::LockSite;
 use crate::engine::sites::Site;
+use crate::engine::stall::{Stall, TraceParent};
 use crate::engine::starvation::PoolState;
 use crate::engine::Engine;
 use crate::snapshot::Snapshot;
@@ -19,17 +19,20 @@ use crate::snapshot::Snapshot;
 /// The innermost user span that covered (most of) a slow poll.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Culprit {
+    /// The span's id (`tracing::span::Id::into_u64`).
+    pub(crate) span: u64,
     pub(crate) meta: &'static Metadata<'static>,
     /// Time spent inside the span during the poll.
     pub(crate) inclusive: Duration,
+    /// Its OpenTelemetry span, read when it exited (it may be closed by the end of the poll).
+    pub(crate) trace_parent: Option<TraceParent>,
 }
 
-impl Culprit {
-    fn describe(&self) -> String {
-        match (self.meta.file(), self.meta.line()) {
-            (Some(file), Some(line)) => format!("`{}` ({file}:{line})", self.meta.name()),
-            _ => format!("`{}`", self.meta.name()),
-        }
+/// `` `name` (file:line) `` of a span.
+fn describe_span(meta: &Metadata<'_>) -> String {
+    match (meta.file(), meta.line()) {
+        (Some(file), Some(line)) => format!("`{}` ({file}:{line})", meta.name()),
+        _ => format!("`{}`", meta.name()),
     }
 }
 
@@ -77,29 +80,26 @@ fn suppressed_note(n: u64) -> String {
     }
 }
 
-pub(crate) fn slow_poll(
-    limiter: &RateLimiter,
-    site: &Site,
-    task_id: u64,
-    duration: Duration,
-    config: &Config,
-    culprit: Option<Culprit>,
-    blocked_in: Option<String>,
-) {
+/// One slow poll (a [`Stall`] of kind `SlowPoll`).
+pub(crate) fn slow_poll(limiter: &RateLimiter, stall: &Stall) {
     let Some(suppressed) = limiter.allow() else {
         return;
     };
-    let span = culprit.map(|c| c.describe()).unwrap_or_else(|| "-".into());
-    let mut inside = culprit
-        .map(|c| format!(", inside span {}", c.describe()))
+    let (site, duration) = (stall.site, stall.duration);
+    let task_id = stall.task_id.unwrap_or_default();
+    let span = stall.span.map(describe_span).unwrap_or_else(|| "-".into());
+    let blocked_in = &stall.blocked_in;
+    let mut inside = stall
+        .span
+        .map(|meta| format!(", inside span {}", describe_span(meta)))
         .unwrap_or_default();
-    if let Some(frame) = &blocked_in {
+    if let Some(frame) = blocked_in {
         inside.push_str(&format!(", blocked in {frame} (from its stack)"));
     }
     tracing::warn!(
         target: "stallscope",
         duration_ms = ms(duration),
-        threshold_ms = ms(config.slow_poll_threshold),
+        threshold_ms = ms(stall.threshold),
         task.id = task_id,
         task.name = site.task_name.unwrap_or(""),
         spawned_at = %site.location,
@@ -110,9 +110,9 @@ pub(crate) fn slow_poll(
          blocking I/O, a std Mutex) and move it to spawn_blocking or use its async form{}",
         name_suffix(site),
         site.location,
-        runtime_note(),
+        runtime_note(stall.runtime_id.as_deref()),
         duration,
-        config.slow_poll_threshold,
+        stall.threshold,
         suppressed_note(suppressed),
     );
 }
@@ -175,7 +175,7 @@ pub(crate) fn stall_in_progress(
     site: &Site,
     thread: &str,
     elapsed: Duration,
-    config: &Config,
+    config: &crate::config::Config,
 ) {
     let Some(suppressed) = limiter.allow() else {
         return;
@@ -328,49 +328,42 @@ pub(crate) fn nested_block_on(block_on: &Site, inner: &str, task: &Site, outer: 
     );
 }
 
-/// ` on runtime <id>` when the process runs several runtimes and this thread is in one.
-pub(crate) fn runtime_note() -> String {
-    if crate::engine::runtimes::watched_in_process() < 2 {
-        return String::new();
+/// ` on runtime <id>` when the process runs several runtimes and the stalled thread is in one.
+fn runtime_note(runtime_id: Option<&str>) -> String {
+    match runtime_id {
+        Some(id) if crate::engine::runtimes::watched_in_process() >= 2 => {
+            format!(" on runtime {id}")
+        }
+        _ => String::new(),
     }
-    #[cfg(tokio_unstable)]
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        return format!(" on runtime {}", handle.id());
-    }
-    String::new()
 }
 
-/// A thread polling a tokio task waited on a wrapped std lock past the threshold.
-pub(crate) fn blocking_lock_wait(
-    limiter: &RateLimiter,
-    lock: &LockSite,
-    wait: Duration,
-    task: Option<&Site>,
-    config: &Config,
-) {
+/// A thread polling a tokio task waited on a wrapped std lock past the threshold (a [`Stall`]
+/// of kind `LockWait`).
+pub(crate) fn blocking_lock_wait(limiter: &RateLimiter, stall: &Stall) {
+    let Some((lock, _)) = stall.lock else {
+        return;
+    };
     let Some(suppressed) = limiter.allow() else {
         return;
     };
-    let task = task
-        .map(|t| {
-            format!(
-                " while polling a task{} spawned at {}",
-                name_suffix(t),
-                t.location
-            )
-        })
-        .unwrap_or_default();
+    let wait = stall.duration;
+    let task = format!(
+        " while polling a task{} spawned at {}",
+        name_suffix(stall.site),
+        stall.site.location
+    );
     tracing::warn!(
         target: "stallscope",
         wait_ms = ms(wait),
-        threshold_ms = ms(config.slow_poll_threshold),
+        threshold_ms = ms(stall.threshold),
         lock = %lock.describe(),
         "blocking lock wait: a tokio worker{} waited {wait:.3?} for the {}{task} (threshold {:?}); \
          every other task on that worker waited too. Shorten the critical section, use \
          tokio::sync for locks held across .await, or use message passing or atomics{}",
-        runtime_note(),
+        runtime_note(stall.runtime_id.as_deref()),
         lock.describe(),
-        config.slow_poll_threshold,
+        stall.threshold,
         suppressed_note(suppressed),
     );
 }

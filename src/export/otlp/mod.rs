@@ -1,5 +1,6 @@
-//! OpenTelemetry metrics over OTLP: a periodic reader on the SDK's own thread, cumulative
-//! temporality, gRPC or HTTP/protobuf by `OTEL_EXPORTER_OTLP_PROTOCOL`.
+//! OpenTelemetry over OTLP: metrics through a periodic reader on the SDK's own thread, cumulative
+//! temporality; stall spans through a batch span processor on its own thread ([`spans`]); gRPC
+//! or HTTP/protobuf by `OTEL_EXPORTER_OTLP_PROTOCOL`.
 //!
 //! Histograms are recorded per poll through instruments bound to each site's attributes (no
 //! attribute lookup per record); counters and gauges are observable and read stallscope's own
@@ -8,25 +9,30 @@
 //! minutes while it stays down.
 
 mod instruments;
+#[cfg(feature = "tracing-opentelemetry")]
+pub(crate) mod parent;
+mod quiet;
 pub(crate) mod settings;
+mod spans;
 
 use std::sync::mpsc;
-use std::sync::{Mutex, Weak};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{BoundHistogram, MeterProvider as _};
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{MetricExporter, WithExportConfig};
+use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::data::ResourceMetrics;
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::Resource;
 
-use settings::OtlpSettings;
+use quiet::{FailureLog, QuietMetricExporter, QuietSpanExporter};
 pub use settings::Protocol;
+use settings::{OtlpSettings, SignalSettings};
+use spans::StallSpans;
 
 use crate::engine::sites::{Site, TaskKind};
+use crate::engine::stall::Stall;
 use crate::engine::Engine;
 
 /// Why OTLP export could not start.
@@ -35,7 +41,7 @@ pub struct OtlpError(String);
 
 impl std::fmt::Display for OtlpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot start OTLP metrics export: {}", self.0)
+        write!(f, "cannot start OTLP export: {}", self.0)
     }
 }
 
@@ -44,6 +50,8 @@ impl std::error::Error for OtlpError {}
 pub(crate) struct OtlpExporter {
     provider: SdkMeterProvider,
     histograms: instruments::Histograms,
+    /// `None` when stall spans are off.
+    spans: Option<StallSpans>,
     settings: OtlpSettings,
     /// gRPC needs a tokio runtime for tonic; this one is private and never instrumented.
     _grpc_runtime: Option<tokio::runtime::Runtime>,
@@ -132,56 +140,95 @@ impl SiteInstruments {
 }
 
 impl OtlpExporter {
-    /// Starts the pipeline if the settings ask for one; `Ok(None)` when OTLP is off.
+    /// Starts the metrics pipeline and, when the settings ask for them, stall spans.
     pub(crate) fn start(
         engine: Weak<Engine>,
         settings: OtlpSettings,
         bounds: &[f64],
     ) -> Result<OtlpExporter, OtlpError> {
-        let grpc_runtime = match settings.protocol {
-            Protocol::Grpc => Some(grpc_runtime()?),
-            Protocol::HttpProtobuf => None,
-        };
+        let grpc = std::iter::once(&settings.metrics)
+            .chain(&settings.traces)
+            .any(|s| s.protocol == Protocol::Grpc);
+        let grpc_runtime = if grpc { Some(grpc_runtime()?) } else { None };
+        // tonic's channels are built inside the private runtime and live on it.
         let _enter = grpc_runtime.as_ref().map(|rt| rt.enter());
-        let exporter = build_exporter(&settings)?;
-        let exporter = QuietExporter {
-            inner: exporter,
-            endpoint: settings.endpoint.clone(),
-            state: Mutex::new(FailureState::default()),
-        };
-        let reader = PeriodicReader::builder(exporter)
-            .with_interval(settings.interval)
-            .build();
         let mut resource = Resource::builder();
         if let Some(name) = &settings.default_service_name {
             resource = resource.with_service_name(name.clone());
         }
+        let resource = resource.build();
+
+        let exporter = QuietMetricExporter {
+            inner: build_metric_exporter(&settings.metrics)?,
+            log: FailureLog::new(
+                "metrics",
+                &settings.metrics.endpoint,
+                "the next export carries the totals",
+            ),
+        };
+        let reader = PeriodicReader::builder(exporter)
+            .with_interval(settings.interval)
+            .build();
         let provider = SdkMeterProvider::builder()
-            .with_resource(resource.build())
+            .with_resource(resource.clone())
             .with_reader(reader)
             .build();
         let meter = provider.meter("stallscope");
         let histograms = instruments::Histograms::new(&meter, bounds);
         instruments::register_observables(&meter, engine);
+
+        let spans = match &settings.traces {
+            Some(traces) => {
+                let exporter = QuietSpanExporter {
+                    inner: build_span_exporter(traces)?,
+                    log: FailureLog::new(
+                        "stall spans",
+                        &traces.endpoint,
+                        "the stall spans of a failed export are dropped",
+                    ),
+                };
+                Some(StallSpans::start(exporter, resource))
+            }
+            None => None,
+        };
         Ok(OtlpExporter {
             provider,
             histograms,
+            spans,
             settings,
             _grpc_runtime: grpc_runtime,
         })
     }
 
-    /// Where and how often metrics go, for the start-up line.
+    /// Where and how often metrics go, and where stall spans go, for the start-up line.
     pub(crate) fn describe(&self) -> String {
+        let metrics = &self.settings.metrics;
+        let spans = match &self.settings.traces {
+            Some(traces) => format!(
+                "; stall spans ({}) to {}",
+                traces.protocol_name(),
+                traces.endpoint
+            ),
+            None => "; stall spans off".to_owned(),
+        };
         format!(
-            "OTLP metrics ({}) to {} every {:?}",
-            match self.settings.protocol {
-                Protocol::Grpc => "grpc",
-                Protocol::HttpProtobuf => "http/protobuf",
-            },
-            self.settings.endpoint,
+            "OTLP metrics ({}) to {} every {:?}{spans}",
+            metrics.protocol_name(),
+            metrics.endpoint,
             self.settings.interval
         )
+    }
+
+    /// Whether stall spans are exported (and worth looking up a trace parent for).
+    pub(crate) fn exports_stall_spans(&self) -> bool {
+        self.spans.is_some()
+    }
+
+    /// Exports `stall` as a span (rate-limited; never blocks).
+    pub(crate) fn export_stall(&self, stall: &Stall) {
+        if let Some(spans) = &self.spans {
+            spans.export(stall);
+        }
     }
 
     pub(crate) fn bind_site(&self, site: &Site) -> SiteInstruments {
@@ -227,35 +274,62 @@ impl OtlpExporter {
         LockInstruments { attributes, ops }
     }
 
-    /// Final collection and export, bounded by the export timeout. Runs on a helper thread:
-    /// shutting down on a current-thread runtime's own thread can deadlock.
+    /// Final collection and export of metrics, and export of the queued stall spans, each
+    /// bounded by its export timeout, side by side. Runs on helper threads: shutting down on a
+    /// current-thread runtime's own thread can deadlock.
     pub(crate) fn shutdown(&self) {
-        let provider = self.provider.clone();
-        let timeout = self.settings.timeout;
-        let (done_tx, done_rx) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("stallscope-flush".into())
-            .spawn(move || {
-                let _ = done_tx.send(provider.shutdown_with_timeout(timeout));
-            });
-        if spawned.is_err() {
-            return;
-        }
-        match done_rx.recv_timeout(timeout + Duration::from_secs(1)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(
-                target: "stallscope",
-                "final OTLP export to {} failed: {e}; metrics of the last interval are lost",
-                self.settings.endpoint
-            ),
-            Err(_) => tracing::warn!(
-                target: "stallscope",
-                "final OTLP export to {} did not finish within {:?}; giving up",
-                self.settings.endpoint,
-                timeout
-            ),
+        let metrics = {
+            let provider = self.provider.clone();
+            let timeout = self.settings.metrics.timeout;
+            in_helper_thread(move || provider.shutdown_with_timeout(timeout))
+        };
+        let spans = match (&self.spans, &self.settings.traces) {
+            (Some(spans), Some(traces)) => {
+                let shutdown = spans.shutdown_handle();
+                let timeout = traces.timeout;
+                in_helper_thread(move || shutdown(timeout))
+            }
+            _ => None,
+        };
+        let started = Instant::now();
+        let wait = |signal: &str, settings: &SignalSettings, done: Option<mpsc::Receiver<_>>| {
+            let Some(done) = done else { return };
+            let left =
+                (settings.timeout + Duration::from_secs(1)).saturating_sub(started.elapsed());
+            match done.recv_timeout(left) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    target: "stallscope",
+                    "final OTLP export of {signal} to {} failed: {e}; what was recorded since the last export is lost",
+                    settings.endpoint
+                ),
+                Err(_) => tracing::warn!(
+                    target: "stallscope",
+                    "final OTLP export of {signal} to {} did not finish within {:?}; giving up",
+                    settings.endpoint,
+                    settings.timeout
+                ),
+            }
+        };
+        wait("metrics", &self.settings.metrics, metrics);
+        if let Some(traces) = &self.settings.traces {
+            wait("stall spans", traces, spans);
         }
     }
+}
+
+/// Runs `f` on a helper thread; `None` if no thread could be started.
+fn in_helper_thread(
+    f: impl FnOnce() -> OTelSdkResult + Send + 'static,
+) -> Option<mpsc::Receiver<OTelSdkResult>> {
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("stallscope-flush".into())
+        .spawn(move || {
+            let _ = done_tx.send(f());
+        })
+        .ok()?;
+    Some(done_rx)
 }
 
 fn grpc_runtime() -> Result<tokio::runtime::Runtime, OtlpError> {
@@ -281,107 +355,43 @@ fn grpc_runtime() -> Result<tokio::runtime::Runtime, OtlpError> {
     ))
 }
 
-fn build_exporter(settings: &OtlpSettings) -> Result<MetricExporter, OtlpError> {
-    let built = match settings.protocol {
-        #[cfg(feature = "otlp-grpc")]
-        Protocol::Grpc => MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(settings.timeout)
-            .with_temporality(Temporality::Cumulative)
-            .build(),
-        #[cfg(feature = "otlp-http")]
-        Protocol::HttpProtobuf => MetricExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(settings.timeout)
-            .with_temporality(Temporality::Cumulative)
-            .build(),
-        #[allow(unreachable_patterns)]
-        _ => return Err(OtlpError("the selected protocol is not compiled in".into())),
-    };
-    built.map_err(|e| OtlpError(e.to_string()))
-}
-
-/// Logs export failures once, then at most every [`FAILURE_LOG_INTERVAL`], and recovery once.
-struct QuietExporter {
-    inner: MetricExporter,
-    endpoint: String,
-    state: Mutex<FailureState>,
-}
-
-const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(300);
-
-#[derive(Default)]
-struct FailureState {
-    failing_since: Option<Instant>,
-    last_logged: Option<Instant>,
-    failures: u64,
-}
-
-impl std::fmt::Debug for QuietExporter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuietExporter")
-            .field("endpoint", &self.endpoint)
-            .finish()
-    }
-}
-
-impl QuietExporter {
-    fn note(&self, result: &OTelSdkResult) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match result {
-            Ok(()) => {
-                if let Some(since) = s.failing_since.take() {
-                    tracing::info!(
-                        target: "stallscope",
-                        "OTLP export to {} works again after {} failed attempts over {:?}",
-                        self.endpoint,
-                        s.failures,
-                        since.elapsed()
-                    );
-                    s.failures = 0;
-                    s.last_logged = None;
-                }
+/// The OTLP exporter builders of both signals take the same settings: `$builder` is
+/// `MetricExporter::builder()` or `SpanExporter::builder()`; `|$b| $finish` adds what the
+/// signal needs and builds.
+macro_rules! build_exporter {
+    ($builder:expr, $settings:expr, |$b:ident| $finish:expr) => {{
+        let settings: &SignalSettings = $settings;
+        let built = match settings.protocol {
+            #[cfg(feature = "otlp-grpc")]
+            Protocol::Grpc => {
+                let $b = $builder
+                    .with_tonic()
+                    .with_endpoint(settings.endpoint.clone())
+                    .with_timeout(settings.timeout);
+                $finish
             }
-            Err(e) => {
-                s.failures += 1;
-                s.failing_since.get_or_insert_with(Instant::now);
-                if s.last_logged
-                    .is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL)
-                {
-                    s.last_logged = Some(Instant::now());
-                    tracing::warn!(
-                        target: "stallscope",
-                        "OTLP export to {} failed ({} attempts so far): {e}. The application is not \
-                         affected; export retries every interval and this message repeats at most every {:?}",
-                        self.endpoint,
-                        s.failures,
-                        FAILURE_LOG_INTERVAL
-                    );
-                }
+            #[cfg(feature = "otlp-http")]
+            Protocol::HttpProtobuf => {
+                let $b = $builder
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(settings.endpoint.clone())
+                    .with_timeout(settings.timeout);
+                $finish
             }
-        }
-    }
+            #[allow(unreachable_patterns)]
+            _ => return Err(OtlpError("the selected protocol is not compiled in".into())),
+        };
+        built.map_err(|e| OtlpError(e.to_string()))
+    }};
 }
 
-impl PushMetricExporter for QuietExporter {
-    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let result = self.inner.export(metrics).await;
-        self.note(&result);
-        result
-    }
+fn build_metric_exporter(settings: &SignalSettings) -> Result<MetricExporter, OtlpError> {
+    build_exporter!(MetricExporter::builder(), settings, |b| b
+        .with_temporality(Temporality::Cumulative)
+        .build())
+}
 
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn temporality(&self) -> Temporality {
-        Temporality::Cumulative
-    }
+fn build_span_exporter(settings: &SignalSettings) -> Result<SpanExporter, OtlpError> {
+    build_exporter!(SpanExporter::builder(), settings, |b| b.build())
 }

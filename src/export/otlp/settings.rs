@@ -14,14 +14,31 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+/// Where one signal (metrics, or stall spans) goes.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SignalSettings {
+    pub(crate) protocol: Protocol,
+    /// The full URL (for HTTP, including `/v1/metrics` or `/v1/traces`).
+    pub(crate) endpoint: String,
+    pub(crate) timeout: Duration,
+}
+
+impl SignalSettings {
+    pub(crate) fn protocol_name(&self) -> &'static str {
+        match self.protocol {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
 /// Resolved OTLP settings.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct OtlpSettings {
-    pub(crate) protocol: Protocol,
-    /// The full metrics URL (for HTTP, including `/v1/metrics`).
-    pub(crate) endpoint: String,
+    pub(crate) metrics: SignalSettings,
+    /// Stall spans; `None` when they are off (`STALLSCOPE_STALL_SPANS=off`).
+    pub(crate) traces: Option<SignalSettings>,
     pub(crate) interval: Duration,
-    pub(crate) timeout: Duration,
     /// `service.name` to set when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES`
     /// names one: the executable's name beats the SDK's `unknown_service`.
     pub(crate) default_service_name: Option<String>,
@@ -29,75 +46,61 @@ pub(crate) struct OtlpSettings {
 
 pub(crate) const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub(crate) const METRICS_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
+pub(crate) const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
-const METRICS_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL";
 const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
-const METRICS_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT";
 const INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
 const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 const RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 
+/// A signal's own variables, which beat the generic `OTEL_EXPORTER_OTLP_*` ones.
+struct SignalVars {
+    endpoint: &'static str,
+    protocol: &'static str,
+    timeout: &'static str,
+    /// Appended to the generic endpoint for HTTP.
+    http_path: &'static str,
+}
+
+const METRICS: SignalVars = SignalVars {
+    endpoint: METRICS_ENDPOINT,
+    protocol: "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    timeout: "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    http_path: "/v1/metrics",
+};
+
+const TRACES: SignalVars = SignalVars {
+    endpoint: TRACES_ENDPOINT,
+    protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    http_path: "/v1/traces",
+};
+
 impl OtlpSettings {
-    /// `None` when OTLP is off: `toggle` is `Off`, or `Auto` without any endpoint variable.
+    /// `None` when OTLP is off: `toggle` is `Off`, or `Auto` without any endpoint variable
+    /// (the traces endpoint counts only when stall spans are on).
     pub(crate) fn resolve(
         toggle: Toggle,
+        stall_spans: bool,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<OtlpSettings>, ConfigError> {
-        let endpoint_set =
-            var(lookup, ENDPOINT).is_some() || var(lookup, METRICS_ENDPOINT).is_some();
+        let endpoint_set = var(lookup, ENDPOINT).is_some()
+            || var(lookup, METRICS_ENDPOINT).is_some()
+            || (stall_spans && var(lookup, TRACES_ENDPOINT).is_some());
         match toggle {
             Toggle::Off => return Ok(None),
             Toggle::Auto if !endpoint_set => return Ok(None),
             _ => {}
         }
-        let (protocol_var, protocol) = match var(lookup, METRICS_PROTOCOL) {
-            Some(p) => (METRICS_PROTOCOL, Some(p)),
-            None => (PROTOCOL, var(lookup, PROTOCOL)),
-        };
-        let protocol = match protocol.as_deref() {
-            None | Some("http/protobuf") => Protocol::HttpProtobuf,
-            Some("grpc") => Protocol::Grpc,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    protocol_var,
-                    other,
-                    "grpc or http/protobuf (http/json is not built into stallscope)",
-                ))
-            }
-        };
-        check_compiled(protocol, protocol_var)?;
-
-        let endpoint = if let Some(e) = var(lookup, METRICS_ENDPOINT) {
-            validate_url(METRICS_ENDPOINT, &e)?;
-            e
+        let metrics = SignalSettings::resolve(&METRICS, lookup)?;
+        let traces = if stall_spans {
+            Some(SignalSettings::resolve(&TRACES, lookup)?)
         } else {
-            let (name, base) = match var(lookup, ENDPOINT) {
-                Some(e) => (ENDPOINT, e),
-                None => (
-                    ENDPOINT,
-                    match protocol {
-                        Protocol::Grpc => "http://localhost:4317".to_owned(),
-                        Protocol::HttpProtobuf => "http://localhost:4318".to_owned(),
-                    },
-                ),
-            };
-            validate_url(name, &base)?;
-            match protocol {
-                Protocol::Grpc => base,
-                Protocol::HttpProtobuf => format!("{}/v1/metrics", base.trim_end_matches('/')),
-            }
+            None
         };
-
         let interval = match var(lookup, INTERVAL) {
             Some(v) => millis(INTERVAL, &v)?,
             None => Duration::from_secs(60),
-        };
-        let timeout = match var(lookup, METRICS_TIMEOUT) {
-            Some(v) => millis(METRICS_TIMEOUT, &v)?,
-            None => match var(lookup, TIMEOUT) {
-                Some(v) => millis(TIMEOUT, &v)?,
-                None => Duration::from_secs(10),
-            },
         };
 
         let named_in_attributes = var(lookup, RESOURCE_ATTRIBUTES).is_some_and(|a| {
@@ -113,12 +116,70 @@ impl OtlpSettings {
             .flatten();
 
         Ok(Some(OtlpSettings {
-            protocol,
-            endpoint,
+            metrics,
+            traces,
             interval,
-            timeout,
             default_service_name,
         }))
+    }
+}
+
+impl SignalSettings {
+    /// The signal's protocol, endpoint (its own variable verbatim, else the generic one, with
+    /// the signal's path for HTTP) and timeout.
+    fn resolve(
+        vars: &SignalVars,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<SignalSettings, ConfigError> {
+        let (protocol_var, protocol) = match var(lookup, vars.protocol) {
+            Some(p) => (vars.protocol, Some(p)),
+            None => (PROTOCOL, var(lookup, PROTOCOL)),
+        };
+        let protocol = match protocol.as_deref() {
+            None | Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some("grpc") => Protocol::Grpc,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    protocol_var,
+                    other,
+                    "grpc or http/protobuf (http/json is not built into stallscope)",
+                ))
+            }
+        };
+        check_compiled(protocol, protocol_var)?;
+
+        let endpoint = if let Some(e) = var(lookup, vars.endpoint) {
+            validate_url(vars.endpoint, &e)?;
+            e
+        } else {
+            let base = var(lookup, ENDPOINT).unwrap_or_else(|| {
+                match protocol {
+                    Protocol::Grpc => "http://localhost:4317",
+                    Protocol::HttpProtobuf => "http://localhost:4318",
+                }
+                .to_owned()
+            });
+            validate_url(ENDPOINT, &base)?;
+            match protocol {
+                Protocol::Grpc => base,
+                Protocol::HttpProtobuf => {
+                    format!("{}{}", base.trim_end_matches('/'), vars.http_path)
+                }
+            }
+        };
+
+        let timeout = match var(lookup, vars.timeout) {
+            Some(v) => millis(vars.timeout, &v)?,
+            None => match var(lookup, TIMEOUT) {
+                Some(v) => millis(TIMEOUT, &v)?,
+                None => Duration::from_secs(10),
+            },
+        };
+        Ok(SignalSettings {
+            protocol,
+            endpoint,
+            timeout,
+        })
     }
 }
 
@@ -175,17 +236,25 @@ fn millis(variable: &str, value: &str) -> Result<Duration, ConfigError> {
 mod tests {
     use super::*;
 
-    fn resolve(
+    fn resolve_with(
         toggle: Toggle,
+        stall_spans: bool,
         pairs: &[(&str, &str)],
     ) -> Result<Option<OtlpSettings>, ConfigError> {
         let pairs: Vec<(String, String)> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        OtlpSettings::resolve(toggle, &move |n| {
+        OtlpSettings::resolve(toggle, stall_spans, &move |n| {
             pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
         })
+    }
+
+    fn resolve(
+        toggle: Toggle,
+        pairs: &[(&str, &str)],
+    ) -> Result<Option<OtlpSettings>, ConfigError> {
+        resolve_with(toggle, true, pairs)
     }
 
     #[test]
@@ -196,8 +265,22 @@ mod tests {
             None
         );
         let on = resolve(Toggle::On, &[]).unwrap().unwrap();
-        assert_eq!(on.endpoint, "http://localhost:4318/v1/metrics");
+        assert_eq!(on.metrics.endpoint, "http://localhost:4318/v1/metrics");
+        assert_eq!(
+            on.traces.unwrap().endpoint,
+            "http://localhost:4318/v1/traces"
+        );
         assert_eq!(on.interval, Duration::from_secs(60));
+        // The traces endpoint alone turns OTLP on, unless stall spans are off.
+        assert!(
+            resolve(Toggle::Auto, &[(TRACES_ENDPOINT, "http://t:4318/x")])
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            resolve_with(Toggle::Auto, false, &[(TRACES_ENDPOINT, "http://t:4318/x")]).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -212,8 +295,12 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(s.protocol, Protocol::HttpProtobuf);
-        assert_eq!(s.endpoint, "http://collector:4318/v1/metrics");
+        assert_eq!(s.metrics.protocol, Protocol::HttpProtobuf);
+        assert_eq!(s.metrics.endpoint, "http://collector:4318/v1/metrics");
+        assert_eq!(
+            s.traces.as_ref().unwrap().endpoint,
+            "http://collector:4318/v1/traces"
+        );
         assert_eq!(s.interval, Duration::from_millis(500));
         assert_eq!(s.default_service_name, None);
 
@@ -223,22 +310,43 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(g.protocol, Protocol::Grpc);
-        assert_eq!(g.endpoint, "http://collector:4317");
+        assert_eq!(g.metrics.protocol, Protocol::Grpc);
+        assert_eq!(g.metrics.endpoint, "http://collector:4317");
+        let traces = g.traces.unwrap();
+        assert_eq!(traces.protocol, Protocol::Grpc);
+        assert_eq!(traces.endpoint, "http://collector:4317");
 
         let m = resolve(
             Toggle::Auto,
             &[
                 (ENDPOINT, "http://a:1"),
                 (METRICS_ENDPOINT, "https://b:2/custom"),
+                (TRACES_ENDPOINT, "https://c:3/spans"),
+                (TRACES.timeout, "250"),
             ],
         )
         .unwrap()
         .unwrap();
         assert_eq!(
-            m.endpoint, "https://b:2/custom",
+            m.metrics.endpoint, "https://b:2/custom",
             "signal-specific endpoint is verbatim"
         );
+        let traces = m.traces.unwrap();
+        assert_eq!(traces.endpoint, "https://c:3/spans");
+        assert_eq!(traces.timeout, Duration::from_millis(250));
+        assert_eq!(m.metrics.timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn stall_spans_off_ignore_the_traces_variables() {
+        let s = resolve_with(
+            Toggle::Auto,
+            false,
+            &[(ENDPOINT, "http://a:1"), (TRACES_ENDPOINT, "not a url")],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.traces, None);
     }
 
     #[test]
@@ -247,14 +355,17 @@ mod tests {
             (ENDPOINT, "not a url", ENDPOINT),
             (ENDPOINT, "localhost:4318", ENDPOINT),
             (METRICS_ENDPOINT, "ftp://x/y", METRICS_ENDPOINT),
+            (TRACES_ENDPOINT, "localhost:4317", TRACES_ENDPOINT),
             (PROTOCOL, "carrier-pigeon", PROTOCOL),
             (PROTOCOL, "http/json", PROTOCOL),
+            (TRACES.protocol, "http/json", TRACES.protocol),
             (INTERVAL, "5s", INTERVAL),
             (TIMEOUT, "-1", TIMEOUT),
+            (TRACES.timeout, "soon", TRACES.timeout),
         ];
         for (name, value, expected_var) in cases {
             let mut env = vec![(name, value)];
-            if name != ENDPOINT && name != METRICS_ENDPOINT {
+            if ![ENDPOINT, METRICS_ENDPOINT, TRACES_ENDPOINT].contains(&name) {
                 env.push((ENDPOINT, "http://ok:4318"));
             }
             let err = resolve(Toggle::Auto, &env).unwrap_err();
