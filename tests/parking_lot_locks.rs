@@ -1,64 +1,20 @@
 //! The parking_lot wrappers (feature `parking_lot`): waits attributed to the right lock and
 //! operation, timed-out waits counted as given up, a wait on a tokio worker reported.
 
-use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+mod support;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stallscope::sync::parking_lot::{Mutex, RwLock};
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::prelude::*;
-
-static REPORTS: StdMutex<Vec<String>> = StdMutex::new(Vec::new());
-
-struct Capture;
-
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        struct Message(String);
-        impl Visit for Message {
-            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        if event.metadata().target() == "stallscope" {
-            let mut m = Message(String::new());
-            event.record(&mut m);
-            REPORTS.lock().unwrap().push(m.0);
-        }
-    }
-}
+use support::capture::{hold_elsewhere, Mode, REPORTS};
 
 fn stallscope() -> &'static stallscope::Guard {
-    static GUARD: OnceLock<stallscope::Guard> = OnceLock::new();
-    GUARD.get_or_init(|| {
-        let layer = stallscope::Builder::new()
-            .slow_poll_threshold(Duration::from_millis(30))
-            .build()
-            .unwrap();
-        let guard = layer.guard();
-        tracing_subscriber::registry().with(Capture).init();
-        guard
-    })
+    support::capture::stallscope(Duration::from_millis(30), Mode::Production)
 }
 
 fn lock_stats(name: &str) -> stallscope::snapshot::LockStats {
-    stallscope()
-        .snapshot()
-        .locks
-        .into_iter()
-        .find(|l| l.name.as_deref() == Some(name))
-        .unwrap_or_else(|| panic!("lock {name:?} in the snapshot"))
-}
-
-/// Runs `body` on another thread and returns once it called `held()` (it holds the lock).
-fn hold_elsewhere(body: impl FnOnce(&dyn Fn()) + Send + 'static) -> std::thread::JoinHandle<()> {
-    let (held_tx, held_rx) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || body(&|| held_tx.send(()).unwrap()));
-    held_rx.recv().unwrap();
-    holder
+    support::capture::lock_stats(stallscope(), name)
 }
 
 #[test]

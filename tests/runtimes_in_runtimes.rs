@@ -1,60 +1,14 @@
 //! Several runtimes in one process (full mode): a `block_on` inside another runtime's task and
 //! a runtime built per iteration are reported, naming the call site; reports name the runtime.
 
-use std::sync::{Mutex, OnceLock};
+mod support;
+
 use std::time::Duration;
 
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, Layer};
-use tracing_subscriber::prelude::*;
-
-/// Messages of `stallscope` events.
-static REPORTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        struct Message(String);
-        impl Visit for Message {
-            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        if event.metadata().target() == "stallscope" {
-            let mut m = Message(String::new());
-            event.record(&mut m);
-            REPORTS.lock().unwrap().push(m.0);
-        }
-    }
-}
+use support::capture::{reports_with, Mode};
 
 fn stallscope() -> &'static stallscope::Guard {
-    static GUARD: OnceLock<stallscope::Guard> = OnceLock::new();
-    GUARD.get_or_init(|| {
-        let layer = stallscope::Builder::new()
-            .slow_poll_threshold(Duration::from_millis(50))
-            .build()
-            .unwrap();
-        let guard = layer.guard();
-        tracing_subscriber::registry()
-            .with(layer)
-            .with(Capture)
-            .init();
-        guard
-    })
-}
-
-fn reports_with(needle: &str) -> Vec<String> {
-    REPORTS
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| r.contains(needle))
-        .cloned()
-        .collect()
+    support::capture::stallscope(Duration::from_millis(50), Mode::Full)
 }
 
 fn multi_thread(workers: usize) -> tokio::runtime::Runtime {

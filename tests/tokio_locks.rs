@@ -42,22 +42,31 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// Holds `mutex` (an `Arc` of a tokio Mutex, or of stallscope's wrapper: the same API, no
+/// common trait) across an await for 70 ms while a task waits for it, and gives up another
+/// acquisition after 20 ms.
+macro_rules! contend {
+    ($mutex:expr) => {
+        runtime().block_on(async {
+            let held = $mutex.clone().lock_owned().await;
+            let waiter = {
+                let mutex = $mutex.clone();
+                tokio::spawn(async move { *mutex.lock().await += 1 })
+            };
+            // An acquisition given up after 20 ms.
+            assert!(tokio::time::timeout(ms(20), $mutex.lock()).await.is_err());
+            tokio::time::sleep(ms(50)).await; // held across an await: the waiter waits ~70 ms
+            drop(held);
+            waiter.await.unwrap();
+        })
+    };
+}
+
 #[test]
 fn a_tokio_mutex_held_across_an_await_makes_others_wait_and_cancelled_waits_count() {
     stallscope();
     let (mutex, line) = (Arc::new(tokio::sync::Mutex::new(0u32)), line!());
-    runtime().block_on(async {
-        let held = mutex.clone().lock_owned().await;
-        let waiter = {
-            let mutex = mutex.clone();
-            tokio::spawn(async move { *mutex.lock().await += 1 })
-        };
-        // An acquisition given up after 20 ms.
-        assert!(tokio::time::timeout(ms(20), mutex.lock()).await.is_err());
-        tokio::time::sleep(ms(50)).await; // held across an await: the waiter waits ~70 ms
-        drop(held);
-        waiter.await.unwrap();
-    });
+    contend!(mutex);
     let stats = lock_at(LockKind::TokioMutex, line);
     assert_eq!(stats.acquisitions, 2, "{stats:?}");
     assert_eq!(
@@ -154,4 +163,47 @@ fn a_std_guard_held_across_an_await_is_found_at_the_end_of_the_poll() {
     };
     assert!(find("held-across-await").held_across_await >= 1);
     assert_eq!(find("released-before-await").held_across_await, 0);
+}
+
+#[test]
+fn a_wrapped_tokio_mutex_in_full_mode_is_counted_once() {
+    stallscope();
+    // tokio's `tracing` feature is on in this build: the inner tokio Mutex makes resource spans
+    // too, at this same creation site (the wrapper passes its caller's location on).
+    let line = line!() + 1;
+    let mutex = Arc::new(stallscope::sync::tokio::Mutex::new(0u32));
+    contend!(mutex);
+    let snapshot = stallscope().snapshot();
+    let here: Vec<_> = snapshot
+        .locks
+        .iter()
+        .filter(|l| l.location.file.ends_with("tokio_locks.rs") && l.location.line == line)
+        .collect();
+    assert_eq!(here.len(), 1, "one lock site: {here:?}");
+    let stats = here[0];
+    assert_eq!(stats.kind, LockKind::TokioMutex);
+    assert_eq!(
+        (stats.acquisitions, stats.contentions, stats.cancellations),
+        (2, 1, 1),
+        "each acquisition once: {stats:?}"
+    );
+    assert_eq!(
+        (stats.wait.count, stats.cancelled_wait.count),
+        (1, 1),
+        "{stats:?}"
+    );
+    assert!(
+        stats.wait.max >= ms(65) && stats.wait.max < ms(400),
+        "wait {:?}",
+        stats.wait.max
+    );
+    assert_eq!(stats.hold.count, 2, "every guard's hold once: {stats:?}");
+    assert!(
+        !snapshot
+            .locks
+            .iter()
+            .any(|l| l.location.file.contains("src/sync/")),
+        "no lock attributed to stallscope's own files: {:?}",
+        snapshot.locks
+    );
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
-use super::histogram::{Bounds, ShardedHistogram};
+use super::histogram::{this_threads_shard, Bounds, ShardedHistogram};
 use super::sites::{Location, OTHER};
 
 /// What kind of lock, as exported in `tokio.lock.kind`.
@@ -97,6 +97,19 @@ impl LockOp {
 }
 
 impl LockKind {
+    /// Whether waiting for this kind of lock holds up the thread (std and parking_lot locks),
+    /// rather than suspending the task (tokio's).
+    #[inline]
+    pub(crate) fn blocks_thread(self) -> bool {
+        match self {
+            LockKind::StdMutex
+            | LockKind::StdRwLock
+            | LockKind::ParkingLotMutex
+            | LockKind::ParkingLotRwLock => true,
+            LockKind::TokioMutex | LockKind::TokioRwLock | LockKind::TokioSemaphore => false,
+        }
+    }
+
     /// The operations an acquisition of this kind of lock can be, by [`LockOp::index`].
     pub(crate) fn operations(self) -> &'static [LockOp] {
         match self {
@@ -151,6 +164,9 @@ pub(crate) struct LockSite {
     pub(crate) wait: ShardedHistogram,
     /// Time each guard was held.
     pub(crate) hold: ShardedHistogram,
+    /// The bucket holding [`FAST_POLL`](crate::clock::FAST_POLL): where holds too short for the
+    /// coarse clock are counted.
+    fast_bucket: usize,
     pub(crate) acquisitions: AtomicU64,
     pub(crate) contentions: AtomicU64,
     /// Acquisitions given up before the lock was obtained (tokio locks: the future dropped),
@@ -166,6 +182,15 @@ pub(crate) struct LockSite {
 }
 
 impl LockSite {
+    /// Counts a hold shorter than the coarse clock can time (under
+    /// [`FAST_POLL`](crate::clock::FAST_POLL)), as a fast poll is counted: one atomic add into
+    /// this thread's shard, no engine needed.
+    #[inline]
+    pub(crate) fn count_short_hold(&self) {
+        self.hold
+            .count_in_bucket(this_threads_shard(), self.fast_bucket, 1);
+    }
+
     /// The lock's name, or its creation site.
     pub(crate) fn describe(&self) -> String {
         match self.name {
@@ -248,6 +273,7 @@ impl LockTable {
             name: if overflowing { None } else { name },
             wait: ShardedHistogram::new(bounds),
             hold: ShardedHistogram::new(bounds),
+            fast_bucket: bounds.bucket(crate::clock::FAST_POLL_NS),
             acquisitions: AtomicU64::new(0),
             contentions: AtomicU64::new(0),
             cancellations: AtomicU64::new(0),

@@ -353,8 +353,9 @@ impl Engine {
         )
     }
 
-    /// A contended acquisition of a wrapped lock waited `wait`. Waiting past the threshold on
-    /// a thread that is polling a task is blocking inside async: reported.
+    /// A contended acquisition obtained its lock after waiting `wait`. A wait that held up the
+    /// thread (a std or parking_lot lock) past the threshold while it was polling a task is
+    /// blocking inside async: reported.
     pub(crate) fn record_lock_wait(&self, site: &'static LockSite, op: LockOp, wait: Duration) {
         site.contentions.fetch_add(1, Relaxed);
         site.wait.record(&self.bounds, wait);
@@ -362,7 +363,7 @@ impl Engine {
         if let Some(otel) = &site.otel {
             otel.record_wait(op, wait);
         }
-        if wait < self.config.slow_poll_threshold {
+        if wait < self.config.slow_poll_threshold || !site.kind.blocks_thread() {
             return;
         }
         let task = crate::layer::current_task_site();
@@ -379,12 +380,22 @@ impl Engine {
         }
     }
 
+    /// An acquisition was given up after waiting `wait` (a timeout, or a dropped acquire future).
+    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
+    pub(crate) fn record_cancelled_lock_wait(&self, site: &LockSite, op: LockOp, wait: Duration) {
+        site.cancellations.fetch_add(1, Relaxed);
+        site.cancelled_wait.record(&self.bounds, wait);
+        #[cfg(feature = "_otlp")]
+        if let Some(otel) = &site.otel {
+            otel.record_cancelled_wait(op, wait);
+        }
+    }
+
     /// An async acquisition (a tokio lock's async op) ended: obtained after `wait` (`None`:
     /// at once, uncontended), or given up after `wait` (the future was dropped).
-    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
     pub(crate) fn record_async_acquisition(
         &self,
-        site: &LockSite,
+        site: &'static LockSite,
         op: LockOp,
         wait: Option<Duration>,
         acquired: bool,
@@ -392,21 +403,10 @@ impl Engine {
         if acquired {
             site.acquisitions.fetch_add(1, Relaxed);
             if let Some(wait) = wait {
-                site.contentions.fetch_add(1, Relaxed);
-                site.wait.record(&self.bounds, wait);
-                #[cfg(feature = "_otlp")]
-                if let Some(otel) = &site.otel {
-                    otel.record_wait(op, wait);
-                }
+                self.record_lock_wait(site, op, wait);
             }
         } else {
-            let wait = wait.unwrap_or_default();
-            site.cancellations.fetch_add(1, Relaxed);
-            site.cancelled_wait.record(&self.bounds, wait);
-            #[cfg(feature = "_otlp")]
-            if let Some(otel) = &site.otel {
-                otel.record_cancelled_wait(op, wait);
-            }
+            self.record_cancelled_lock_wait(site, op, wait.unwrap_or_default());
         }
     }
 
@@ -423,8 +423,7 @@ impl Engine {
     #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
     pub(crate) fn record_lock_hold(&self, site: &LockSite, op: LockOp, held_ns: u64) {
         if held_ns < crate::clock::FAST_POLL_NS {
-            site.hold
-                .count_in_bucket(histogram::this_threads_shard(), self.fast_poll_bucket, 1);
+            site.count_short_hold();
             return;
         }
         let held = Duration::from_nanos(held_ns);

@@ -7,6 +7,8 @@ mod fields;
 mod poll_context;
 mod resources;
 
+pub(crate) use resources::{wrapper_creating, WrapperCreating};
+
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,7 +4,12 @@
 //! acquire future's first poll until it completes or is dropped: its lifetime is the wait.
 //! `runtime::resource::poll_op` events say whether a poll was ready (acquired) or pending
 //! (contended); `state_update` events with `locked`/`write_locked` give the hold time.
+//!
+//! The tokio lock inside a [`crate::sync::tokio`] wrapper makes the same spans when tokio's
+//! `tracing` feature is on; the wrapper measures it already, so it is created under
+//! [`wrapper_creating`] and ignored here.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
@@ -75,11 +80,40 @@ impl Visit for ResourceFields {
     fn record_debug(&mut self, _: &Field, _: &dyn fmt::Debug) {}
 }
 
-/// A `runtime.resource` span was created: a lock site if it is a tokio lock.
+thread_local! {
+    /// Whether a stallscope wrapper is creating its tokio lock on this thread.
+    static WRAPPER_CREATING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While this lives, the tokio locks created on this thread are the inner locks of
+/// [`crate::sync::tokio`] wrappers, which measure them: the layer does not count them again.
+/// (Span creation is synchronous, on the thread calling tokio's `new`; the wrappers pass their
+/// caller's location on to it, so tokio-console still shows where the lock was created.)
+pub(crate) struct WrapperCreating(bool);
+
+/// Marks the tokio locks created on this thread until the returned value drops.
+pub(crate) fn wrapper_creating() -> WrapperCreating {
+    WrapperCreating(
+        WRAPPER_CREATING
+            .try_with(|c| c.replace(true))
+            .unwrap_or(false),
+    )
+}
+
+impl Drop for WrapperCreating {
+    fn drop(&mut self) {
+        let _ = WRAPPER_CREATING.try_with(|c| c.set(self.0));
+    }
+}
+
+/// A `runtime.resource` span was created: a lock site if it is a tokio lock (not a wrapper's).
 pub(crate) fn new_resource<S>(engine: &Engine, attrs: &Attributes<'_>, span: SpanRef<'_, S>)
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    if WRAPPER_CREATING.try_with(Cell::get).unwrap_or(false) {
+        return;
+    }
     let mut f = ResourceFields::default();
     attrs.record(&mut f);
     let kind = match f.concrete_type.as_str() {

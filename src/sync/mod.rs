@@ -5,8 +5,10 @@
 //! uncontended acquisition costs a `try_lock` and an atomic add; only a contended one reads the
 //! clock twice. A wait at or over the slow threshold on a thread that is polling a tokio task
 //! is reported: that is blocking inside async, every other task on that worker waited too.
-//! With feature `parking_lot`, `stallscope::sync::parking_lot` wraps parking_lot's locks the
-//! same way.
+//! With feature `parking_lot`, [`parking_lot`](mod@parking_lot) wraps parking_lot's locks the
+//! same way; [`tokio`](mod@tokio) wraps `tokio::sync`'s for production mode.
+//!
+//! Every guard is a [`Measured`] guard around the wrapped lock's own.
 //!
 //! ```
 //! let stallscope = stallscope::Builder::new().build().unwrap();
@@ -16,15 +18,50 @@
 //! assert_eq!(*counter.lock().unwrap(), 1);
 //! ```
 
+/// The trait impls every wrapper `$wrapper<T>` (with `new` and an `inner` lock) shares with
+/// the lock it wraps: `Default` and `From<T>` (created at the caller's site), `Debug`.
+macro_rules! wrapper_impls {
+    ($($wrapper:ident),*) => {$(
+        impl<T: Default> Default for $wrapper<T> {
+            #[track_caller]
+            fn default() -> Self {
+                $wrapper::new(T::default())
+            }
+        }
+
+        impl<T> From<T> for $wrapper<T> {
+            #[track_caller]
+            fn from(value: T) -> Self {
+                $wrapper::new(value)
+            }
+        }
+
+        impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for $wrapper<T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.inner.fmt(f)
+            }
+        }
+    )*};
+}
+
 mod mutex;
 #[cfg(feature = "parking_lot")]
 pub mod parking_lot;
 mod rwlock;
+pub mod tokio;
 
 pub use mutex::{Mutex, MutexGuard};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use std::convert::Infallible;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
 use std::panic::Location;
+use std::pin::pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, LockResult, PoisonError, TryLockError, TryLockResult};
 use std::time::Duration;
 
 use crate::clock;
@@ -51,24 +88,20 @@ pub(crate) fn guard_taken_in_poll_still_held(poll: u64) -> Option<&'static LockS
     .flatten()
 }
 
-fn note_acquired(site: Option<&'static LockSite>) {
-    if site.is_some() {
-        let poll = crate::layer::current_poll_span().unwrap_or(0);
-        let _ = HELD.try_with(|h| h.set((h.get().0 + 1, site, poll)));
-    }
+fn note_acquired(site: &'static LockSite) {
+    let poll = crate::layer::current_poll_span().unwrap_or(0);
+    let _ = HELD.try_with(|h| h.set((h.get().0 + 1, Some(site), poll)));
 }
 
-fn note_released(site: Option<&'static LockSite>) {
-    if site.is_some() {
-        let _ = HELD.try_with(|h| {
-            let (n, last, poll) = h.get();
-            if n <= 1 {
-                h.set((0, None, 0));
-            } else {
-                h.set((n - 1, last, poll));
-            }
-        });
-    }
+fn note_released() {
+    let _ = HELD.try_with(|h| {
+        let (n, last, poll) = h.get();
+        if n <= 1 {
+            h.set((0, None, 0));
+        } else {
+            h.set((n - 1, last, poll));
+        }
+    });
 }
 
 /// The site a new lock records into, if a stallscope instance exists.
@@ -80,32 +113,223 @@ fn site(
     default_engine().map(|engine| engine.lock_site(kind, location, name))
 }
 
-/// Measures one acquisition: `try_acquire` first (no clock when uncontended), else `acquire`
-/// timed with the coarse clock. Returns the guard's start time for the hold measurement.
+/// A guard (or semaphore permit) of a measured lock: the wrapped lock's own guard, which it
+/// derefs to, and when it was taken. Dropping it releases the lock, then records how long it
+/// was held. Each wrapper names its guards after the ones it wraps ([`MutexGuard`],
+/// [`tokio::RwLockWriteGuard`], [`tokio::SemaphorePermit`], ...).
+#[must_use = "if unused the lock is released at once"]
+pub struct Measured<G> {
+    // Declared first: the lock is released before the hold is recorded.
+    inner: G,
+    hold: Hold,
+}
+
+impl<G> Measured<G> {
+    fn new(inner: G, hold: Hold) -> Self {
+        Measured { inner, hold }
+    }
+
+    /// A guard obtained by a `try_*` call: timed from now, not counted as an acquisition (in
+    /// full mode tokio's `try_lock` makes no acquisition either).
+    #[inline]
+    fn tried(inner: G, site: Option<&'static LockSite>, op: LockOp) -> Self {
+        Measured::new(inner, Hold::start(site, op))
+    }
+
+    // Not a method: it would shadow a method of the same name on what the guard derefs to.
+    fn into_parts(this: Self) -> (G, Hold) {
+        (this.inner, this.hold)
+    }
+}
+
+impl<G> Measured<LockResult<G>> {
+    /// std's poisoning on the outside, as std's `lock` returns it.
+    fn transpose(self) -> LockResult<Measured<G>> {
+        let (inner, hold) = Measured::into_parts(self);
+        match inner {
+            Ok(guard) => Ok(Measured::new(guard, hold)),
+            Err(poisoned) => Err(PoisonError::new(Measured::new(poisoned.into_inner(), hold))),
+        }
+    }
+}
+
+impl<G: Deref> Deref for Measured<G> {
+    type Target = G::Target;
+    fn deref(&self) -> &G::Target {
+        &self.inner
+    }
+}
+
+impl<G: DerefMut> DerefMut for Measured<G> {
+    fn deref_mut(&mut self) -> &mut G::Target {
+        &mut self.inner
+    }
+}
+
+impl<G: fmt::Debug> fmt::Debug for Measured<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<G: fmt::Display> fmt::Display for Measured<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+/// A guard (or permit) kept with the `Arc` of the lock it was taken from: what the `_owned`
+/// acquisitions of the [`tokio`](mod@tokio) wrappers hold, so it can outlive the `Arc` they
+/// were called on. Derefs to what the guard derefs to.
+pub struct Owned<G, L: ?Sized> {
+    // Declared before `lock`: the guard borrows from `*lock` and is dropped first.
+    guard: G,
+    lock: Arc<L>,
+}
+
+impl<G: Deref, L: ?Sized> Deref for Owned<G, L> {
+    type Target = G::Target;
+    fn deref(&self) -> &G::Target {
+        &self.guard
+    }
+}
+
+impl<G: DerefMut, L: ?Sized> DerefMut for Owned<G, L> {
+    fn deref_mut(&mut self) -> &mut G::Target {
+        &mut self.guard
+    }
+}
+
+impl<G: fmt::Debug, L: ?Sized> fmt::Debug for Owned<G, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.guard.fmt(f)
+    }
+}
+
+impl<G: fmt::Display, L: ?Sized> fmt::Display for Owned<G, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.guard.fmt(f)
+    }
+}
+
+/// Which lock a guard was taken from and when (coarse clock): recorded as a hold when it drops.
+struct Hold {
+    site: Option<&'static LockSite>,
+    op: LockOp,
+    since: u64,
+}
+
+impl Hold {
+    /// A guard taken now.
+    #[inline]
+    fn start(site: Option<&'static LockSite>, op: LockOp) -> Hold {
+        match site {
+            Some(site) => Hold::at(site, op, clock::now_ns()),
+            None => Hold {
+                site: None,
+                op,
+                since: 0,
+            },
+        }
+    }
+
+    /// A guard obtained now by an acquisition that did not wait: counted, no wait to record.
+    #[inline]
+    fn uncontended(site: &'static LockSite, op: LockOp) -> Hold {
+        site.acquisitions.fetch_add(1, Relaxed);
+        Hold::at(site, op, clock::now_ns())
+    }
+
+    #[inline]
+    fn at(site: &'static LockSite, op: LockOp, since: u64) -> Hold {
+        // A guard of a lock that blocks threads, held across an `.await`, is a hazard to find;
+        // tokio's guards are made to be held there.
+        if site.kind.blocks_thread() {
+            note_acquired(site);
+        }
+        Hold {
+            site: Some(site),
+            op,
+            since,
+        }
+    }
+}
+
+impl Drop for Hold {
+    #[inline]
+    fn drop(&mut self) {
+        let Some(site) = self.site else { return };
+        if site.kind.blocks_thread() {
+            note_released();
+        }
+        let held = clock::now_ns().saturating_sub(self.since);
+        if held < clock::FAST_POLL_NS {
+            site.count_short_hold();
+        } else if let Some(engine) = default_engine() {
+            engine.record_lock_hold(site, self.op, held);
+        }
+    }
+}
+
+/// A contended acquisition, timed on the coarse clock from the attempt that found the lock
+/// taken until [`Wait::acquired`], or until it drops: a wait given up (a timeout, an acquire
+/// future dropped). Every wrapper times and records its waits here.
+struct Wait {
+    site: &'static LockSite,
+    op: LockOp,
+    started: u64,
+}
+
+impl Wait {
+    #[cold]
+    fn start(site: &'static LockSite, op: LockOp) -> Wait {
+        Wait {
+            site,
+            op,
+            started: clock::now_ns(),
+        }
+    }
+
+    /// The lock was obtained: counts the acquisition, records the wait, starts the hold.
+    fn acquired(self) -> Hold {
+        let wait = ManuallyDrop::new(self);
+        let now = clock::now_ns();
+        wait.site.acquisitions.fetch_add(1, Relaxed);
+        if let Some(engine) = default_engine() {
+            let waited = Duration::from_nanos(now.saturating_sub(wait.started));
+            engine.record_lock_wait(wait.site, wait.op, waited);
+        }
+        Hold::at(wait.site, wait.op, now)
+    }
+}
+
+impl Drop for Wait {
+    fn drop(&mut self) {
+        if let Some(engine) = default_engine() {
+            let waited = Duration::from_nanos(clock::now_ns().saturating_sub(self.started));
+            engine.record_cancelled_lock_wait(self.site, self.op, waited);
+        }
+    }
+}
+
+/// A blocking acquisition, measured: `try_acquire` first (uncontended: no wait to time), else
+/// `acquire`, timed.
 #[inline]
 fn acquire<G>(
     site: Option<&'static LockSite>,
     op: LockOp,
     try_acquire: impl FnOnce() -> Option<G>,
     acquire: impl FnOnce() -> G,
-) -> (G, u64) {
+) -> Measured<G> {
     let Some(site) = site else {
-        return (try_acquire().unwrap_or_else(acquire), 0);
+        return Measured::new(acquire(), Hold::start(None, op));
     };
-    note_acquired(Some(site));
-    site.acquisitions
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Some(guard) = try_acquire() {
-        return (guard, clock::now_ns());
+        return Measured::new(guard, Hold::uncontended(site, op));
     }
-    let started = clock::now_ns();
+    let wait = Wait::start(site, op);
     let guard = acquire();
-    let acquired = clock::now_ns();
-    if let Some(engine) = default_engine() {
-        let waited = Duration::from_nanos(acquired.saturating_sub(started));
-        engine.record_lock_wait(site, op, waited);
-    }
-    (guard, acquired)
+    Measured::new(guard, wait.acquired())
 }
 
 /// [`acquire`] with a deadline: `try_acquire_for` gives up after its timeout (`None`), which is
@@ -116,48 +340,78 @@ fn try_acquire_for<G>(
     op: LockOp,
     try_acquire: impl FnOnce() -> Option<G>,
     try_acquire_for: impl FnOnce() -> Option<G>,
-) -> Option<(G, u64)> {
+) -> Option<Measured<G>> {
     let Some(site) = site else {
-        return try_acquire().or_else(try_acquire_for).map(|g| (g, 0));
+        return try_acquire_for().map(|guard| Measured::new(guard, Hold::start(None, op)));
     };
     if let Some(guard) = try_acquire() {
-        note_acquired(Some(site));
-        site.acquisitions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Some((guard, clock::now_ns()));
+        return Some(Measured::new(guard, Hold::uncontended(site, op)));
     }
-    let started = clock::now_ns();
-    let guard = try_acquire_for();
-    let ended = clock::now_ns();
-    let waited = Duration::from_nanos(ended.saturating_sub(started));
-    let engine = default_engine();
-    match guard {
-        Some(guard) => {
-            note_acquired(Some(site));
-            site.acquisitions
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(engine) = engine {
-                engine.record_lock_wait(site, op, waited);
-            }
-            Some((guard, ended))
+    let wait = Wait::start(site, op);
+    // Timed out: `wait` drops, a given-up wait.
+    let guard = try_acquire_for()?;
+    Some(Measured::new(guard, wait.acquired()))
+}
+
+/// An async acquisition, measured. The acquire future is polled as tokio would poll it: ready
+/// at once is uncontended (no wait to time); pending is a wait, timed until it is ready or the
+/// future is dropped (a cancelled wait). An error (a closed semaphore) ends a wait as given up.
+async fn acquire_async<G, E>(
+    site: Option<&'static LockSite>,
+    op: LockOp,
+    acquire: impl Future<Output = Result<G, E>>,
+) -> Result<Measured<G>, E> {
+    let Some(site) = site else {
+        return acquire
+            .await
+            .map(|guard| Measured::new(guard, Hold::start(None, op)));
+    };
+    // tokio's acquire futures yield when the task's coop budget is spent, lock taken or not. A
+    // task out of budget yields here first, so that a pending poll below is always contention.
+    if !::tokio::task::coop::has_budget_remaining() {
+        ::tokio::task::coop::consume_budget().await;
+    }
+    let mut acquire = pin!(acquire);
+    let mut wait = None;
+    let guard = poll_fn(|cx| {
+        let poll = acquire.as_mut().poll(cx);
+        if poll.is_pending() && wait.is_none() {
+            wait = Some(Wait::start(site, op));
         }
-        None => {
-            if let Some(engine) = engine {
-                engine.record_async_acquisition(site, op, Some(waited), false);
-            }
-            None
-        }
+        poll
+    })
+    .await?;
+    let hold = match wait {
+        Some(wait) => wait.acquired(),
+        None => Hold::uncontended(site, op),
+    };
+    Ok(Measured::new(guard, hold))
+}
+
+/// An infallible acquire future, as [`acquire_async`] takes it.
+async fn infallible<T>(acquire: impl Future<Output = T>) -> Result<T, Infallible> {
+    Ok(acquire.await)
+}
+
+/// std's `try_*` result as [`acquire`] takes it: `None` when it would block.
+fn unless_would_block<G>(result: TryLockResult<G>) -> Option<LockResult<G>> {
+    match result {
+        Ok(guard) => Some(Ok(guard)),
+        Err(TryLockError::Poisoned(poisoned)) => Some(Err(poisoned)),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 
-/// Records a guard's hold time when it drops.
-#[inline]
-fn release(site: Option<&'static LockSite>, op: LockOp, acquired: u64) {
-    note_released(site);
-    if let Some(site) = site {
-        let held = clock::now_ns().saturating_sub(acquired);
-        if let Some(engine) = default_engine() {
-            engine.record_lock_hold(site, op, held);
-        }
+/// std's `try_*` result, measured (a try never waits, so never records a wait).
+fn std_tried<G>(
+    result: TryLockResult<G>,
+    site: Option<&'static LockSite>,
+    op: LockOp,
+) -> TryLockResult<Measured<G>> {
+    match unless_would_block(result) {
+        Some(guard) => Measured::tried(guard, site, op)
+            .transpose()
+            .map_err(TryLockError::Poisoned),
+        None => Err(TryLockError::WouldBlock),
     }
 }

@@ -1,8 +1,7 @@
-use std::fmt;
-use std::ops::{Deref, DerefMut};
 use std::panic::Location;
-use std::sync::{LockResult, PoisonError, TryLockError, TryLockResult};
+use std::sync::{LockResult, TryLockResult};
 
+use super::Measured;
 use crate::engine::locks::{LockKind, LockOp, LockSite};
 
 /// `std::sync::Mutex`, measured. See the [module docs](crate::sync).
@@ -12,11 +11,7 @@ pub struct Mutex<T: ?Sized> {
 }
 
 /// The guard of a [`Mutex`]; its drop records the hold time.
-pub struct MutexGuard<'a, T: ?Sized + 'a> {
-    inner: std::sync::MutexGuard<'a, T>,
-    site: Option<&'static LockSite>,
-    acquired: u64,
-}
+pub type MutexGuard<'a, T> = Measured<std::sync::MutexGuard<'a, T>>;
 
 impl<T> Mutex<T> {
     /// A mutex measured under its creation site.
@@ -44,48 +39,20 @@ impl<T> Mutex<T> {
 }
 
 impl<T: ?Sized> Mutex<T> {
-    fn wrap<'a>(&'a self, inner: std::sync::MutexGuard<'a, T>, acquired: u64) -> MutexGuard<'a, T> {
-        MutexGuard {
-            inner,
-            site: self.site,
-            acquired,
-        }
-    }
-
     /// As [`std::sync::Mutex::lock`], measuring the wait.
     pub fn lock(&self) -> LockResult<MutexGuard<'_, T>> {
-        let (result, acquired) = super::acquire(
+        super::acquire(
             self.site,
             LockOp::Lock,
-            || match self.inner.try_lock() {
-                Ok(guard) => Some(Ok(guard)),
-                Err(TryLockError::Poisoned(p)) => Some(Err(p)),
-                Err(TryLockError::WouldBlock) => None,
-            },
+            || super::unless_would_block(self.inner.try_lock()),
             || self.inner.lock(),
-        );
-        match result {
-            Ok(guard) => Ok(self.wrap(guard, acquired)),
-            Err(p) => Err(PoisonError::new(self.wrap(p.into_inner(), acquired))),
-        }
+        )
+        .transpose()
     }
 
     /// As [`std::sync::Mutex::try_lock`] (never waits, so never records a wait).
     pub fn try_lock(&self) -> TryLockResult<MutexGuard<'_, T>> {
-        let acquired = crate::clock::now_ns();
-        match self.inner.try_lock() {
-            Ok(guard) => {
-                super::note_acquired(self.site);
-                Ok(self.wrap(guard, acquired))
-            }
-            Err(TryLockError::Poisoned(p)) => {
-                super::note_acquired(self.site);
-                Err(TryLockError::Poisoned(PoisonError::new(
-                    self.wrap(p.into_inner(), acquired),
-                )))
-            }
-            Err(TryLockError::WouldBlock) => Err(TryLockError::WouldBlock),
-        }
+        super::std_tried(self.inner.try_lock(), self.site, LockOp::Lock)
     }
 
     /// As [`std::sync::Mutex::is_poisoned`].
@@ -104,40 +71,4 @@ impl<T: ?Sized> Mutex<T> {
     }
 }
 
-impl<T: Default> Default for Mutex<T> {
-    #[track_caller]
-    fn default() -> Self {
-        Mutex::new(T::default())
-    }
-}
-
-impl<T: ?Sized + fmt::Debug> fmt::Debug for Mutex<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.inner.fmt(f)
-    }
-}
-
-impl<T: ?Sized> Deref for MutexGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.inner
-    }
-}
-
-impl<T: ?Sized> DerefMut for MutexGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.inner
-    }
-}
-
-impl<T: ?Sized> Drop for MutexGuard<'_, T> {
-    fn drop(&mut self) {
-        super::release(self.site, LockOp::Lock, self.acquired);
-    }
-}
-
-impl<T: ?Sized + fmt::Debug> fmt::Debug for MutexGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.inner.fmt(f)
-    }
-}
+wrapper_impls!(Mutex);

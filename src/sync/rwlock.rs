@@ -1,8 +1,7 @@
-use std::fmt;
-use std::ops::{Deref, DerefMut};
 use std::panic::Location;
-use std::sync::{LockResult, PoisonError, TryLockError, TryLockResult};
+use std::sync::{LockResult, TryLockResult};
 
+use super::Measured;
 use crate::engine::locks::{LockKind, LockOp, LockSite};
 
 /// `std::sync::RwLock`, measured (reads and writes into the same lock site). See the
@@ -13,18 +12,10 @@ pub struct RwLock<T: ?Sized> {
 }
 
 /// The shared guard of a [`RwLock`]; its drop records the hold time.
-pub struct RwLockReadGuard<'a, T: ?Sized + 'a> {
-    inner: std::sync::RwLockReadGuard<'a, T>,
-    site: Option<&'static LockSite>,
-    acquired: u64,
-}
+pub type RwLockReadGuard<'a, T> = Measured<std::sync::RwLockReadGuard<'a, T>>;
 
 /// The exclusive guard of a [`RwLock`]; its drop records the hold time.
-pub struct RwLockWriteGuard<'a, T: ?Sized + 'a> {
-    inner: std::sync::RwLockWriteGuard<'a, T>,
-    site: Option<&'static LockSite>,
-    acquired: u64,
-}
+pub type RwLockWriteGuard<'a, T> = Measured<std::sync::RwLockWriteGuard<'a, T>>;
 
 impl<T> RwLock<T> {
     /// A lock measured under its creation site.
@@ -54,88 +45,34 @@ impl<T> RwLock<T> {
 impl<T: ?Sized> RwLock<T> {
     /// As [`std::sync::RwLock::read`], measuring the wait.
     pub fn read(&self) -> LockResult<RwLockReadGuard<'_, T>> {
-        let (result, acquired) = super::acquire(
+        super::acquire(
             self.site,
             LockOp::Read,
-            || match self.inner.try_read() {
-                Ok(guard) => Some(Ok(guard)),
-                Err(TryLockError::Poisoned(p)) => Some(Err(p)),
-                Err(TryLockError::WouldBlock) => None,
-            },
+            || super::unless_would_block(self.inner.try_read()),
             || self.inner.read(),
-        );
-        let wrap = |inner| RwLockReadGuard {
-            inner,
-            site: self.site,
-            acquired,
-        };
-        match result {
-            Ok(guard) => Ok(wrap(guard)),
-            Err(p) => Err(PoisonError::new(wrap(p.into_inner()))),
-        }
+        )
+        .transpose()
     }
 
     /// As [`std::sync::RwLock::write`], measuring the wait.
     pub fn write(&self) -> LockResult<RwLockWriteGuard<'_, T>> {
-        let (result, acquired) = super::acquire(
+        super::acquire(
             self.site,
             LockOp::Write,
-            || match self.inner.try_write() {
-                Ok(guard) => Some(Ok(guard)),
-                Err(TryLockError::Poisoned(p)) => Some(Err(p)),
-                Err(TryLockError::WouldBlock) => None,
-            },
+            || super::unless_would_block(self.inner.try_write()),
             || self.inner.write(),
-        );
-        let wrap = |inner| RwLockWriteGuard {
-            inner,
-            site: self.site,
-            acquired,
-        };
-        match result {
-            Ok(guard) => Ok(wrap(guard)),
-            Err(p) => Err(PoisonError::new(wrap(p.into_inner()))),
-        }
+        )
+        .transpose()
     }
 
     /// As [`std::sync::RwLock::try_read`] (never waits, so never records a wait).
     pub fn try_read(&self) -> TryLockResult<RwLockReadGuard<'_, T>> {
-        let acquired = crate::clock::now_ns();
-        let wrap = |inner| {
-            super::note_acquired(self.site);
-            RwLockReadGuard {
-                inner,
-                site: self.site,
-                acquired,
-            }
-        };
-        match self.inner.try_read() {
-            Ok(guard) => Ok(wrap(guard)),
-            Err(TryLockError::Poisoned(p)) => Err(TryLockError::Poisoned(PoisonError::new(wrap(
-                p.into_inner(),
-            )))),
-            Err(TryLockError::WouldBlock) => Err(TryLockError::WouldBlock),
-        }
+        super::std_tried(self.inner.try_read(), self.site, LockOp::Read)
     }
 
     /// As [`std::sync::RwLock::try_write`] (never waits, so never records a wait).
     pub fn try_write(&self) -> TryLockResult<RwLockWriteGuard<'_, T>> {
-        let acquired = crate::clock::now_ns();
-        let wrap = |inner| {
-            super::note_acquired(self.site);
-            RwLockWriteGuard {
-                inner,
-                site: self.site,
-                acquired,
-            }
-        };
-        match self.inner.try_write() {
-            Ok(guard) => Ok(wrap(guard)),
-            Err(TryLockError::Poisoned(p)) => Err(TryLockError::Poisoned(PoisonError::new(wrap(
-                p.into_inner(),
-            )))),
-            Err(TryLockError::WouldBlock) => Err(TryLockError::WouldBlock),
-        }
+        super::std_tried(self.inner.try_write(), self.site, LockOp::Write)
     }
 
     /// As [`std::sync::RwLock::is_poisoned`].
@@ -154,47 +91,4 @@ impl<T: ?Sized> RwLock<T> {
     }
 }
 
-impl<T: Default> Default for RwLock<T> {
-    #[track_caller]
-    fn default() -> Self {
-        RwLock::new(T::default())
-    }
-}
-
-impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.inner.fmt(f)
-    }
-}
-
-impl<T: ?Sized> Deref for RwLockReadGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.inner
-    }
-}
-
-impl<T: ?Sized> Drop for RwLockReadGuard<'_, T> {
-    fn drop(&mut self) {
-        super::release(self.site, LockOp::Read, self.acquired);
-    }
-}
-
-impl<T: ?Sized> Deref for RwLockWriteGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.inner
-    }
-}
-
-impl<T: ?Sized> DerefMut for RwLockWriteGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.inner
-    }
-}
-
-impl<T: ?Sized> Drop for RwLockWriteGuard<'_, T> {
-    fn drop(&mut self) {
-        super::release(self.site, LockOp::Write, self.acquired);
-    }
-}
+wrapper_impls!(RwLock);

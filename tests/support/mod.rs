@@ -1,7 +1,9 @@
 //! Shared test infrastructure: a real time-series database (VictoriaMetrics), OTLP receivers
-//! (gRPC and HTTP) and a runner for the example binaries.
+//! (gRPC and HTTP), a runner for the example binaries, and the in-process stallscope instance
+//! with its captured reports.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod examples;
 pub mod log;
 pub mod otlp;

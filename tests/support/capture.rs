@@ -1,0 +1,91 @@
+//! One stallscope instance per test process (the wrappers report to the first one built), the
+//! messages it logged, and helpers for lock tests.
+
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::prelude::*;
+
+/// Messages of `stallscope` events, as the app's log would show them.
+pub static REPORTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl<S: tracing::Subscriber> Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        struct Message(String);
+        impl Visit for Message {
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        if event.metadata().target() == "stallscope" {
+            let mut m = Message(String::new());
+            event.record(&mut m);
+            REPORTS.lock().unwrap().push(m.0);
+        }
+    }
+}
+
+/// How the test process's global subscriber is set up.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// stallscope's layer is in the subscriber: it reads tokio's spans.
+    Full,
+    /// Only the report capture: measurements come from poll hooks and wrappers.
+    Production,
+}
+
+/// The process's stallscope instance, built by the first call (later arguments are ignored),
+/// with the global subscriber set up for `mode`.
+pub fn stallscope(slow_poll_threshold: Duration, mode: Mode) -> &'static stallscope::Guard {
+    static GUARD: OnceLock<stallscope::Guard> = OnceLock::new();
+    GUARD.get_or_init(|| {
+        let layer = stallscope::Builder::new()
+            .slow_poll_threshold(slow_poll_threshold)
+            .build()
+            .unwrap();
+        let guard = layer.guard();
+        let registry = tracing_subscriber::registry().with(Capture);
+        match mode {
+            Mode::Full => registry.with(layer).init(),
+            Mode::Production => registry.init(),
+        }
+        guard
+    })
+}
+
+/// The captured reports containing `needle`.
+pub fn reports_with(needle: &str) -> Vec<String> {
+    REPORTS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.contains(needle))
+        .cloned()
+        .collect()
+}
+
+/// The lock named `name` in `guard`'s snapshot.
+pub fn lock_stats(guard: &stallscope::Guard, name: &str) -> stallscope::snapshot::LockStats {
+    guard
+        .snapshot()
+        .locks
+        .into_iter()
+        .find(|l| l.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("lock {name:?} in the snapshot"))
+}
+
+/// Runs `body` on another thread and returns once it called `held()` (it holds the lock).
+pub fn hold_elsewhere(
+    body: impl FnOnce(&dyn Fn()) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || body(&|| held_tx.send(()).unwrap()));
+    held_rx.recv().unwrap();
+    holder
+}
