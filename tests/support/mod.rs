@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod console;
 pub mod examples;
 pub mod log;
 pub mod otlp;
