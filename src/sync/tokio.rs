@@ -41,6 +41,7 @@
 //! # }
 //! ```
 
+use std::convert::{identity, Infallible};
 use std::fmt;
 use std::panic::Location;
 use std::sync::Arc;
@@ -133,8 +134,9 @@ impl<T> Mutex<T> {
 impl<T: ?Sized> Mutex<T> {
     /// As [`tokio::sync::Mutex::lock`], measuring the wait.
     pub async fn lock(&self) -> MutexGuard<'_, T> {
-        let acquire = super::infallible(self.inner.lock());
-        let Ok(guard) = super::acquire_async(self.site, LockOp::Lock, acquire).await;
+        let acquire = || self.inner.lock();
+        let Ok(guard) =
+            super::acquire_async(self.site, LockOp::Lock, acquire, Ok::<_, Infallible>).await;
         guard
     }
 
@@ -247,15 +249,17 @@ impl<T> RwLock<T> {
 impl<T: ?Sized> RwLock<T> {
     /// As [`tokio::sync::RwLock::read`], measuring the wait.
     pub async fn read(&self) -> RwLockReadGuard<'_, T> {
-        let acquire = super::infallible(self.inner.read());
-        let Ok(guard) = super::acquire_async(self.site, LockOp::Read, acquire).await;
+        let acquire = || self.inner.read();
+        let Ok(guard) =
+            super::acquire_async(self.site, LockOp::Read, acquire, Ok::<_, Infallible>).await;
         guard
     }
 
     /// As [`tokio::sync::RwLock::write`], measuring the wait.
     pub async fn write(&self) -> RwLockWriteGuard<'_, T> {
-        let acquire = super::infallible(self.inner.write());
-        let Ok(guard) = super::acquire_async(self.site, LockOp::Write, acquire).await;
+        let acquire = || self.inner.write();
+        let Ok(guard) =
+            super::acquire_async(self.site, LockOp::Write, acquire, Ok::<_, Infallible>).await;
         guard
     }
 
@@ -398,12 +402,19 @@ impl Semaphore {
 
     /// As [`tokio::sync::Semaphore::acquire`], measuring the wait.
     pub async fn acquire(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
-        super::acquire_async(self.site, LockOp::Acquire, self.inner.acquire()).await
+        super::acquire_async(
+            self.site,
+            LockOp::Acquire,
+            || self.inner.acquire(),
+            identity,
+        )
+        .await
     }
 
     /// As [`tokio::sync::Semaphore::acquire_many`], measuring the wait.
     pub async fn acquire_many(&self, n: u32) -> Result<SemaphorePermit<'_>, AcquireError> {
-        super::acquire_async(self.site, LockOp::Acquire, self.inner.acquire_many(n)).await
+        let acquire = || self.inner.acquire_many(n);
+        super::acquire_async(self.site, LockOp::Acquire, acquire, identity).await
     }
 
     /// As [`tokio::sync::Semaphore::try_acquire`] (never waits, so never records a wait).
