@@ -13,8 +13,8 @@
 //! on as well (full mode), the layer leaves these locks to the wrapper: each is counted once.
 //!
 //! The `_owned` acquisitions keep the `Arc` of the wrapper; for a `Mutex` or `RwLock` they
-//! need `T: 'static`. Not wrapped: guard mapping (`MutexGuard::map`, ...), `downgrade`,
-//! permit `merge`/`split`.
+//! need `T: 'static`. Not wrapped: the `blocking_` acquisitions, guard mapping
+//! (`MutexGuard::map`, ...), `downgrade`, permit `merge`/`split`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -146,16 +146,6 @@ impl<T: ?Sized> Mutex<T> {
         Ok(Measured::tried(guard, self.site, LockOp::Lock))
     }
 
-    /// As [`tokio::sync::Mutex::blocking_lock`], measuring the wait.
-    pub fn blocking_lock(&self) -> MutexGuard<'_, T> {
-        super::acquire(
-            self.site,
-            LockOp::Lock,
-            || self.inner.try_lock().ok(),
-            || self.inner.blocking_lock(),
-        )
-    }
-
     /// As [`tokio::sync::Mutex::lock_owned`], measuring the wait.
     pub async fn lock_owned(self: Arc<Self>) -> OwnedMutexGuard<T>
     where
@@ -273,26 +263,6 @@ impl<T: ?Sized> RwLock<T> {
     pub fn try_write(&self) -> Result<RwLockWriteGuard<'_, T>, TryLockError> {
         let guard = self.inner.try_write()?;
         Ok(Measured::tried(guard, self.site, LockOp::Write))
-    }
-
-    /// As [`tokio::sync::RwLock::blocking_read`], measuring the wait.
-    pub fn blocking_read(&self) -> RwLockReadGuard<'_, T> {
-        super::acquire(
-            self.site,
-            LockOp::Read,
-            || self.inner.try_read().ok(),
-            || self.inner.blocking_read(),
-        )
-    }
-
-    /// As [`tokio::sync::RwLock::blocking_write`], measuring the wait.
-    pub fn blocking_write(&self) -> RwLockWriteGuard<'_, T> {
-        super::acquire(
-            self.site,
-            LockOp::Write,
-            || self.inner.try_write().ok(),
-            || self.inner.blocking_write(),
-        )
     }
 
     /// As [`tokio::sync::RwLock::read_owned`], measuring the wait.
