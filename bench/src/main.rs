@@ -7,7 +7,7 @@
 //! | build | configurations |
 //! |---|---|
 //! | no cfg, no features | `bare` |
-//! | `--cfg tokio_unstable` | `unstable` (no hooks), `production` (stallscope's poll hooks), `tokio-metrics` |
+//! | `--cfg tokio_unstable` | `unstable` (no hooks), `production` (stallscope's poll hooks; the `mutex` workload locks `stallscope::sync::tokio::Mutex`), `tokio-metrics` |
 //! | `--cfg tokio_unstable`, feature `tracing` | `idle-subscriber` (spans recorded by a bare registry), `full` (+ stallscope's layer), `console` |
 
 use std::future::Future;
@@ -128,24 +128,38 @@ async fn pingpong_workload(s: &Sizes) -> u64 {
     pairs * rounds * 2
 }
 
-async fn mutex_workload(s: &Sizes) -> u64 {
-    let (tasks, locks) = (20 * s.scale, 5_000);
-    let counter = Arc::new(tokio::sync::Mutex::new(0u64));
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let counter = counter.clone();
-            spawn(async move {
-                for _ in 0..locks {
-                    *counter.lock().await += 1;
-                }
+/// 20 x scale tasks taking one lock 5,000 times each: `$mutex` is tokio's Mutex, or
+/// stallscope's drop-in wrapper of it (the same API, no common trait).
+macro_rules! mutex_workload {
+    ($s:expr, $mutex:expr) => {{
+        let (tasks, locks) = (20 * $s.scale, 5_000);
+        let counter = Arc::new($mutex);
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let counter = counter.clone();
+                spawn(async move {
+                    for _ in 0..locks {
+                        *counter.lock().await += 1;
+                    }
+                })
             })
-        })
-        .collect();
-    for h in handles {
-        h.await.unwrap();
+            .collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        assert_eq!(*counter.lock().await, tasks * locks);
+        tasks * locks
+    }};
+}
+
+/// In the `production` configuration the lock is `stallscope::sync::tokio::Mutex`: what a
+/// production-mode user measuring their tokio locks runs.
+async fn mutex_workload(s: &Sizes, config: Config) -> u64 {
+    if config == Config::Production {
+        mutex_workload!(s, stallscope::sync::tokio::Mutex::named("bench", 0u64))
+    } else {
+        mutex_workload!(s, tokio::sync::Mutex::new(0u64))
     }
-    assert_eq!(*counter.lock().await, tasks * locks);
-    tasks * locks
 }
 
 /// Request/response over loopback TCP: 16 connections, 64-byte messages.
@@ -301,7 +315,7 @@ fn main() {
             "yield" => yield_workload(&sizes).await,
             "spawn" => spawn_workload(&sizes).await,
             "pingpong" => pingpong_workload(&sizes).await,
-            "mutex" => mutex_workload(&sizes).await,
+            "mutex" => mutex_workload(&sizes, config).await,
             "http" => http_workload(&sizes).await,
             _ => usage(),
         }
@@ -320,6 +334,13 @@ fn main() {
     if let (Some(polls), "yield") = (measured_polls, workload.as_str()) {
         if polls < units {
             eprintln!("stallscope measured {polls} polls, the workload made at least {units}: not measuring?");
+            std::process::exit(4);
+        }
+    }
+    if let (Config::Production, "mutex", Some(guard)) = (config, workload.as_str(), &guard) {
+        let locks: u64 = guard.snapshot().locks.iter().map(|l| l.acquisitions).sum();
+        if locks < units {
+            eprintln!("stallscope measured {locks} lock acquisitions, the workload made at least {units}: not measuring?");
             std::process::exit(4);
         }
     }

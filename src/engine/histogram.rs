@@ -1,11 +1,11 @@
 //! A fixed-bucket histogram that any thread records into with relaxed atomic adds: no lock, no
 //! allocation. Snapshots are read by the exporter and the report, off the hot path.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Bucket bounds in nanoseconds, shared by every histogram of one stallscope instance.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Bounds {
     upper_ns: Box<[u64]>,
     seconds: Box<[f64]>,
@@ -27,8 +27,13 @@ impl Bounds {
 
     /// Index of the bucket holding `ns`: the first bound `>= ns`, or the overflow bucket.
     /// Inclusive upper bounds, as OpenTelemetry and Prometheus define them.
+    #[inline]
     pub(crate) fn bucket(&self, ns: u64) -> usize {
-        self.upper_ns.partition_point(|&upper| upper < ns)
+        // A sample under the first bound (a wait the coarse clock saw as 0) needs no search.
+        match self.upper_ns.first() {
+            Some(&first) if ns <= first => 0,
+            _ => self.upper_ns.partition_point(|&upper| upper < ns),
+        }
     }
 }
 
@@ -42,7 +47,7 @@ pub(crate) struct ShardedHistogram {
     shards: Box<[CachePadded<AtomicHistogram>]>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 #[repr(align(128))]
 struct CachePadded<T>(T);
 
@@ -57,6 +62,26 @@ std::thread_local! {
 #[inline]
 pub(crate) fn this_threads_shard() -> usize {
     SHARD.with(|s| *s)
+}
+
+/// A counter any thread adds to without sharing a cache line with other threads' adds: one
+/// atomic per thread shard, summed when read. Reads like an `AtomicU64`.
+#[derive(Debug, Default)]
+pub(crate) struct ShardedCounter {
+    shards: [CachePadded<AtomicU64>; SHARDS],
+}
+
+impl ShardedCounter {
+    /// Adds `n` in this thread's shard.
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        self.shards[this_threads_shard()].0.fetch_add(n, Relaxed);
+    }
+
+    /// The sum over shards (each read with `order`).
+    pub(crate) fn load(&self, order: Ordering) -> u64 {
+        self.shards.iter().map(|s| s.0.load(order)).sum()
+    }
 }
 
 impl ShardedHistogram {
@@ -140,6 +165,9 @@ impl AtomicHistogram {
     #[inline]
     pub(crate) fn record_ns(&self, bounds: &Bounds, ns: u64) {
         self.buckets[bounds.bucket(ns)].fetch_add(1, Relaxed);
+        if ns == 0 {
+            return; // nothing to add to the sum, and not a maximum
+        }
         self.sum_ns.fetch_add(ns, Relaxed);
         if ns > self.max_ns.load(Relaxed) {
             self.max_ns.fetch_max(ns, Relaxed);

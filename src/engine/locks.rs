@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+use std::time::Duration;
 
-use super::histogram::{this_threads_shard, Bounds, ShardedHistogram};
+use super::histogram::{this_threads_shard, Bounds, ShardedCounter, ShardedHistogram};
 use super::sites::{Location, OTHER};
 
 /// What kind of lock, as exported in `tokio.lock.kind`.
@@ -164,11 +165,16 @@ pub(crate) struct LockSite {
     pub(crate) wait: ShardedHistogram,
     /// Time each guard was held.
     pub(crate) hold: ShardedHistogram,
+    /// The instance's bucket bounds and slow threshold: a site records without reaching the
+    /// engine (an `Arc` shared by every thread).
+    bounds: &'static Bounds,
+    slow_threshold: Duration,
     /// The bucket holding [`FAST_POLL`](crate::clock::FAST_POLL): where holds too short for the
     /// coarse clock are counted.
     fast_bucket: usize,
-    pub(crate) acquisitions: AtomicU64,
-    pub(crate) contentions: AtomicU64,
+    /// Counted per thread shard: every acquisition adds to them, from any thread.
+    pub(crate) acquisitions: ShardedCounter,
+    pub(crate) contentions: ShardedCounter,
     /// Acquisitions given up before the lock was obtained (tokio locks: the future dropped),
     /// and how long they had waited.
     pub(crate) cancellations: AtomicU64,
@@ -182,13 +188,50 @@ pub(crate) struct LockSite {
 }
 
 impl LockSite {
-    /// Counts a hold shorter than the coarse clock can time (under
-    /// [`FAST_POLL`](crate::clock::FAST_POLL)), as a fast poll is counted: one atomic add into
-    /// this thread's shard, no engine needed.
+    /// A contended acquisition obtained the lock after waiting `wait`. Returns whether the wait
+    /// held up a thread (a std or parking_lot lock) past the slow threshold: the engine then
+    /// checks whether that thread was polling a task ([`Engine::blocking_lock_wait`]).
+    ///
+    /// [`Engine::blocking_lock_wait`]: super::Engine::blocking_lock_wait
+    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
+    pub(crate) fn record_wait(&self, op: LockOp, wait: Duration) -> bool {
+        self.contentions.add(1);
+        self.wait.record(self.bounds, wait);
+        #[cfg(feature = "_otlp")]
+        if let Some(otel) = &self.otel {
+            otel.record_wait(op, wait);
+        }
+        self.kind.blocks_thread() && wait >= self.slow_threshold
+    }
+
+    /// An acquisition was given up after waiting `wait` (a timeout, or a dropped acquire future).
+    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
+    pub(crate) fn record_cancelled_wait(&self, op: LockOp, wait: Duration) {
+        self.cancellations.fetch_add(1, Relaxed);
+        self.cancelled_wait.record(self.bounds, wait);
+        #[cfg(feature = "_otlp")]
+        if let Some(otel) = &self.otel {
+            otel.record_cancelled_wait(op, wait);
+        }
+    }
+
+    /// A guard was held `held_ns` (coarse clock). A hold shorter than the clock can time (under
+    /// [`FAST_POLL`](crate::clock::FAST_POLL)) is counted as a fast poll is: one atomic add
+    /// into this thread's shard.
     #[inline]
-    pub(crate) fn count_short_hold(&self) {
-        self.hold
-            .count_in_bucket(this_threads_shard(), self.fast_bucket, 1);
+    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
+    pub(crate) fn record_hold(&self, op: LockOp, held_ns: u64) {
+        if held_ns < crate::clock::FAST_POLL_NS {
+            self.hold
+                .count_in_bucket(this_threads_shard(), self.fast_bucket, 1);
+            return;
+        }
+        let held = Duration::from_nanos(held_ns);
+        self.hold.record(self.bounds, held);
+        #[cfg(feature = "_otlp")]
+        if let Some(otel) = &self.otel {
+            otel.record_hold(op, held);
+        }
     }
 
     /// The lock's name, or its creation site.
@@ -215,19 +258,23 @@ struct Table {
 pub(crate) struct LockTable {
     table: Mutex<Table>,
     max_sites: usize,
+    /// The instance's bounds, leaked like the sites that point to them.
+    bounds: &'static Bounds,
+    slow_threshold: Duration,
 }
 
 impl LockTable {
-    pub(crate) fn new(max_sites: usize) -> Self {
+    pub(crate) fn new(max_sites: usize, bounds: &Bounds, slow_threshold: Duration) -> Self {
         LockTable {
             table: Mutex::new(Table::default()),
             max_sites,
+            bounds: Box::leak(Box::new(bounds.clone())),
+            slow_threshold,
         }
     }
 
     /// The site of a lock created at `location` (names are `&'static`: a lock's name is a
     /// constant in code, so names cannot grow the table without bound).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn intern(
         &self,
         kind: LockKind,
@@ -235,9 +282,9 @@ impl LockTable {
         line: u32,
         column: u32,
         name: Option<&'static str>,
-        bounds: &Bounds,
         init: &dyn Fn(&mut LockSite),
     ) -> &'static LockSite {
+        let bounds = self.bounds;
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let known_file = t.files.get(file).copied();
         if let Some(site) = known_file.and_then(|f| t.by_key.get(&(kind, f, line, column, name))) {
@@ -273,9 +320,11 @@ impl LockTable {
             name: if overflowing { None } else { name },
             wait: ShardedHistogram::new(bounds),
             hold: ShardedHistogram::new(bounds),
+            bounds,
+            slow_threshold: self.slow_threshold,
             fast_bucket: bounds.bucket(crate::clock::FAST_POLL_NS),
-            acquisitions: AtomicU64::new(0),
-            contentions: AtomicU64::new(0),
+            acquisitions: ShardedCounter::default(),
+            contentions: ShardedCounter::default(),
             cancellations: AtomicU64::new(0),
             cancelled_wait: ShardedHistogram::new(bounds),
             blocking_waits: AtomicU64::new(0),

@@ -78,13 +78,14 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     pub(crate) fn new(config: Config) -> Arc<Engine> {
         let bounds = Bounds::new(&config.histogram_bounds);
+        let locks = LockTable::new(config.max_sites, &bounds, config.slow_poll_threshold);
         Arc::new(Engine {
             fast_poll_bucket: bounds.bucket(crate::clock::FAST_POLL_NS),
             startup_notes: std::sync::Mutex::new(Vec::new()),
             startup_said: AtomicBool::new(false),
             bounds,
             sites: SiteTable::new(config.max_sites, config.max_task_names_per_location),
-            locks: LockTable::new(config.max_sites),
+            locks,
             runtimes: Runtimes::default(),
             starvation: Starvation::default(),
             task_spans_seen: AtomicU64::new(0),
@@ -337,35 +338,27 @@ impl Engine {
         column: u32,
         name: Option<&'static str>,
     ) -> &'static LockSite {
-        self.locks.intern(
-            kind,
-            file,
-            line,
-            column,
-            name,
-            &self.bounds,
-            &|_site: &mut LockSite| {
+        self.locks
+            .intern(kind, file, line, column, name, &|_site: &mut LockSite| {
                 #[cfg(feature = "_otlp")]
                 if let Some(otlp) = self.otlp.get() {
                     _site.otel = Some(otlp.bind_lock(_site));
                 }
-            },
-        )
+            })
     }
 
-    /// A contended acquisition obtained its lock after waiting `wait`. A wait that held up the
-    /// thread (a std or parking_lot lock) past the threshold while it was polling a task is
-    /// blocking inside async: reported.
+    /// A contended acquisition obtained its lock after waiting `wait` (see
+    /// [`LockSite::record_wait`]).
     pub(crate) fn record_lock_wait(&self, site: &'static LockSite, op: LockOp, wait: Duration) {
-        site.contentions.fetch_add(1, Relaxed);
-        site.wait.record(&self.bounds, wait);
-        #[cfg(feature = "_otlp")]
-        if let Some(otel) = &site.otel {
-            otel.record_wait(op, wait);
+        if site.record_wait(op, wait) {
+            self.blocking_lock_wait(site, op, wait);
         }
-        if wait < self.config.slow_poll_threshold || !site.kind.blocks_thread() {
-            return;
-        }
+    }
+
+    /// A wait that held up a thread past the threshold: blocking inside async if the thread was
+    /// polling a task, reported.
+    #[cold]
+    pub(crate) fn blocking_lock_wait(&self, site: &'static LockSite, op: LockOp, wait: Duration) {
         let task = crate::layer::current_task_site();
         #[cfg(tokio_unstable)]
         let task = task.or_else(crate::hooks::current_task_site);
@@ -380,17 +373,6 @@ impl Engine {
         }
     }
 
-    /// An acquisition was given up after waiting `wait` (a timeout, or a dropped acquire future).
-    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
-    pub(crate) fn record_cancelled_lock_wait(&self, site: &LockSite, op: LockOp, wait: Duration) {
-        site.cancellations.fetch_add(1, Relaxed);
-        site.cancelled_wait.record(&self.bounds, wait);
-        #[cfg(feature = "_otlp")]
-        if let Some(otel) = &site.otel {
-            otel.record_cancelled_wait(op, wait);
-        }
-    }
-
     /// An async acquisition (a tokio lock's async op) ended: obtained after `wait` (`None`:
     /// at once, uncontended), or given up after `wait` (the future was dropped).
     pub(crate) fn record_async_acquisition(
@@ -401,12 +383,12 @@ impl Engine {
         acquired: bool,
     ) {
         if acquired {
-            site.acquisitions.fetch_add(1, Relaxed);
+            site.acquisitions.add(1);
             if let Some(wait) = wait {
                 self.record_lock_wait(site, op, wait);
             }
         } else {
-            self.record_cancelled_lock_wait(site, op, wait.unwrap_or_default());
+            site.record_cancelled_wait(op, wait.unwrap_or_default());
         }
     }
 
@@ -415,22 +397,6 @@ impl Engine {
     pub(crate) fn guard_held_across_await(&self, lock: &LockSite, task: &Site) {
         if lock.held_across_await.fetch_add(1, Relaxed) == 0 && self.config.report_slow_polls {
             report::guard_held_across_await(lock, task);
-        }
-    }
-
-    /// A guard of a wrapped lock was held `held_ns` (coarse clock; short holds are counted).
-    #[inline]
-    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
-    pub(crate) fn record_lock_hold(&self, site: &LockSite, op: LockOp, held_ns: u64) {
-        if held_ns < crate::clock::FAST_POLL_NS {
-            site.count_short_hold();
-            return;
-        }
-        let held = Duration::from_nanos(held_ns);
-        site.hold.record(&self.bounds, held);
-        #[cfg(feature = "_otlp")]
-        if let Some(otel) = &site.otel {
-            otel.record_hold(op, held);
         }
     }
 

@@ -209,7 +209,7 @@ where
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         // Records only: never emit events from here (see on_new_span).
         if event.metadata().target().starts_with("runtime::resource::") {
-            resources::on_event(&self.engine, event, &ctx);
+            resources::on_event(event, &ctx);
         }
     }
 

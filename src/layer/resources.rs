@@ -210,7 +210,7 @@ impl Visit for StateFields {
 }
 
 /// `runtime::resource::*` events: poll outcomes of acquisitions, lock state changes.
-pub(crate) fn on_event<S>(engine: &Engine, event: &Event<'_>, ctx: &Context<'_, S>)
+pub(crate) fn on_event<S>(event: &Event<'_>, ctx: &Context<'_, S>)
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -257,7 +257,7 @@ where
                 LockKind::TokioRwLock => LockOp::Write,
                 _ => LockOp::Lock,
             };
-            engine.record_lock_hold(lock.site, op, now.saturating_sub(since));
+            lock.site.record_hold(op, now.saturating_sub(since));
         }
     }
 }

@@ -53,14 +53,12 @@ pub mod tokio;
 pub use mutex::{Mutex, MutexGuard};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use std::convert::Infallible;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::pin::pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, LockResult, PoisonError, TryLockError, TryLockResult};
 use std::time::Duration;
 
@@ -236,7 +234,7 @@ impl Hold {
     /// A guard obtained now by an acquisition that did not wait: counted, no wait to record.
     #[inline]
     fn uncontended(site: &'static LockSite, op: LockOp) -> Hold {
-        site.acquisitions.fetch_add(1, Relaxed);
+        site.acquisitions.add(1);
         Hold::at(site, op, clock::now_ns())
     }
 
@@ -262,12 +260,7 @@ impl Drop for Hold {
         if site.kind.blocks_thread() {
             note_released();
         }
-        let held = clock::now_ns().saturating_sub(self.since);
-        if held < clock::FAST_POLL_NS {
-            site.count_short_hold();
-        } else if let Some(engine) = default_engine() {
-            engine.record_lock_hold(site, self.op, held);
-        }
+        site.record_hold(self.op, clock::now_ns().saturating_sub(self.since));
     }
 }
 
@@ -294,10 +287,12 @@ impl Wait {
     fn acquired(self) -> Hold {
         let wait = ManuallyDrop::new(self);
         let now = clock::now_ns();
-        wait.site.acquisitions.fetch_add(1, Relaxed);
-        if let Some(engine) = default_engine() {
-            let waited = Duration::from_nanos(now.saturating_sub(wait.started));
-            engine.record_lock_wait(wait.site, wait.op, waited);
+        wait.site.acquisitions.add(1);
+        let waited = Duration::from_nanos(now.saturating_sub(wait.started));
+        if wait.site.record_wait(wait.op, waited) {
+            if let Some(engine) = default_engine() {
+                engine.blocking_lock_wait(wait.site, wait.op, waited);
+            }
         }
         Hold::at(wait.site, wait.op, now)
     }
@@ -305,10 +300,8 @@ impl Wait {
 
 impl Drop for Wait {
     fn drop(&mut self) {
-        if let Some(engine) = default_engine() {
-            let waited = Duration::from_nanos(clock::now_ns().saturating_sub(self.started));
-            engine.record_cancelled_lock_wait(self.site, self.op, waited);
-        }
+        let waited = Duration::from_nanos(clock::now_ns().saturating_sub(self.started));
+        self.site.record_cancelled_wait(self.op, waited);
     }
 }
 
@@ -353,44 +346,41 @@ fn try_acquire_for<G>(
     Some(Measured::new(guard, wait.acquired()))
 }
 
-/// An async acquisition, measured. The acquire future is polled as tokio would poll it: ready
-/// at once is uncontended (no wait to time); pending is a wait, timed until it is ready or the
-/// future is dropped (a cancelled wait). An error (a closed semaphore) ends a wait as given up.
-async fn acquire_async<G, E>(
+/// An async acquisition, measured. The acquire future (made by `acquire`, in place) is polled
+/// as tokio would poll it: ready at once is uncontended (no wait to time); pending is a wait,
+/// timed until it is ready or the future is dropped (a cancelled wait). `into_result` says
+/// whether it obtained a guard: an error (a closed semaphore) ends a wait as given up.
+async fn acquire_async<F: Future, G, E>(
     site: Option<&'static LockSite>,
     op: LockOp,
-    acquire: impl Future<Output = Result<G, E>>,
+    acquire: impl FnOnce() -> F,
+    into_result: impl FnOnce(F::Output) -> Result<G, E>,
 ) -> Result<Measured<G>, E> {
     let Some(site) = site else {
-        return acquire
-            .await
-            .map(|guard| Measured::new(guard, Hold::start(None, op)));
+        let guard = into_result(acquire().await)?;
+        return Ok(Measured::new(guard, Hold::start(None, op)));
     };
     // tokio's acquire futures yield when the task's coop budget is spent, lock taken or not. A
     // task out of budget yields here first, so that a pending poll below is always contention.
     if !::tokio::task::coop::has_budget_remaining() {
         ::tokio::task::coop::consume_budget().await;
     }
-    let mut acquire = pin!(acquire);
+    let mut acquire = pin!(acquire());
     let mut wait = None;
-    let guard = poll_fn(|cx| {
+    let output = poll_fn(|cx| {
         let poll = acquire.as_mut().poll(cx);
         if poll.is_pending() && wait.is_none() {
             wait = Some(Wait::start(site, op));
         }
         poll
     })
-    .await?;
+    .await;
+    let guard = into_result(output)?;
     let hold = match wait {
         Some(wait) => wait.acquired(),
         None => Hold::uncontended(site, op),
     };
     Ok(Measured::new(guard, hold))
-}
-
-/// An infallible acquire future, as [`acquire_async`] takes it.
-async fn infallible<T>(acquire: impl Future<Output = T>) -> Result<T, Infallible> {
-    Ok(acquire.await)
 }
 
 /// std's `try_*` result as [`acquire`] takes it: `None` when it would block.

@@ -13,8 +13,8 @@
 //! on as well (full mode), the layer leaves these locks to the wrapper: each is counted once.
 //!
 //! The `_owned` acquisitions keep the `Arc` of the wrapper; for a `Mutex` or `RwLock` they
-//! need `T: 'static`. Not wrapped: guard mapping (`MutexGuard::map`, ...), `downgrade`,
-//! permit `merge`/`split`.
+//! need `T: 'static`. Not wrapped: the `blocking_` acquisitions, guard mapping
+//! (`MutexGuard::map`, ...), `downgrade`, permit `merge`/`split`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -41,6 +41,7 @@
 //! # }
 //! ```
 
+use std::convert::{identity, Infallible};
 use std::fmt;
 use std::panic::Location;
 use std::sync::Arc;
@@ -133,8 +134,9 @@ impl<T> Mutex<T> {
 impl<T: ?Sized> Mutex<T> {
     /// As [`tokio::sync::Mutex::lock`], measuring the wait.
     pub async fn lock(&self) -> MutexGuard<'_, T> {
-        let acquire = super::infallible(self.inner.lock());
-        let Ok(guard) = super::acquire_async(self.site, LockOp::Lock, acquire).await;
+        let acquire = || self.inner.lock();
+        let Ok(guard) =
+            super::acquire_async(self.site, LockOp::Lock, acquire, Ok::<_, Infallible>).await;
         guard
     }
 
@@ -142,16 +144,6 @@ impl<T: ?Sized> Mutex<T> {
     pub fn try_lock(&self) -> Result<MutexGuard<'_, T>, TryLockError> {
         let guard = self.inner.try_lock()?;
         Ok(Measured::tried(guard, self.site, LockOp::Lock))
-    }
-
-    /// As [`tokio::sync::Mutex::blocking_lock`], measuring the wait.
-    pub fn blocking_lock(&self) -> MutexGuard<'_, T> {
-        super::acquire(
-            self.site,
-            LockOp::Lock,
-            || self.inner.try_lock().ok(),
-            || self.inner.blocking_lock(),
-        )
     }
 
     /// As [`tokio::sync::Mutex::lock_owned`], measuring the wait.
@@ -247,15 +239,17 @@ impl<T> RwLock<T> {
 impl<T: ?Sized> RwLock<T> {
     /// As [`tokio::sync::RwLock::read`], measuring the wait.
     pub async fn read(&self) -> RwLockReadGuard<'_, T> {
-        let acquire = super::infallible(self.inner.read());
-        let Ok(guard) = super::acquire_async(self.site, LockOp::Read, acquire).await;
+        let acquire = || self.inner.read();
+        let Ok(guard) =
+            super::acquire_async(self.site, LockOp::Read, acquire, Ok::<_, Infallible>).await;
         guard
     }
 
     /// As [`tokio::sync::RwLock::write`], measuring the wait.
     pub async fn write(&self) -> RwLockWriteGuard<'_, T> {
-        let acquire = super::infallible(self.inner.write());
-        let Ok(guard) = super::acquire_async(self.site, LockOp::Write, acquire).await;
+        let acquire = || self.inner.write();
+        let Ok(guard) =
+            super::acquire_async(self.site, LockOp::Write, acquire, Ok::<_, Infallible>).await;
         guard
     }
 
@@ -269,26 +263,6 @@ impl<T: ?Sized> RwLock<T> {
     pub fn try_write(&self) -> Result<RwLockWriteGuard<'_, T>, TryLockError> {
         let guard = self.inner.try_write()?;
         Ok(Measured::tried(guard, self.site, LockOp::Write))
-    }
-
-    /// As [`tokio::sync::RwLock::blocking_read`], measuring the wait.
-    pub fn blocking_read(&self) -> RwLockReadGuard<'_, T> {
-        super::acquire(
-            self.site,
-            LockOp::Read,
-            || self.inner.try_read().ok(),
-            || self.inner.blocking_read(),
-        )
-    }
-
-    /// As [`tokio::sync::RwLock::blocking_write`], measuring the wait.
-    pub fn blocking_write(&self) -> RwLockWriteGuard<'_, T> {
-        super::acquire(
-            self.site,
-            LockOp::Write,
-            || self.inner.try_write().ok(),
-            || self.inner.blocking_write(),
-        )
     }
 
     /// As [`tokio::sync::RwLock::read_owned`], measuring the wait.
@@ -398,12 +372,19 @@ impl Semaphore {
 
     /// As [`tokio::sync::Semaphore::acquire`], measuring the wait.
     pub async fn acquire(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
-        super::acquire_async(self.site, LockOp::Acquire, self.inner.acquire()).await
+        super::acquire_async(
+            self.site,
+            LockOp::Acquire,
+            || self.inner.acquire(),
+            identity,
+        )
+        .await
     }
 
     /// As [`tokio::sync::Semaphore::acquire_many`], measuring the wait.
     pub async fn acquire_many(&self, n: u32) -> Result<SemaphorePermit<'_>, AcquireError> {
-        super::acquire_async(self.site, LockOp::Acquire, self.inner.acquire_many(n)).await
+        let acquire = || self.inner.acquire_many(n);
+        super::acquire_async(self.site, LockOp::Acquire, acquire, identity).await
     }
 
     /// As [`tokio::sync::Semaphore::try_acquire`] (never waits, so never records a wait).
