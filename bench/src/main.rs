@@ -22,6 +22,7 @@ enum Config {
     Bare,
     Unstable,
     Production,
+    EmptyHooks,
     TokioMetrics,
     IdleSubscriber,
     Full,
@@ -34,6 +35,7 @@ impl Config {
             "bare" => Config::Bare,
             "unstable" => Config::Unstable,
             "production" => Config::Production,
+            "empty-hooks" => Config::EmptyHooks,
             "tokio-metrics" => Config::TokioMetrics,
             "idle-subscriber" => Config::IdleSubscriber,
             "full" => Config::Full,
@@ -47,7 +49,9 @@ impl Config {
         let tracing = cfg!(feature = "tracing");
         match self {
             Config::Bare => !unstable && !tracing,
-            Config::Unstable | Config::Production | Config::TokioMetrics => unstable && !tracing,
+            Config::Unstable | Config::Production | Config::EmptyHooks | Config::TokioMetrics => {
+                unstable && !tracing
+            }
             Config::IdleSubscriber | Config::Full | Config::Console => unstable && tracing,
         }
     }
@@ -266,6 +270,16 @@ fn main() {
             let layer = quiet();
             layer.instrument_runtime(&mut builder);
             guard = Some(layer.guard());
+        }
+        Config::EmptyHooks => {
+            #[cfg(tokio_unstable)]
+            builder
+                .on_before_task_poll(|meta| {
+                    std::hint::black_box(meta);
+                })
+                .on_after_task_poll(|meta| {
+                    std::hint::black_box(meta);
+                });
         }
         Config::TokioMetrics => {
             let _ = TASK_MONITOR.set(tokio_metrics::TaskMonitor::new());
