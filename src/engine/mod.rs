@@ -12,6 +12,7 @@ pub(crate) mod sites;
 pub(crate) mod stall;
 pub(crate) mod starvation;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 #[cfg(feature = "_otlp")]
@@ -169,14 +170,19 @@ impl Engine {
 
     /// The site for a newly spawned task or job; counts the spawn.
     pub(crate) fn site(&self, key: &SiteKey<'_>) -> &'static Site {
-        let site = self.sites.intern(key, &self.bounds, &|_site| {
+        let site = self.site_seen(key);
+        site.spawned.fetch_add(1, Relaxed);
+        site
+    }
+
+    /// The site of a task seen polling (production mode's hooks see polls, not spawns).
+    pub(crate) fn site_seen(&self, key: &SiteKey<'_>) -> &'static Site {
+        self.sites.intern(key, &self.bounds, &|_site| {
             #[cfg(feature = "_otlp")]
             if let Some(otlp) = self.otlp.get() {
                 _site.otel = Some(otlp.bind_site(_site));
             }
-        });
-        site.spawned.fetch_add(1, Relaxed);
-        site
+        })
     }
 
     /// `n` polls shorter than [`FAST_POLL`](crate::clock::FAST_POLL) by the coarse clock:
@@ -442,20 +448,40 @@ impl Engine {
 
     /// A site's poll histogram, including production mode's fast polls that worker threads
     /// have counted but not yet published.
-    pub(crate) fn site_polls(&self, site: &Site) -> crate::snapshot::HistogramSnapshot {
-        #[allow(unused_mut)]
-        let mut polls = site.busy.snapshot();
-        #[cfg(tokio_unstable)]
-        for slot in crate::hooks::slots::in_use() {
-            if slot.pending_site().is_some_and(|p| std::ptr::eq(p, site)) {
-                let pending = slot.pending.load(Relaxed);
-                if let Some(bucket) = polls.counts.get_mut(self.fast_poll_bucket) {
-                    *bucket += pending;
-                    polls.count += pending;
+    /// Every async site's poll histogram, including production mode's fast polls that worker
+    /// threads have counted but not yet published. A worker publishing meanwhile moves counts
+    /// from its table to the histogram: the read is retried so each poll is counted once.
+    fn async_site_polls(&self) -> HashMap<*const Site, crate::snapshot::HistogramSnapshot> {
+        let sites = self.sites.all();
+        let read = || {
+            let mut polls: HashMap<*const Site, _> = sites
+                .iter()
+                .filter(|s| s.kind == TaskKind::Async)
+                .map(|&s| (s as *const Site, s.busy.snapshot()))
+                .collect();
+            #[cfg(tokio_unstable)]
+            for slot in crate::hooks::slots::in_use() {
+                for (site, n) in slot.counters.pending() {
+                    if let Some(histogram) = polls.get_mut(&(site as *const Site)) {
+                        if let Some(bucket) = histogram.counts.get_mut(self.fast_poll_bucket) {
+                            *bucket += n;
+                            histogram.count += n;
+                        }
+                    }
                 }
             }
+            polls
+        };
+        #[cfg(tokio_unstable)]
+        for _ in 0..100 {
+            let before = crate::hooks::slots::publications();
+            let polls = read();
+            if crate::hooks::slots::publications_unchanged_since(&before) {
+                return polls;
+            }
+            std::thread::yield_now();
         }
-        polls
+        read()
     }
 
     /// Everything measured so far.
@@ -466,6 +492,7 @@ impl Engine {
             stall_stacks: self.stall_stacks.load(Relaxed),
             ..Snapshot::default()
         };
+        let mut async_polls = self.async_site_polls();
         for site in self.sites.all() {
             let location = SpawnLocation {
                 file: site.location.file.to_owned(),
@@ -480,7 +507,9 @@ impl Engine {
                     location,
                     task_name: site.task_name.map(str::to_owned),
                     tasks_spawned: spawned,
-                    polls: self.site_polls(site),
+                    polls: async_polls
+                        .remove(&(site as *const Site))
+                        .unwrap_or_else(|| site.busy.snapshot()),
                     slow_polls: slow_count,
                     slow_poll_time: slow_time,
                     blocked_in: site.blocked_in(None).map(|b| b.frame),

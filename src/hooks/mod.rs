@@ -2,11 +2,16 @@
 //! hooks (`--cfg tokio_unstable`, no `tracing` feature needed). They see every poll of every
 //! task, LIFO-slot polls included, and give the task's id and spawn location.
 //!
-//! The per-poll path is built to be left on: a thread-local slot and site cache, one relaxed
-//! load of a coarse clock at each end, stores into this thread's own slot, and one atomic add
-//! into this thread's histogram shard. No allocation, no lock, no shared cache line written by
-//! two workers, no syscall. A watchdog thread advances the clock and watches the slots, so a
-//! poll that is still running past the threshold is reported while it runs.
+//! The per-poll path is built to be left on. Before a poll: one compare in this thread's
+//! table of spawn locations, two stores into this thread's slot (site and start, for the
+//! watchdog) and one relaxed load of a coarse clock. After it: the clock again and, for a poll
+//! under [`clock::FAST_POLL`], a plain increment of this thread's counter for the location. No
+//! allocation, no lock, no locked instruction, no shared cache line written by two workers, no
+//! syscall: about 54 instructions per poll inside both hooks (`scripts/hot-path-guard.sh`
+//! counts them; tokio's own dispatch of the hooks adds about 22). Counts reach the sites' histograms when a table
+//! entry is reused, when the worker parks and when it exits; snapshots add what is pending. A
+//! watchdog thread advances the clock and watches the slots, so a poll that is still running
+//! past the threshold is reported while it runs.
 
 pub(crate) mod console_hint;
 pub(crate) mod slots;
@@ -20,132 +25,136 @@ use std::sync::Arc;
 use tokio::runtime::TaskMeta;
 
 use crate::clock;
-use crate::engine::histogram::this_threads_shard;
 use crate::engine::sites::{Site, SiteKey, TaskKind};
 use crate::engine::Engine;
 
-const SITE_CACHE_SIZE: usize = 64;
-
-/// Fast polls of one site are added up in the worker's slot and published in one atomic add:
-/// every [`PENDING_FLUSH`] polls, when the thread polls another site, when the worker parks
-/// and when the thread exits. Readers add what is still pending (see `Engine::site_polls`).
-const PENDING_FLUSH: u64 = 64;
+use slots::{PollCounter, WorkerSlot};
 
 /// Everything the hooks touch per poll, in one thread-local without a destructor (so reaching
 /// it is a plain TLS access, no lazy-initialisation check).
 struct Hot {
-    /// 0: first poll not seen yet; 1: measuring; 2: not measured (no slot).
-    state: Cell<u8>,
-    slot: Cell<Option<&'static slots::WorkerSlot>>,
-    shard: Cell<usize>,
-    /// Site and coarse start of the poll in progress (start 0: none).
-    current: Cell<Option<&'static Site>>,
-    start: Cell<u64>,
-    /// Direct-mapped cache from spawn location to site: one compare per poll once warm.
-    cache: [Cell<(usize, Option<&'static Site>)>; SITE_CACHE_SIZE],
+    /// This thread's slot, once its first poll claimed one.
+    slot: Cell<Option<&'static WorkerSlot>>,
+    /// The counter of the poll in progress, set before it and used after it.
+    counter: Cell<Option<&'static PollCounter>>,
+    /// The first poll on this thread found no free slot: its polls are not measured.
+    unmeasured: Cell<bool>,
 }
 
 thread_local! {
     static HOT: Hot = const {
         Hot {
-            state: Cell::new(0),
             slot: Cell::new(None),
-            shard: Cell::new(0),
-            current: Cell::new(None),
-            start: Cell::new(0),
-            cache: [const { Cell::new((0, None)) }; SITE_CACHE_SIZE],
+            counter: Cell::new(None),
+            unmeasured: Cell::new(false),
         }
     };
 }
 
+/// A poll begins: one lookup in this thread's counters (a compare once warm), two stores into
+/// this thread's slot for the watchdog, one relaxed load of the coarse clock.
 #[inline]
-fn site_of(
-    hot: &Hot,
-    engine: &Engine,
-    location: &'static std::panic::Location<'static>,
-) -> &'static Site {
-    let key = location as *const _ as usize;
-    let entry = &hot.cache[(key >> 3) % SITE_CACHE_SIZE];
-    match entry.get() {
-        (k, Some(site)) if k == key => site,
-        _ => {
-            let site = intern(engine, location);
-            entry.set((key, Some(site)));
-            site
+pub(crate) fn before_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
+    HOT.with(|hot| {
+        let Some(slot) = hot.slot.get() else {
+            return first_poll_on_thread(hot, engine, meta);
+        };
+        let location = meta.spawned_at() as *const std::panic::Location<'static> as usize;
+        let counter = slot.counters.entry(location);
+        if !counter.counts(location) {
+            return new_location(hot, slot, counter, engine, meta.spawned_at());
         }
-    }
+        begin(hot, slot, counter);
+    })
 }
 
+/// Starts timing a poll counted by `counter`.
+#[inline(always)]
+fn begin(hot: &Hot, slot: &'static WorkerSlot, counter: &'static PollCounter) {
+    hot.counter.set(Some(counter));
+    // Published for the watchdog; this thread is the slot's only writer.
+    slot.site.store(counter.site_ptr(), Relaxed);
+    slot.start_ns.store(clock::now_ns(), Relaxed);
+}
+
+/// A poll ended: under [`clock::FAST_POLL`] it is counted in this thread's counter (a plain
+/// load and store); longer, it is timed and recorded ([`Engine::record_timed_poll`]).
+#[inline]
+pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
+    HOT.with(|hot| {
+        let (Some(slot), Some(counter)) = (hot.slot.get(), hot.counter.get()) else {
+            return;
+        };
+        let start = slot.start_ns.load(Relaxed);
+        slot.start_ns.store(0, Relaxed);
+        // The clock only moves forward; `start` 0 (a nested runtime's poll on this thread
+        // ended ours) wraps to a large value and is sorted out off the fast path.
+        let elapsed = clock::now_ns().wrapping_sub(start);
+        if elapsed < clock::FAST_POLL_NS {
+            counter.count_one();
+            return;
+        }
+        timed_poll(slot, counter, engine, meta, start, elapsed);
+    })
+}
+
+/// Polls of a spawn location this thread's counter has not seen (or has evicted).
 #[cold]
-fn intern(engine: &Engine, location: &'static std::panic::Location<'static>) -> &'static Site {
-    engine.site(&SiteKey {
+#[inline(never)]
+fn new_location(
+    hot: &Hot,
+    slot: &'static WorkerSlot,
+    counter: &'static PollCounter,
+    engine: &Engine,
+    location: &'static std::panic::Location<'static>,
+) {
+    let site = engine.site_seen(&SiteKey {
         kind: TaskKind::Async,
         file: location.file(),
         line: location.line(),
         column: location.column(),
         task_name: None,
-    })
+    });
+    slot.recount(
+        engine,
+        counter,
+        location as *const std::panic::Location<'static> as usize,
+        site,
+    );
+    begin(hot, slot, counter);
 }
 
-#[inline]
-pub(crate) fn before_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
-    HOT.with(|hot| {
-        if hot.state.get() != 1 && !first_poll_on_thread(hot, engine) {
-            return;
-        }
-        let Some(slot) = hot.slot.get() else { return };
-        let site = site_of(hot, engine, meta.spawned_at());
-        let now = clock::now_ns();
-        hot.current.set(Some(site));
-        hot.start.set(now);
-        // Published for the watchdog; this thread is the slot's only writer.
-        slot.site.store(site as *const Site as *mut Site, Relaxed);
-        slot.start_ns.store(now, Relaxed);
-    })
-}
-
-#[inline]
-pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
-    HOT.with(|hot| {
-        let start = hot.start.replace(0);
-        let (Some(slot), Some(site), true) = (hot.slot.get(), hot.current.get(), start != 0) else {
-            return;
-        };
-        slot.start_ns.store(0, Relaxed);
-        let elapsed = clock::now_ns().saturating_sub(start);
-        if elapsed < clock::FAST_POLL_NS {
-            let site_ptr = site as *const Site as *mut Site;
-            if slot.pending_site.load(Relaxed) != site_ptr {
-                slot.publish_pending(engine);
-                slot.pending_site.store(site_ptr, Relaxed);
-            }
-            // Single writer: a plain load and store, no locked instruction.
-            let pending = slot.pending.load(Relaxed) + 1;
-            slot.pending.store(pending, Relaxed);
-            if pending >= PENDING_FLUSH {
-                slot.publish_pending(engine);
-            }
-            return;
-        }
-        engine.record_timed_poll(
-            site,
-            hot.shard.get(),
-            start,
-            elapsed,
-            || meta.id().to_string().parse().unwrap_or(0),
-            None,
-        );
-    })
+#[cold]
+#[inline(never)]
+fn timed_poll(
+    slot: &WorkerSlot,
+    counter: &PollCounter,
+    engine: &Engine,
+    meta: &TaskMeta<'_>,
+    start: u64,
+    elapsed: u64,
+) {
+    let Some(site) = counter.site().filter(|_| start != 0) else {
+        return;
+    };
+    engine.record_timed_poll(
+        site,
+        slot.shard.load(Relaxed),
+        start,
+        elapsed,
+        || meta.id().to_string().parse().unwrap_or(0),
+        None,
+    );
 }
 
 /// The site of the task this thread is polling (production mode), if any.
 pub(crate) fn current_task_site() -> Option<&'static Site> {
     HOT.try_with(|hot| {
-        if hot.start.get() == 0 {
-            None
-        } else {
-            hot.current.get()
+        let slot = hot.slot.get()?;
+        if slot.start_ns.load(Relaxed) == 0 {
+            return None;
         }
+        hot.counter.get()?.site()
     })
     .ok()
     .flatten()
@@ -160,10 +169,12 @@ pub(crate) fn on_park(engine: &Engine) {
     });
 }
 
+/// Claims a slot on the thread's first poll, then measures that poll.
 #[cold]
-fn first_poll_on_thread(hot: &Hot, engine: &Arc<Engine>) -> bool {
-    if hot.state.get() == 2 {
-        return false;
+#[inline(never)]
+fn first_poll_on_thread(hot: &Hot, engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
+    if hot.unmeasured.get() {
+        return;
     }
     engine.say_startup_notes();
     watchdog::start();
@@ -173,13 +184,8 @@ fn first_poll_on_thread(hot: &Hot, engine: &Arc<Engine>) -> bool {
     match slots::claim_for_this_thread(engine) {
         Some(slot) => {
             hot.slot.set(Some(slot));
-            hot.shard.set(this_threads_shard());
-            hot.state.set(1);
-            true
+            before_poll(engine, meta);
         }
-        None => {
-            hot.state.set(2);
-            false
-        }
+        None => hot.unmeasured.set(true),
     }
 }

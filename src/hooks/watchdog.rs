@@ -31,11 +31,9 @@ pub(crate) fn scan(now: u64) {
                 stalled += 1;
                 continue;
             }
-            let (engine, thread) = {
-                let owner = slot.owner.lock().unwrap_or_else(|e| e.into_inner());
-                (owner.engine.upgrade(), owner.thread.clone())
+            let Some((Some(engine), thread)) = slot.owner() else {
+                continue;
             };
-            let Some(engine) = engine else { continue };
             let elapsed = Duration::from_nanos(now - start);
             if elapsed < engine.config.slow_poll_threshold {
                 continue;

@@ -40,7 +40,7 @@ mod sampler {
     use super::symbolize::Stack;
     use crate::engine::sites::Site;
     use crate::engine::Engine;
-    use crate::hooks::slots::{MAX_SLOTS, SLOTS};
+    use crate::hooks::slots::{self, MAX_SLOTS};
 
     /// A stall's samples at most (one at the threshold, then one per interval).
     const MAX_SAMPLES_PER_STALL: u32 = 10;
@@ -124,7 +124,8 @@ mod sampler {
         WATCHED.with(|w| {
             for (index, entry) in w.borrow_mut().iter_mut().enumerate() {
                 let Some(watched) = entry else { continue };
-                let running = SLOTS[index].start_ns.load(Relaxed) == watched.stall.start;
+                let running = slots::at(index)
+                    .is_some_and(|s| s.start_ns.load(Relaxed) == watched.stall.start);
                 if let Some(since) = watched.pending_since {
                     match capture::take(index) {
                         Status::Done(frames) => {
