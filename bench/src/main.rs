@@ -7,7 +7,7 @@
 //! | build | configurations |
 //! |---|---|
 //! | no cfg, no features | `bare` |
-//! | `--cfg tokio_unstable` | `unstable` (no hooks), `production` (stallscope's poll hooks; the `mutex` workload locks `stallscope::sync::tokio::Mutex`), `tokio-metrics` |
+//! | `--cfg tokio_unstable` | `unstable` (no hooks), `empty-hooks` (tokio calling two poll hooks that do nothing: the floor under production mode), `production` (stallscope's poll hooks; the `mutex` workload locks `stallscope::sync::tokio::Mutex`), `tokio-metrics` |
 //! | `--cfg tokio_unstable`, feature `tracing` | `idle-subscriber` (spans recorded by a bare registry), `full` (+ stallscope's layer), `console` |
 
 use std::future::Future;
@@ -218,7 +218,7 @@ fn peak_rss_kb() -> u64 {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: stallscope-bench <bare|unstable|production|tokio-metrics|idle-subscriber|full|console> \
+        "usage: stallscope-bench <bare|unstable|empty-hooks|production|tokio-metrics|idle-subscriber|full|console> \
          <yield|spawn|pingpong|mutex|http> [--quick] [--current-thread]"
     );
     std::process::exit(2);
