@@ -70,7 +70,11 @@ fn assert_every_poll_counted(guard: &stallscope::Guard, moment: &str) {
         .iter()
         .filter(|t| t.location.file == "tests/poll_counts.rs")
         .collect();
-    assert_eq!(sites.len(), 100, "{moment}: one site per location: {sites:#?}");
+    assert_eq!(
+        sites.len(),
+        100,
+        "{moment}: one site per location: {sites:#?}"
+    );
     for site in sites {
         assert_eq!(
             site.polls.count,
