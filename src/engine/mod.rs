@@ -454,6 +454,7 @@ impl Engine {
     fn async_site_polls(&self) -> HashMap<*const Site, crate::snapshot::HistogramSnapshot> {
         let sites = self.sites.all();
         let read = || {
+            #[cfg_attr(not(tokio_unstable), allow(unused_mut))]
             let mut polls: HashMap<*const Site, _> = sites
                 .iter()
                 .filter(|s| s.kind == TaskKind::Async)
