@@ -118,7 +118,10 @@ where
     // fmt layer then panics with "Span not found"). `on_enter`/`on_exit` are safe.
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let meta = attrs.metadata();
-        match meta.name() {
+        let name = meta.name();
+        let previous_op =
+            poll_context::note_new_span(id.into_u64(), name == "runtime.resource.async_op");
+        match name {
             "runtime.spawn" => {}
             "runtime.resource" => {
                 if let Some(span) = ctx.span(id) {
@@ -136,6 +139,11 @@ where
                 } else {
                     poll_context::SpanClass::Internal
                 };
+                poll_context::remember_class(id.into_u64(), class);
+                return;
+            }
+            "runtime.resource.async_op.poll" => {
+                let class = op_poll_class(attrs, previous_op, &ctx);
                 poll_context::remember_class(id.into_u64(), class);
                 return;
             }
@@ -198,7 +206,12 @@ where
                 return self.poll_begins(id.into_u64(), site, task_id);
             }
             // (Internal and AsyncOp spans are never culprits.)
-            Some(SpanClass::Internal | SpanClass::AsyncOp | SpanClass::IgnoredTask) => return,
+            Some(
+                SpanClass::Internal
+                | SpanClass::AsyncOp
+                | SpanClass::OpPoll { .. }
+                | SpanClass::IgnoredTask,
+            ) => return,
             Some(SpanClass::User(meta)) => meta,
             Some(SpanClass::OtherTask) | None => {
                 if !poll_context::thread_is_measured() {
@@ -223,8 +236,12 @@ where
     }
 
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        if let Some(SpanClass::Internal | SpanClass::AsyncOp | SpanClass::IgnoredTask) =
-            poll_context::class_of(id.into_u64())
+        if let Some(
+            SpanClass::Internal
+            | SpanClass::AsyncOp
+            | SpanClass::OpPoll { .. }
+            | SpanClass::IgnoredTask,
+        ) = poll_context::class_of(id.into_u64())
         {
             return;
         }
@@ -233,8 +250,9 @@ where
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         // Records only: never emit events from here (see on_new_span).
-        if event.metadata().target().starts_with("runtime::resource::") {
-            resources::on_event(event, &ctx);
+        match resources::event_kind(event.metadata()) {
+            resources::EventKind::Other => {}
+            kind => resources::on_event(kind, event, &ctx),
         }
     }
 
@@ -410,6 +428,40 @@ pub(crate) fn current_poll_span() -> Option<u64> {
 /// The site of the task this thread is polling (full mode), if any.
 pub(crate) fn current_task_site() -> Option<&'static Site> {
     poll_context::current_task_site()
+}
+
+/// An async op's poll span: [`SpanClass::OpPoll`] if its parent is a tracked acquisition, so
+/// its `poll_op` events find the acquisition without registry lookups (and the untracked
+/// ones, such as the semaphore inside every tokio lock, are dropped at once).
+fn op_poll_class<S>(
+    attrs: &Attributes<'_>,
+    previous_op: Option<u64>,
+    ctx: &Context<'_, S>,
+) -> SpanClass
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let parent = match attrs.parent() {
+        Some(parent) => Some(parent.into_u64()),
+        None if attrs.is_contextual() => {
+            previous_op.or_else(|| ctx.current_span().id().map(Id::into_u64))
+        }
+        None => None,
+    };
+    let Some(parent) = parent else {
+        return SpanClass::Internal;
+    };
+    let tracked = match poll_context::class_of(parent) {
+        Some(class) => matches!(class, SpanClass::AsyncOp),
+        None => ctx
+            .span(&Id::from_u64(parent))
+            .is_some_and(|op| resources::is_tracked_async_op(&op)),
+    };
+    if tracked {
+        SpanClass::OpPoll { op: parent }
+    } else {
+        SpanClass::Internal
+    }
 }
 
 /// tokio's own resource and async-op spans are not where user code blocks; timing them would

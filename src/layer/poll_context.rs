@@ -102,6 +102,9 @@ pub(crate) enum SpanClass {
     Internal,
     /// An acquisition of a tracked tokio lock: internal, but its close ends a wait.
     AsyncOp,
+    /// The poll span of a tracked acquisition (`op`: its async-op span), where tokio emits
+    /// the acquisition's `poll_op` events.
+    OpPoll { op: u64 },
     /// A user span: a culprit candidate inside a poll.
     User(&'static Metadata<'static>),
     /// An async task's `runtime.spawn` span (not a `block_on`): each enter/exit is a poll.
@@ -124,6 +127,22 @@ impl SpanClass {
 }
 
 const CLASS_CACHE_SIZE: usize = 256;
+
+thread_local! {
+    /// The span last created on this thread if it was an async op, else 0.
+    static LAST_NEW_ASYNC_OP: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Notes the span being created on this thread (`async_op`: whether it is an async op);
+/// returns the async op created just before it, if the span before was one. tokio creates an
+/// async op's poll span right after the op, with the op entered: its parent.
+#[inline]
+pub(crate) fn note_new_span(span: u64, async_op: bool) -> Option<u64> {
+    let previous = LAST_NEW_ASYNC_OP
+        .try_with(|last| last.replace(if async_op { span } else { 0 }))
+        .unwrap_or(0);
+    (previous != 0).then_some(previous)
+}
 
 thread_local! {
     /// (span id, epoch of its bucket when remembered, class).
