@@ -127,7 +127,7 @@ where
                 if let Some(span) = ctx.span(id) {
                     resources::new_resource(&self.engine, attrs, span);
                 }
-                poll_context::remember_class(id.into_u64(), poll_context::SpanClass::Internal);
+                poll_context::remember_class(id.into_u64(), SpanClass::Resource);
                 return;
             }
             "runtime.resource.async_op" => {
@@ -210,19 +210,28 @@ where
                 SpanClass::Internal
                 | SpanClass::AsyncOp
                 | SpanClass::OpPoll { .. }
-                | SpanClass::IgnoredTask,
+                | SpanClass::IgnoredTask
+                | SpanClass::Resource,
             ) => return,
             Some(SpanClass::User(meta)) => meta,
             Some(SpanClass::OtherTask) | None => {
                 if !poll_context::thread_is_measured() {
                     return;
                 }
-                let epoch = poll_context::task_epoch(id.into_u64());
+                let epoch = poll_context::epoch(id.into_u64());
                 let Some(span) = ctx.span(id) else { return };
                 let meta = span.metadata();
-                if meta.name() == "runtime.spawn" {
-                    self.enter_task(id, epoch, &span);
-                    return;
+                match meta.name() {
+                    "runtime.spawn" => return self.enter_task(id, epoch, &span),
+                    // Locks and channels made elsewhere are entered on every worker.
+                    "runtime.resource" => {
+                        return poll_context::remember_looked_up(
+                            id.into_u64(),
+                            epoch,
+                            SpanClass::Resource,
+                        )
+                    }
+                    _ => {}
                 }
                 match classify(meta) {
                     SpanClass::User(meta) => meta,
@@ -240,7 +249,8 @@ where
             SpanClass::Internal
             | SpanClass::AsyncOp
             | SpanClass::OpPoll { .. }
-            | SpanClass::IgnoredTask,
+            | SpanClass::IgnoredTask
+            | SpanClass::Resource,
         ) = poll_context::class_of(id.into_u64())
         {
             return;
@@ -260,10 +270,10 @@ where
         match poll_context::class_of(id.into_u64()) {
             Some(SpanClass::AsyncOp) => poll_context::forget_class(id.into_u64()),
             // An async task's span ends with nothing to record.
-            Some(SpanClass::Task { .. } | SpanClass::IgnoredTask) => {
-                return poll_context::task_closed(id.into_u64());
+            Some(SpanClass::Task { .. } | SpanClass::IgnoredTask | SpanClass::Resource) => {
+                return poll_context::shared_span_closed(id.into_u64());
             }
-            Some(SpanClass::OtherTask) => poll_context::task_closed(id.into_u64()),
+            Some(SpanClass::OtherTask) => poll_context::shared_span_closed(id.into_u64()),
             Some(_) => {
                 poll_context::forget_class(id.into_u64());
                 return;
@@ -271,6 +281,9 @@ where
             None => {}
         }
         let Some(span) = ctx.span(&id) else { return };
+        if span.metadata().name() == "runtime.resource" {
+            return poll_context::shared_span_closed(id.into_u64());
+        }
         if span.metadata().name() == "runtime.resource.async_op" {
             resources::close_async_op(&self.engine, &span);
             return;
@@ -278,7 +291,7 @@ where
         if span.metadata().name() != "runtime.spawn" {
             return;
         }
-        poll_context::task_closed(id.into_u64());
+        poll_context::shared_span_closed(id.into_u64());
         let extensions = span.extensions();
         // A job dropped before any thread ran it (runtime shutdown) leaves the queue too.
         if let Some(task) = extensions.get::<TaskSpan>() {
@@ -303,11 +316,11 @@ impl StallscopeLayer {
         let extensions = span.extensions();
         let Some(task) = extensions.get::<TaskSpan>() else {
             // Not measured (made on an ignored thread, or in production mode).
-            poll_context::remember_task_looked_up(id.into_u64(), epoch, SpanClass::IgnoredTask);
+            poll_context::remember_looked_up(id.into_u64(), epoch, SpanClass::IgnoredTask);
             return;
         };
         // Later polls on this thread start from the cache.
-        poll_context::remember_task_looked_up(id.into_u64(), epoch, task.class());
+        poll_context::remember_looked_up(id.into_u64(), epoch, task.class());
         if let Some(b) = &task.block_on {
             if !task.started.swap(true, Relaxed) {
                 block_on::first_enter(&self.engine, task.site, b);

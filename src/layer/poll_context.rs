@@ -113,15 +113,22 @@ pub(crate) enum SpanClass {
     OtherTask,
     /// A `runtime.spawn` span this layer does not measure (ignored threads, production mode).
     IgnoredTask,
+    /// A tokio resource span (lock, channel, timer...): internal, and entered from every
+    /// worker, not only the thread that created it.
+    Resource,
 }
 
 impl SpanClass {
-    /// Task spans can be remembered on threads other than their own: epoch-checked.
+    /// Task and resource spans can be remembered on threads other than their own:
+    /// epoch-checked, and their close bumps the epoch ([`shared_span_closed`]).
     #[inline]
-    fn is_task(self) -> bool {
+    pub(crate) fn is_shared(self) -> bool {
         matches!(
             self,
-            SpanClass::Task { .. } | SpanClass::OtherTask | SpanClass::IgnoredTask
+            SpanClass::Task { .. }
+                | SpanClass::OtherTask
+                | SpanClass::IgnoredTask
+                | SpanClass::Resource
         )
     }
 }
@@ -150,12 +157,12 @@ thread_local! {
         const { [const { Cell::new((0, 0, None)) }; CLASS_CACHE_SIZE] };
 }
 
-/// Close counts of task spans, by span-id bucket. A task entry remembered on another thread
-/// than the span's own can outlive the span there; the registry reuses a span id (slot and
-/// generation) after enough reuses of its slot, so such an entry is trusted only while no task
-/// span of its bucket closed since. Written once per task close, read once per poll.
+/// Close counts of task and resource spans, by span-id bucket. Such an entry remembered on
+/// another thread than the span's own can outlive the span there; the registry reuses a span
+/// id (slot and generation) after enough reuses of its slot, so the entry is trusted only while
+/// no such span of its bucket closed since. Written once per close, read once per poll.
 const EPOCH_BUCKETS: usize = 1024;
-static TASK_CLOSES: [AtomicU32; EPOCH_BUCKETS] = [const { AtomicU32::new(0) }; EPOCH_BUCKETS];
+static CLOSES: [AtomicU32; EPOCH_BUCKETS] = [const { AtomicU32::new(0) }; EPOCH_BUCKETS];
 
 #[inline]
 fn class_slot(span: u64) -> usize {
@@ -164,28 +171,29 @@ fn class_slot(span: u64) -> usize {
 
 #[inline]
 fn epoch_of(span: u64) -> u32 {
-    TASK_CLOSES[(span as usize) % EPOCH_BUCKETS].load(Acquire)
+    CLOSES[(span as usize) % EPOCH_BUCKETS].load(Acquire)
 }
 
 /// Remembers what `span` is (a span id is never reused with the same generation while an
 /// entry for it on its creating thread survives: every span created there is remembered).
 #[inline]
 pub(crate) fn remember_class(span: u64, class: SpanClass) {
-    let epoch = if class.is_task() { epoch_of(span) } else { 0 };
+    let epoch = if class.is_shared() { epoch_of(span) } else { 0 };
     let _ = CLASSES.try_with(|c| c[class_slot(span)].set((span, epoch, Some(class))));
 }
 
-/// The task epoch of `span`'s bucket, read before a registry lookup whose result is then
-/// remembered with [`remember_task_looked_up`].
+/// The epoch of `span`'s bucket, read before a registry lookup whose result is then
+/// remembered with [`remember_looked_up`].
 #[inline]
-pub(crate) fn task_epoch(span: u64) -> u32 {
+pub(crate) fn epoch(span: u64) -> u32 {
     epoch_of(span)
 }
 
-/// Remembers a task span found by a registry lookup (on any thread) that began at `epoch`.
+/// Remembers a task or resource span found by a registry lookup (on any thread) that began at
+/// `epoch`.
 #[inline]
-pub(crate) fn remember_task_looked_up(span: u64, epoch: u32, class: SpanClass) {
-    debug_assert!(class.is_task());
+pub(crate) fn remember_looked_up(span: u64, epoch: u32, class: SpanClass) {
+    debug_assert!(class.is_shared());
     let _ = CLASSES.try_with(|c| c[class_slot(span)].set((span, epoch, Some(class))));
 }
 
@@ -194,7 +202,7 @@ pub(crate) fn remember_task_looked_up(span: u64, epoch: u32, class: SpanClass) {
 pub(crate) fn class_of(span: u64) -> Option<SpanClass> {
     CLASSES
         .try_with(|c| match c[class_slot(span)].get() {
-            (id, epoch, Some(class)) if id == span && class.is_task() => {
+            (id, epoch, Some(class)) if id == span && class.is_shared() => {
                 (epoch == epoch_of(span)).then_some(class)
             }
             (id, _, class) if id == span => class,
@@ -215,11 +223,11 @@ pub(crate) fn forget_class(span: u64) {
     });
 }
 
-/// A task span closes: entries for it on other threads stop being trusted. Runs before the
-/// registry frees the span's slot, so before its id can be handed out again.
+/// A task or resource span closes: entries for it on other threads stop being trusted. Runs
+/// before the registry frees the span's slot, so before its id can be handed out again.
 #[inline]
-pub(crate) fn task_closed(span: u64) {
-    TASK_CLOSES[(span as usize) % EPOCH_BUCKETS].fetch_add(1, Release);
+pub(crate) fn shared_span_closed(span: u64) {
+    CLOSES[(span as usize) % EPOCH_BUCKETS].fetch_add(1, Release);
     forget_class(span);
 }
 

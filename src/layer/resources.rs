@@ -243,6 +243,18 @@ thread_local! {
 /// are named there).
 #[inline]
 pub(crate) fn event_kind(meta: &'static Metadata<'static>) -> EventKind {
+    // Most events (tokio's waker events on every poll among them) are told apart by the length
+    // of their target alone.
+    const POLL_OP: usize = "runtime::resource::poll_op".len();
+    const STATE_UPDATE: usize = "runtime::resource::state_update".len();
+    if !matches!(meta.target().len(), POLL_OP | STATE_UPDATE) {
+        return EventKind::Other;
+    }
+    cached_event_kind(meta)
+}
+
+#[inline(never)]
+fn cached_event_kind(meta: &'static Metadata<'static>) -> EventKind {
     let key = meta as *const Metadata<'static> as usize;
     EVENT_KINDS
         .try_with(|kinds| {
