@@ -25,7 +25,7 @@ use crate::engine::sites::{Site, SiteKey, TaskKind};
 use crate::engine::{stall, Engine};
 use crate::Guard;
 use fields::TaskFields;
-use poll_context::PollKind;
+use poll_context::{PollKind, SpanClass};
 
 /// A culprit span must have covered at least this share of the slow poll to be named.
 const CULPRIT_MIN_SHARE: f64 = 0.5;
@@ -58,6 +58,20 @@ struct TaskSpan {
     started: AtomicBool,
     /// `block_on` spans only: the caller's context (see [`block_on`]).
     block_on: Option<Box<block_on::BlockOn>>,
+}
+
+impl TaskSpan {
+    /// How the span is remembered: async tasks poll from the cache; blocking jobs and
+    /// `block_on`s, which act on their first enter, take the slow path.
+    fn class(&self) -> SpanClass {
+        match (self.kind, &self.block_on) {
+            (TaskKind::Async, None) => SpanClass::Task {
+                site: self.site,
+                task_id: self.task_id,
+            },
+            _ => SpanClass::OtherTask,
+        }
+    }
 }
 
 impl StallscopeLayer {
@@ -104,13 +118,16 @@ where
     // fmt layer then panics with "Span not found"). `on_enter`/`on_exit` are safe.
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let meta = attrs.metadata();
-        match meta.name() {
+        let name = meta.name();
+        let previous_op =
+            poll_context::note_new_span(id.into_u64(), name == "runtime.resource.async_op");
+        match name {
             "runtime.spawn" => {}
             "runtime.resource" => {
                 if let Some(span) = ctx.span(id) {
                     resources::new_resource(&self.engine, attrs, span);
                 }
-                poll_context::remember_class(id.into_u64(), poll_context::SpanClass::Internal);
+                poll_context::remember_class(id.into_u64(), SpanClass::Resource);
                 return;
             }
             "runtime.resource.async_op" => {
@@ -125,17 +142,25 @@ where
                 poll_context::remember_class(id.into_u64(), class);
                 return;
             }
+            "runtime.resource.async_op.poll" => {
+                let class = op_poll_class(attrs, previous_op, &ctx);
+                poll_context::remember_class(id.into_u64(), class);
+                return;
+            }
             _ => {
                 poll_context::remember_class(id.into_u64(), classify(meta));
                 return;
             }
         }
+        let ignored = |id: &Id| {
+            poll_context::remember_class(id.into_u64(), poll_context::SpanClass::IgnoredTask)
+        };
         if !poll_context::thread_is_measured() {
-            return;
+            return ignored(id);
         }
         // Measured through poll hooks instead (production mode): don't count polls twice.
         if self.engine.hooks_installed.load(Relaxed) {
-            return;
+            return ignored(id);
         }
         let mut fields = TaskFields::default();
         attrs.record(&mut fields);
@@ -146,7 +171,7 @@ where
         // The multi-thread runtime starts its workers as blocking jobs that run for the
         // runtime's whole life: they are not user jobs.
         if kind == TaskKind::Blocking && fields.function.contains("worker::Launch") {
-            return;
+            return ignored(id);
         }
         self.engine.task_spans_seen.fetch_add(1, Relaxed);
         let site = self.engine.site(&SiteKey {
@@ -159,47 +184,74 @@ where
         if kind == TaskKind::Blocking {
             site.queued.fetch_add(1, Relaxed);
         }
+        let task = TaskSpan {
+            site,
+            task_id: fields.id,
+            kind,
+            created: Instant::now(),
+            started: AtomicBool::new(false),
+            block_on: block_on::created(&fields.kind),
+        };
+        poll_context::remember_class(id.into_u64(), task.class());
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(TaskSpan {
-                site,
-                task_id: fields.id,
-                kind,
-                created: Instant::now(),
-                started: AtomicBool::new(false),
-                block_on: block_on::created(&fields.kind),
-            });
+            span.extensions_mut().insert(task);
         }
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
         self.engine.say_startup_notes();
-        // Spans created on this thread are classified already: no registry lookup.
-        let class = match poll_context::class_of(id.into_u64()) {
-            Some(class) => Some(class),
-            None => {
+        // Remembered spans need no registry lookup: a task's poll starts from the cache.
+        let meta = match poll_context::class_of(id.into_u64()) {
+            Some(SpanClass::Task { site, task_id }) => {
+                return self.poll_begins(id.into_u64(), site, task_id);
+            }
+            // (Internal and AsyncOp spans are never culprits.)
+            Some(
+                SpanClass::Internal
+                | SpanClass::AsyncOp
+                | SpanClass::OpPoll { .. }
+                | SpanClass::IgnoredTask
+                | SpanClass::Resource,
+            ) => return,
+            Some(SpanClass::User(meta)) => meta,
+            Some(SpanClass::OtherTask) | None => {
                 if !poll_context::thread_is_measured() {
                     return;
                 }
+                let epoch = poll_context::epoch(id.into_u64());
                 let Some(span) = ctx.span(id) else { return };
                 let meta = span.metadata();
-                if meta.name() == "runtime.spawn" {
-                    self.enter_task(id, &span);
-                    return;
+                match meta.name() {
+                    "runtime.spawn" => return self.enter_task(id, epoch, &span),
+                    // Locks and channels made elsewhere are entered on every worker.
+                    "runtime.resource" => {
+                        return poll_context::remember_looked_up(
+                            id.into_u64(),
+                            epoch,
+                            SpanClass::Resource,
+                        )
+                    }
+                    _ => {}
                 }
-                Some(classify(meta))
+                match classify(meta) {
+                    SpanClass::User(meta) => meta,
+                    _ => return,
+                }
             }
         };
-        if let Some(poll_context::SpanClass::User(meta)) = class {
-            // (Internal and AsyncOp spans are never culprits.)
-            if poll_context::polling() {
-                poll_context::enter_span(id.into_u64(), meta);
-            }
+        if poll_context::polling() {
+            poll_context::enter_span(id.into_u64(), meta);
         }
     }
 
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        if let Some(poll_context::SpanClass::Internal | poll_context::SpanClass::AsyncOp) =
-            poll_context::class_of(id.into_u64())
+        if let Some(
+            SpanClass::Internal
+            | SpanClass::AsyncOp
+            | SpanClass::OpPoll { .. }
+            | SpanClass::IgnoredTask
+            | SpanClass::Resource,
+        ) = poll_context::class_of(id.into_u64())
         {
             return;
         }
@@ -208,14 +260,20 @@ where
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         // Records only: never emit events from here (see on_new_span).
-        if event.metadata().target().starts_with("runtime::resource::") {
-            resources::on_event(event, &ctx);
+        match resources::event_kind(event.metadata()) {
+            resources::EventKind::Other => {}
+            kind => resources::on_event(kind, event, &ctx),
         }
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         match poll_context::class_of(id.into_u64()) {
-            Some(poll_context::SpanClass::AsyncOp) => poll_context::forget_class(id.into_u64()),
+            Some(SpanClass::AsyncOp) => poll_context::forget_class(id.into_u64()),
+            // An async task's span ends with nothing to record.
+            Some(SpanClass::Task { .. } | SpanClass::IgnoredTask | SpanClass::Resource) => {
+                return poll_context::shared_span_closed(id.into_u64());
+            }
+            Some(SpanClass::OtherTask) => poll_context::shared_span_closed(id.into_u64()),
             Some(_) => {
                 poll_context::forget_class(id.into_u64());
                 return;
@@ -223,6 +281,9 @@ where
             None => {}
         }
         let Some(span) = ctx.span(&id) else { return };
+        if span.metadata().name() == "runtime.resource" {
+            return poll_context::shared_span_closed(id.into_u64());
+        }
         if span.metadata().name() == "runtime.resource.async_op" {
             resources::close_async_op(&self.engine, &span);
             return;
@@ -230,6 +291,7 @@ where
         if span.metadata().name() != "runtime.spawn" {
             return;
         }
+        poll_context::shared_span_closed(id.into_u64());
         let extensions = span.extensions();
         // A job dropped before any thread ran it (runtime shutdown) leaves the queue too.
         if let Some(task) = extensions.get::<TaskSpan>() {
@@ -242,31 +304,30 @@ where
 
 impl StallscopeLayer {
     /// First or later enter of a `runtime.spawn` span: a poll begins (or a blocking job starts).
-    fn enter_task<S>(&self, id: &Id, span: &tracing_subscriber::registry::SpanRef<'_, S>)
-    where
+    /// `epoch`: the task epoch of the span's bucket before the lookup that found `span`.
+    fn enter_task<S>(
+        &self,
+        id: &Id,
+        epoch: u32,
+        span: &tracing_subscriber::registry::SpanRef<'_, S>,
+    ) where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         let extensions = span.extensions();
         let Some(task) = extensions.get::<TaskSpan>() else {
+            // Not measured (made on an ignored thread, or in production mode).
+            poll_context::remember_looked_up(id.into_u64(), epoch, SpanClass::IgnoredTask);
             return;
         };
-        // Pool threads running blocking jobs get no worker slot: long jobs are expected there.
-        if task.kind == TaskKind::Async && poll_context::first_poll_on_thread() {
-            self.first_poll_on_thread();
-        }
+        // Later polls on this thread start from the cache.
+        poll_context::remember_looked_up(id.into_u64(), epoch, task.class());
         if let Some(b) = &task.block_on {
             if !task.started.swap(true, Relaxed) {
                 block_on::first_enter(&self.engine, task.site, b);
             }
         }
         match task.kind {
-            TaskKind::Async => poll_context::begin_poll(
-                id.into_u64(),
-                task.site,
-                PollKind::Async {
-                    task_id: task.task_id,
-                },
-            ),
+            TaskKind::Async => self.poll_begins(id.into_u64(), task.site, task.task_id),
             TaskKind::Blocking => {
                 if !task.started.swap(true, Relaxed) {
                     task.site.queued.fetch_sub(1, Relaxed);
@@ -290,14 +351,26 @@ impl StallscopeLayer {
         }
     }
 
+    /// A poll of an async task (not a `block_on`) begins: the per-poll hot path.
+    #[inline]
+    fn poll_begins(&self, span: u64, site: &'static Site, task_id: u64) {
+        // (Pool threads running blocking jobs get no worker slot: long jobs are expected there.)
+        let kind = PollKind::Async { task_id };
+        if !poll_context::begin_poll(span, site, kind) {
+            self.first_poll_on_thread();
+            poll_context::begin_poll(span, site, kind);
+        }
+    }
+
     /// A span exit: ends the poll if the span was a task's, else closes a user span.
     fn exit(&self, id: &Id) {
-        let Some((poll, elapsed)) = poll_context::end_poll(id.into_u64()) else {
+        let Some(ended) = poll_context::end_poll(id.into_u64()) else {
             if let Some(inclusive) = poll_context::exit_span(id.into_u64()) {
                 self.culprit_exited(id, inclusive);
             }
             return;
         };
+        let (poll, elapsed) = (ended.poll, ended.elapsed);
         if let (PollKind::Async { .. }, Some(lock)) = (
             poll.kind,
             crate::sync::guard_taken_in_poll_still_held(id.into_u64()),
@@ -310,9 +383,7 @@ impl StallscopeLayer {
                     .count_fast_polls(poll.site, this_threads_shard(), 1);
             }
             PollKind::Async { task_id } => {
-                let culprit = poll
-                    .culprit
-                    .map(|(c, _)| c)
+                let culprit = poll_context::take_culprit(&ended)
                     .filter(|c| covered(c.inclusive, Duration::from_nanos(elapsed)));
                 self.engine.record_timed_poll(
                     poll.site,
@@ -370,6 +441,40 @@ pub(crate) fn current_poll_span() -> Option<u64> {
 /// The site of the task this thread is polling (full mode), if any.
 pub(crate) fn current_task_site() -> Option<&'static Site> {
     poll_context::current_task_site()
+}
+
+/// An async op's poll span: [`SpanClass::OpPoll`] if its parent is a tracked acquisition, so
+/// its `poll_op` events find the acquisition without registry lookups (and the untracked
+/// ones, such as the semaphore inside every tokio lock, are dropped at once).
+fn op_poll_class<S>(
+    attrs: &Attributes<'_>,
+    previous_op: Option<u64>,
+    ctx: &Context<'_, S>,
+) -> SpanClass
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let parent = match attrs.parent() {
+        Some(parent) => Some(parent.into_u64()),
+        None if attrs.is_contextual() => {
+            previous_op.or_else(|| ctx.current_span().id().map(Id::into_u64))
+        }
+        None => None,
+    };
+    let Some(parent) = parent else {
+        return SpanClass::Internal;
+    };
+    let tracked = match poll_context::class_of(parent) {
+        Some(class) => matches!(class, SpanClass::AsyncOp),
+        None => ctx
+            .span(&Id::from_u64(parent))
+            .is_some_and(|op| resources::is_tracked_async_op(&op)),
+    };
+    if tracked {
+        SpanClass::OpPoll { op: parent }
+    } else {
+        SpanClass::Internal
+    }
 }
 
 /// tokio's own resource and async-op spans are not where user code blocks; timing them would

@@ -4,6 +4,10 @@
 //! Fixed-size arrays in a thread-local: no allocation and no lock on the per-poll path.
 
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::{
+    AtomicU32,
+    Ordering::{Acquire, Release},
+};
 use std::time::Duration;
 
 use crate::clock;
@@ -37,7 +41,6 @@ pub(crate) struct ActivePoll {
     pub(crate) start: u64,
     /// Depth of the user-span stack when the poll began.
     span_base: usize,
-    pub(crate) culprit: Option<(Culprit, usize)>,
 }
 
 #[derive(Clone, Copy)]
@@ -47,9 +50,23 @@ struct UserSpan {
     entered: u64,
 }
 
+/// A poll that just ended: what the layer records. The culprit (large, and needed only for
+/// slow polls) is kept apart from the polls in progress so the per-poll path copies little.
+pub(crate) struct EndedPoll {
+    pub(crate) poll: ActivePoll,
+    /// Coarse duration in nanoseconds.
+    pub(crate) elapsed: u64,
+    /// Where the poll was on this thread's stack, for [`take_culprit`].
+    depth: usize,
+}
+
 struct ThreadPolls {
     polls: [Option<ActivePoll>; MAX_NESTED_POLLS],
+    /// Per poll in progress: the innermost user span that covered most of it, and its depth.
+    culprits: [Option<(Culprit, usize)>; MAX_NESTED_POLLS],
     polls_len: usize,
+    /// Whether this thread's runtime was handed to the runtime sampler.
+    runtime_watched: bool,
     spans: [Option<UserSpan>; MAX_SPAN_DEPTH],
     spans_len: usize,
     /// This thread's worker slot, where the watchdog sees the outermost poll in progress.
@@ -61,7 +78,9 @@ thread_local! {
     static POLLS: RefCell<ThreadPolls> = const {
         RefCell::new(ThreadPolls {
             polls: [None; MAX_NESTED_POLLS],
+            culprits: [None; MAX_NESTED_POLLS],
             polls_len: 0,
+            runtime_watched: false,
             spans: [None; MAX_SPAN_DEPTH],
             spans_len: 0,
             #[cfg(tokio_unstable)]
@@ -71,46 +90,122 @@ thread_local! {
     /// 0 = not yet known, 1 = measured, 2 = ignored (a runtime of a library that exports for
     /// us or for the console: its tasks are not the application's).
     static THREAD_ROLE: Cell<u8> = const { Cell::new(0) };
-    /// Whether this thread's runtime was handed to the runtime sampler.
-    static RUNTIME_WATCHED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// What a span that is not a task is, cached per thread from `on_new_span` (where its metadata
-/// comes free) so `on_enter`/`on_exit` skip the registry lookup: tokio creates and enters its
-/// resource and async-op spans on the same thread, several per lock or channel operation.
+/// What a span is, cached per thread so `on_enter`/`on_exit` skip the registry lookup (a
+/// sharded-slab get, a ref-count guard and the extensions lock): remembered in `on_new_span`
+/// (where its metadata comes free) for every span created on this thread, and for tasks also
+/// after a lookup on another thread (work stealing moves tasks between workers).
 #[derive(Clone, Copy)]
 pub(crate) enum SpanClass {
     /// tokio's own resource/async-op spans: never a culprit.
     Internal,
     /// An acquisition of a tracked tokio lock: internal, but its close ends a wait.
     AsyncOp,
+    /// The poll span of a tracked acquisition (`op`: its async-op span), where tokio emits
+    /// the acquisition's `poll_op` events.
+    OpPoll { op: u64 },
     /// A user span: a culprit candidate inside a poll.
     User(&'static Metadata<'static>),
+    /// An async task's `runtime.spawn` span (not a `block_on`): each enter/exit is a poll.
+    Task { site: &'static Site, task_id: u64 },
+    /// A `runtime.spawn` span that takes the slow path: blocking jobs, `block_on`s.
+    OtherTask,
+    /// A `runtime.spawn` span this layer does not measure (ignored threads, production mode).
+    IgnoredTask,
+    /// A tokio resource span (lock, channel, timer...): internal, and entered from every
+    /// worker, not only the thread that created it.
+    Resource,
+}
+
+impl SpanClass {
+    /// Task and resource spans can be remembered on threads other than their own:
+    /// epoch-checked, and their close bumps the epoch ([`shared_span_closed`]).
+    #[inline]
+    pub(crate) fn is_shared(self) -> bool {
+        matches!(
+            self,
+            SpanClass::Task { .. }
+                | SpanClass::OtherTask
+                | SpanClass::IgnoredTask
+                | SpanClass::Resource
+        )
+    }
 }
 
 const CLASS_CACHE_SIZE: usize = 256;
 
 thread_local! {
-    static CLASSES: [Cell<(u64, Option<SpanClass>)>; CLASS_CACHE_SIZE] =
-        const { [const { Cell::new((0, None)) }; CLASS_CACHE_SIZE] };
+    /// The span last created on this thread if it was an async op, else 0.
+    static LAST_NEW_ASYNC_OP: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Notes the span being created on this thread (`async_op`: whether it is an async op);
+/// returns the async op created just before it, if the span before was one. tokio creates an
+/// async op's poll span right after the op, with the op entered: its parent.
+#[inline]
+pub(crate) fn note_new_span(span: u64, async_op: bool) -> Option<u64> {
+    let previous = LAST_NEW_ASYNC_OP
+        .try_with(|last| last.replace(if async_op { span } else { 0 }))
+        .unwrap_or(0);
+    (previous != 0).then_some(previous)
+}
+
+thread_local! {
+    /// (span id, epoch of its bucket when remembered, class).
+    static CLASSES: [Cell<(u64, u32, Option<SpanClass>)>; CLASS_CACHE_SIZE] =
+        const { [const { Cell::new((0, 0, None)) }; CLASS_CACHE_SIZE] };
+}
+
+/// Close counts of task and resource spans, by span-id bucket. Such an entry remembered on
+/// another thread than the span's own can outlive the span there; the registry reuses a span
+/// id (slot and generation) after enough reuses of its slot, so the entry is trusted only while
+/// no such span of its bucket closed since. Written once per close, read once per poll.
+const EPOCH_BUCKETS: usize = 1024;
+static CLOSES: [AtomicU32; EPOCH_BUCKETS] = [const { AtomicU32::new(0) }; EPOCH_BUCKETS];
+
+#[inline]
 fn class_slot(span: u64) -> usize {
     (span as usize) % CLASS_CACHE_SIZE
 }
 
-/// Remembers what `span` is (a span id is never reused with the same generation).
 #[inline]
-pub(crate) fn remember_class(span: u64, class: SpanClass) {
-    let _ = CLASSES.try_with(|c| c[class_slot(span)].set((span, Some(class))));
+fn epoch_of(span: u64) -> u32 {
+    CLOSES[(span as usize) % EPOCH_BUCKETS].load(Acquire)
 }
 
-/// What `span` is, if it was created on this thread and is still remembered.
+/// Remembers what `span` is (a span id is never reused with the same generation while an
+/// entry for it on its creating thread survives: every span created there is remembered).
+#[inline]
+pub(crate) fn remember_class(span: u64, class: SpanClass) {
+    let epoch = if class.is_shared() { epoch_of(span) } else { 0 };
+    let _ = CLASSES.try_with(|c| c[class_slot(span)].set((span, epoch, Some(class))));
+}
+
+/// The epoch of `span`'s bucket, read before a registry lookup whose result is then
+/// remembered with [`remember_looked_up`].
+#[inline]
+pub(crate) fn epoch(span: u64) -> u32 {
+    epoch_of(span)
+}
+
+/// Remembers a task or resource span found by a registry lookup (on any thread) that began at
+/// `epoch`.
+#[inline]
+pub(crate) fn remember_looked_up(span: u64, epoch: u32, class: SpanClass) {
+    debug_assert!(class.is_shared());
+    let _ = CLASSES.try_with(|c| c[class_slot(span)].set((span, epoch, Some(class))));
+}
+
+/// What `span` is, if remembered on this thread (and, for a task, still that task).
 #[inline]
 pub(crate) fn class_of(span: u64) -> Option<SpanClass> {
     CLASSES
         .try_with(|c| match c[class_slot(span)].get() {
-            (id, class) if id == span => class,
+            (id, epoch, Some(class)) if id == span && class.is_shared() => {
+                (epoch == epoch_of(span)).then_some(class)
+            }
+            (id, _, class) if id == span => class,
             _ => None,
         })
         .ok()
@@ -123,9 +218,17 @@ pub(crate) fn forget_class(span: u64) {
     let _ = CLASSES.try_with(|c| {
         let slot = &c[class_slot(span)];
         if slot.get().0 == span {
-            slot.set((0, None));
+            slot.set((0, 0, None));
         }
     });
+}
+
+/// A task or resource span closes: entries for it on other threads stop being trusted. Runs
+/// before the registry frees the span's slot, so before its id can be handed out again.
+#[inline]
+pub(crate) fn shared_span_closed(span: u64) {
+    CLOSES[(span as usize) % EPOCH_BUCKETS].fetch_add(1, Release);
+    forget_class(span);
 }
 
 /// Threads whose tasks belong to exporters, not to the application.
@@ -157,19 +260,21 @@ pub(crate) fn set_slot(slot: &'static crate::hooks::slots::WorkerSlot) {
     });
 }
 
-/// True the first time it is called on a thread (to register that thread's runtime).
+/// Begins a poll of `span` on this thread, except the first async poll on a thread: that one
+/// returns false without beginning, so the caller registers the thread (its runtime, its
+/// worker slot) first and calls again.
 #[inline]
-pub(crate) fn first_poll_on_thread() -> bool {
-    RUNTIME_WATCHED.with(|w| !w.replace(true))
-}
-
-pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) {
+pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) -> bool {
     POLLS.with(|p| {
         let Ok(mut p) = p.try_borrow_mut() else {
-            return;
+            return true;
         };
+        if matches!(kind, PollKind::Async { .. }) && !p.runtime_watched {
+            p.runtime_watched = true;
+            return false;
+        }
         if p.polls_len == MAX_NESTED_POLLS {
-            return;
+            return true;
         }
         let i = p.polls_len;
         let start = clock::now_ns();
@@ -188,15 +293,16 @@ pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) {
             kind,
             start,
             span_base: p.spans_len,
-            culprit: None,
         });
+        p.culprits[i] = None;
         p.polls_len += 1;
-    });
+        true
+    })
 }
 
-/// Ends the poll of `span` if it is the innermost one in progress on this thread; returns it
-/// with its coarse duration in nanoseconds.
-pub(crate) fn end_poll(span: u64) -> Option<(ActivePoll, u64)> {
+/// Ends the poll of `span` if it is the innermost one in progress on this thread.
+#[inline]
+pub(crate) fn end_poll(span: u64) -> Option<EndedPoll> {
     POLLS.with(|p| {
         let mut p = p.try_borrow_mut().ok()?;
         let i = p.polls_len.checked_sub(1)?;
@@ -210,7 +316,19 @@ pub(crate) fn end_poll(span: u64) -> Option<(ActivePoll, u64)> {
         p.polls_len = i;
         // Spans still open belonged to this poll; forget them.
         p.spans_len = p.spans_len.min(poll.span_base);
-        Some((poll, elapsed))
+        Some(EndedPoll {
+            poll,
+            elapsed,
+            depth: i,
+        })
+    })
+}
+
+/// The culprit candidate of a poll that just ended (for slow polls only).
+pub(crate) fn take_culprit(ended: &EndedPoll) -> Option<Culprit> {
+    POLLS.with(|p| {
+        let mut p = p.try_borrow_mut().ok()?;
+        p.culprits[ended.depth].take().map(|(c, _)| c)
     })
 }
 
@@ -273,11 +391,11 @@ pub(crate) fn exit_span(span: u64) -> Option<Duration> {
         p.spans[i] = None;
         p.spans_len = i;
         let pi = p.polls_len.checked_sub(1)?;
-        let poll = p.polls[pi].as_mut()?;
-        if i < poll.span_base {
+        let span_base = p.polls[pi].as_ref()?.span_base;
+        if i < span_base {
             return None;
         }
-        let depth = i - poll.span_base;
+        let depth = i - span_base;
         let inclusive = Duration::from_nanos(clock::now_ns().saturating_sub(user.entered));
         let candidate = Culprit {
             span,
@@ -287,11 +405,12 @@ pub(crate) fn exit_span(span: u64) -> Option<Duration> {
         };
         // Inner spans exit first. Keep the innermost span that covered most of the time: a
         // shallower span replaces it only if it covered clearly more, a sibling if it covered more.
-        let replace = match poll.culprit {
+        let culprit = &mut p.culprits[pi];
+        let replace = match culprit {
             None => true,
             Some((best, best_depth)) => {
                 let (new, old) = (inclusive.as_secs_f64(), best.inclusive.as_secs_f64());
-                match depth.cmp(&best_depth) {
+                match depth.cmp(best_depth) {
                     std::cmp::Ordering::Less => new * INNER_SHARE > old,
                     std::cmp::Ordering::Equal => new > old,
                     std::cmp::Ordering::Greater => new >= old * INNER_SHARE,
@@ -299,7 +418,7 @@ pub(crate) fn exit_span(span: u64) -> Option<Duration> {
             }
         };
         replace.then(|| {
-            poll.culprit = Some((candidate, depth));
+            *culprit = Some((candidate, depth));
             inclusive
         })
     })
@@ -314,10 +433,8 @@ pub(crate) fn set_culprit_trace_parent(span: u64, parent: Option<TraceParent>) {
         let Some(pi) = p.polls_len.checked_sub(1) else {
             return;
         };
-        if let Some(poll) = p.polls[pi].as_mut() {
-            if let Some((culprit, _)) = poll.culprit.as_mut().filter(|(c, _)| c.span == span) {
-                culprit.trace_parent = parent;
-            }
+        if let Some((culprit, _)) = p.culprits[pi].as_mut().filter(|(c, _)| c.span == span) {
+            culprit.trace_parent = parent;
         }
     });
 }

@@ -15,14 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use tracing::field::{Field, Visit};
-use tracing::span::Attributes;
-use tracing::{Event, Subscriber};
+use tracing::span::{Attributes, Id};
+use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::clock;
 use crate::engine::locks::{LockKind, LockOp, LockSite};
 use crate::engine::Engine;
+
+use super::poll_context::{self, SpanClass};
 
 /// Kept on a lock's `runtime.resource` span.
 struct ResourceLock {
@@ -176,6 +178,14 @@ where
     true
 }
 
+/// Whether `span` is an async op of a tracked lock.
+pub(crate) fn is_tracked_async_op<S>(span: &SpanRef<'_, S>) -> bool
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    span.extensions().get::<AsyncOpWait>().is_some()
+}
+
 /// An async op span closed: the acquisition ended, obtained or given up.
 pub(crate) fn close_async_op<S>(engine: &Engine, span: &SpanRef<'_, S>)
 where
@@ -209,27 +219,94 @@ impl Visit for StateFields {
     fn record_debug(&mut self, _: &Field, _: &dyn fmt::Debug) {}
 }
 
-/// `runtime::resource::*` events: poll outcomes of acquisitions, lock state changes.
-pub(crate) fn on_event<S>(event: &Event<'_>, ctx: &Context<'_, S>)
+/// What an event's callsite is to the layer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventKind {
+    /// Not read: most events, tokio's own included (wakers, semaphore permits, async-op state).
+    Other,
+    /// `runtime::resource::poll_op` with `is_ready`: an acquisition's poll outcome.
+    PollOp,
+    /// `runtime::resource::state_update` with `locked`/`write_locked`: a hold begins or ends.
+    LockState,
+}
+
+const EVENT_KINDS_SIZE: usize = 64;
+
+thread_local! {
+    /// Direct-mapped cache from callsite (its `&'static Metadata`) to kind: a lock operation
+    /// makes about fifteen events, three of them read; the rest cost one compare here.
+    static EVENT_KINDS: [Cell<(usize, EventKind)>; EVENT_KINDS_SIZE] =
+        const { [const { Cell::new((0, EventKind::Other)) }; EVENT_KINDS_SIZE] };
+}
+
+/// The kind of events from `meta`'s callsite (decided from the metadata alone: the fields read
+/// are named there).
+#[inline]
+pub(crate) fn event_kind(meta: &'static Metadata<'static>) -> EventKind {
+    // Most events (tokio's waker events on every poll among them) are told apart by the length
+    // of their target alone.
+    const POLL_OP: usize = "runtime::resource::poll_op".len();
+    const STATE_UPDATE: usize = "runtime::resource::state_update".len();
+    if !matches!(meta.target().len(), POLL_OP | STATE_UPDATE) {
+        return EventKind::Other;
+    }
+    cached_event_kind(meta)
+}
+
+#[inline(never)]
+fn cached_event_kind(meta: &'static Metadata<'static>) -> EventKind {
+    let key = meta as *const Metadata<'static> as usize;
+    EVENT_KINDS
+        .try_with(|kinds| {
+            let entry = &kinds[(key >> 4) % EVENT_KINDS_SIZE];
+            match entry.get() {
+                (k, kind) if k == key => kind,
+                _ => {
+                    let kind = classify_event(meta);
+                    entry.set((key, kind));
+                    kind
+                }
+            }
+        })
+        .unwrap_or_else(|_| classify_event(meta))
+}
+
+#[cold]
+fn classify_event(meta: &Metadata<'_>) -> EventKind {
+    let has = |name: &str| meta.fields().field(name).is_some();
+    match meta.target() {
+        "runtime::resource::poll_op" if has("is_ready") => EventKind::PollOp,
+        "runtime::resource::state_update" if has("locked") || has("write_locked") => {
+            EventKind::LockState
+        }
+        _ => EventKind::Other,
+    }
+}
+
+/// `runtime::resource::*` events of `kind` (not [`EventKind::Other`]): poll outcomes of
+/// acquisitions, lock state changes.
+pub(crate) fn on_event<S>(kind: EventKind, event: &Event<'_>, ctx: &Context<'_, S>)
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let target = event.metadata().target();
-    let poll_op = target == "runtime::resource::poll_op";
-    if !poll_op && target != "runtime::resource::state_update" {
-        return;
-    }
-    let mut f = StateFields::default();
-    event.record(&mut f);
-    let Some(current) = ctx.lookup_current() else {
-        return;
-    };
-    if poll_op {
-        // Emitted inside the op's `runtime.resource.async_op.poll` span.
-        let Some(ready) = f.is_ready else { return };
-        let Some(op_span) = current.parent() else {
+    if kind == EventKind::PollOp {
+        // Emitted inside the op's `runtime.resource.async_op.poll` span: remembered (on the
+        // thread that made it) with its op, or as untracked.
+        let current = ctx.current_span();
+        let Some(poll_span) = current.id() else {
             return;
         };
+        let op_span = match poll_context::class_of(poll_span.into_u64()) {
+            Some(SpanClass::OpPoll { op }) => ctx.span(&Id::from_u64(op)),
+            Some(_) => return,
+            None => ctx.span(poll_span).and_then(|poll| poll.parent()),
+        };
+        let Some(op_span) = op_span else {
+            return;
+        };
+        let mut f = StateFields::default();
+        event.record(&mut f);
+        let Some(ready) = f.is_ready else { return };
         let extensions = op_span.extensions();
         if let Some(op) = extensions.get::<AsyncOpWait>() {
             if ready {
@@ -240,7 +317,12 @@ where
         }
         return;
     }
+    let mut f = StateFields::default();
+    event.record(&mut f);
     let Some(locked) = f.locked else { return };
+    let Some(current) = ctx.lookup_current() else {
+        return;
+    };
     let extensions = current.extensions();
     if let Some(lock) = extensions.get::<ResourceLock>() {
         let now = clock::now_ns();
