@@ -451,7 +451,9 @@ impl Engine {
     /// Every async site's poll histogram, including production mode's fast polls that worker
     /// threads have counted but not yet published. A worker publishing meanwhile moves counts
     /// from its table to the histogram: the read is retried so each poll is counted once.
-    fn async_site_polls(&self) -> HashMap<*const Site, crate::snapshot::HistogramSnapshot> {
+    pub(crate) fn async_site_polls(
+        &self,
+    ) -> HashMap<*const Site, crate::snapshot::HistogramSnapshot> {
         let sites = self.sites.all();
         let read = || {
             #[cfg_attr(not(tokio_unstable), allow(unused_mut))]

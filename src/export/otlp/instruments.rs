@@ -167,8 +167,13 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
         .with_unit("{poll}")
         .with_description("Polls of async tasks, by spawn location (every poll, in both modes)")
         .with_callback(move |o| {
+            // Exact, with what workers have counted and not yet published (production mode).
+            let Some(polls) = w.upgrade().map(|e| e.async_site_polls()) else {
+                return;
+            };
             observe_sites(&w, TaskKind::Async, |s, a| {
-                o.observe(s.busy.snapshot().count, a)
+                let count = polls.get(&(s as *const Site)).map_or(0, |h| h.count);
+                o.observe(count, a)
             })
         })
         .build();
