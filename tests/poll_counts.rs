@@ -63,25 +63,42 @@ fn every_poll_is_counted_at_its_spawn_location_with_more_locations_than_table_en
     assert_every_poll_counted(guard, "runtime dropped");
 }
 
+/// Every site's poll count, exactly. A task's last poll is counted when the after-poll hook
+/// runs, which tokio calls just after the task completes and wakes its `JoinHandle`: the
+/// awaiting thread can read before that, so the count may trail by a poll for an instant; it
+/// never goes past, and it must arrive.
 fn assert_every_poll_counted(guard: &stallscope::Guard, moment: &str) {
-    let snapshot = guard.snapshot();
-    let sites: Vec<_> = snapshot
-        .tasks
-        .iter()
-        .filter(|t| t.location.file == "tests/poll_counts.rs")
-        .collect();
-    assert_eq!(
-        sites.len(),
-        100,
-        "{moment}: one site per location: {sites:#?}"
-    );
-    for site in sites {
+    let expected = 3 * (YIELDS + 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let snapshot = guard.snapshot();
+        let sites: Vec<_> = snapshot
+            .tasks
+            .iter()
+            .filter(|t| t.location.file == "tests/poll_counts.rs")
+            .collect();
         assert_eq!(
-            site.polls.count,
-            3 * (YIELDS + 1),
-            "{moment}: 3 tasks polled {} times each at {:?}",
-            YIELDS + 1,
-            site.location
+            sites.len(),
+            100,
+            "{moment}: one site per location: {sites:#?}"
         );
+        for site in &sites {
+            assert!(
+                site.polls.count <= expected,
+                "{moment}: counted twice at {:?}: {} polls",
+                site.location,
+                site.polls.count
+            );
+        }
+        let short: Vec<_> = sites.iter().filter(|s| s.polls.count < expected).collect();
+        if short.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{moment}: 3 tasks polled {} times each, fewer counted: {short:#?}",
+            YIELDS + 1
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
