@@ -73,10 +73,7 @@ impl PollCounters {
     pub(crate) fn pending(&self) -> impl Iterator<Item = (&'static Site, u64)> + '_ {
         self.0.iter().filter_map(|c| {
             let pending = c.pending.load(Relaxed);
-            (pending != 0)
-                .then(|| c.site())
-                .flatten()
-                .map(|s| (s, pending))
+            c.site().filter(|_| pending != 0).map(|s| (s, pending))
         })
     }
 }
