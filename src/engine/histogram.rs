@@ -112,6 +112,16 @@ impl ShardedHistogram {
         self.shards[shard].0.record_ns(bounds, ns);
     }
 
+    /// Number of samples, over all shards.
+    #[cfg_attr(not(feature = "_otlp"), allow(dead_code))]
+    pub(crate) fn count(&self) -> u64 {
+        self.shards
+            .iter()
+            .flat_map(|s| s.0.buckets.iter())
+            .map(|b| b.load(Relaxed))
+            .sum()
+    }
+
     #[cfg_attr(not(feature = "_otlp"), allow(dead_code))]
     pub(crate) fn sum(&self) -> Duration {
         self.shards.iter().map(|s| s.0.sum()).sum()

@@ -47,6 +47,7 @@ impl LockKind {
 
 /// What an acquisition asked for, as exported in `tokio.lock.operation`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub(crate) enum LockOp {
     /// `Mutex::lock` (and `lock_owned`, `blocking_lock`).
     Lock,
@@ -67,6 +68,17 @@ impl LockOp {
             LockOp::Read => "read",
             LockOp::Write => "write",
             LockOp::Acquire => "acquire",
+        }
+    }
+
+    /// The operation whose `as u8` is `op` (a const parameter of the async acquire future).
+    #[inline]
+    pub(crate) const fn from_u8(op: u8) -> LockOp {
+        match op {
+            0 => LockOp::Lock,
+            1 => LockOp::Read,
+            2 => LockOp::Write,
+            _ => LockOp::Acquire,
         }
     }
 
@@ -160,8 +172,8 @@ pub(crate) struct LockSite {
     pub(crate) kind: LockKind,
     pub(crate) location: Location,
     pub(crate) name: Option<&'static str>,
-    /// Time each contended acquisition waited (uncontended ones wait nothing and are only
-    /// counted in `acquisitions`).
+    /// Time each contended acquisition waited: its count is the number of contentions.
+    /// (Uncontended ones wait nothing and are only counted in `uncontended`.)
     pub(crate) wait: ShardedHistogram,
     /// Time each guard was held.
     pub(crate) hold: ShardedHistogram,
@@ -172,9 +184,9 @@ pub(crate) struct LockSite {
     /// The bucket holding [`FAST_POLL`](crate::clock::FAST_POLL): where holds too short for the
     /// coarse clock are counted.
     fast_bucket: usize,
-    /// Counted per thread shard: every acquisition adds to them, from any thread.
-    pub(crate) acquisitions: ShardedCounter,
-    pub(crate) contentions: ShardedCounter,
+    /// Acquisitions that obtained the lock without waiting, counted per thread shard. Those
+    /// that waited are the count of `wait`: a contended acquisition adds to one histogram only.
+    pub(crate) uncontended: ShardedCounter,
     /// Acquisitions given up before the lock was obtained (tokio locks: the future dropped),
     /// and how long they had waited.
     pub(crate) cancellations: AtomicU64,
@@ -193,15 +205,36 @@ impl LockSite {
     /// checks whether that thread was polling a task ([`Engine::blocking_lock_wait`]).
     ///
     /// [`Engine::blocking_lock_wait`]: super::Engine::blocking_lock_wait
+    ///
+    /// A wait shorter than the coarse clock can time (under
+    /// [`FAST_POLL`](crate::clock::FAST_POLL)) is not handed to OpenTelemetry, as short holds
+    /// and polls are not: the SDK's histogram takes a lock per sample, and in a lock convoy
+    /// every acquisition waits. `tokio.lock.contentions` counts them all.
+    #[inline]
     #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
     pub(crate) fn record_wait(&self, op: LockOp, wait: Duration) -> bool {
-        self.contentions.add(1);
         self.wait.record(self.bounds, wait);
         #[cfg(feature = "_otlp")]
-        if let Some(otel) = &self.otel {
-            otel.record_wait(op, wait);
+        if wait >= crate::clock::FAST_POLL {
+            if let Some(otel) = &self.otel {
+                otel.record_wait(op, wait);
+            }
         }
         self.kind.blocks_thread() && wait >= self.slow_threshold
+    }
+
+    /// Every acquisition that obtained the lock.
+    #[cfg_attr(not(feature = "_otlp"), allow(dead_code))]
+    pub(crate) fn acquisitions(&self) -> u64 {
+        // Contentions first: read after them, the sum is never below them.
+        let contentions = self.contentions();
+        contentions + self.uncontended.load(Relaxed)
+    }
+
+    /// Acquisitions that found the lock taken and waited for it.
+    #[cfg_attr(not(feature = "_otlp"), allow(dead_code))]
+    pub(crate) fn contentions(&self) -> u64 {
+        self.wait.count()
     }
 
     /// An acquisition was given up after waiting `wait` (a timeout, or a dropped acquire future).
@@ -323,8 +356,7 @@ impl LockTable {
             bounds,
             slow_threshold: self.slow_threshold,
             fast_bucket: bounds.bucket(crate::clock::FAST_POLL_NS),
-            acquisitions: ShardedCounter::default(),
-            contentions: ShardedCounter::default(),
+            uncontended: ShardedCounter::default(),
             cancellations: AtomicU64::new(0),
             cancelled_wait: ShardedHistogram::new(bounds),
             blocking_waits: AtomicU64::new(0),

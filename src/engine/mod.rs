@@ -389,9 +389,9 @@ impl Engine {
         acquired: bool,
     ) {
         if acquired {
-            site.acquisitions.add(1);
-            if let Some(wait) = wait {
-                self.record_lock_wait(site, op, wait);
+            match wait {
+                Some(wait) => self.record_lock_wait(site, op, wait),
+                None => site.uncontended.add(1),
             }
         } else {
             site.record_cancelled_wait(op, wait.unwrap_or_default());
@@ -531,22 +531,26 @@ impl Engine {
             .locks
             .all()
             .into_iter()
-            .map(|lock| crate::snapshot::LockStats {
-                kind: lock.kind,
-                location: SpawnLocation {
-                    file: lock.location.file.to_owned(),
-                    line: lock.location.line,
-                    column: lock.location.column,
-                },
-                name: lock.name.map(str::to_owned),
-                acquisitions: lock.acquisitions.load(Relaxed),
-                contentions: lock.contentions.load(Relaxed),
-                cancellations: lock.cancellations.load(Relaxed),
-                cancelled_wait: lock.cancelled_wait.snapshot(),
-                blocking_waits: lock.blocking_waits.load(Relaxed),
-                held_across_await: lock.held_across_await.load(Relaxed),
-                wait: lock.wait.snapshot(),
-                hold: lock.hold.snapshot(),
+            .map(|lock| {
+                let wait = lock.wait.snapshot();
+                crate::snapshot::LockStats {
+                    kind: lock.kind,
+                    location: SpawnLocation {
+                        file: lock.location.file.to_owned(),
+                        line: lock.location.line,
+                        column: lock.location.column,
+                    },
+                    name: lock.name.map(str::to_owned),
+                    // Each contended acquisition is one wait sample.
+                    acquisitions: wait.count + lock.uncontended.load(Relaxed),
+                    contentions: wait.count,
+                    cancellations: lock.cancellations.load(Relaxed),
+                    cancelled_wait: lock.cancelled_wait.snapshot(),
+                    blocking_waits: lock.blocking_waits.load(Relaxed),
+                    held_across_await: lock.held_across_await.load(Relaxed),
+                    wait,
+                    hold: lock.hold.snapshot(),
+                }
             })
             .collect();
         snapshot.runtimes = self.runtimes.snapshot();

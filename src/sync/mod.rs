@@ -44,6 +44,7 @@ macro_rules! wrapper_impls {
     )*};
 }
 
+mod acquire_async;
 mod mutex;
 #[cfg(feature = "parking_lot")]
 pub mod parking_lot;
@@ -54,11 +55,9 @@ pub use mutex::{Mutex, MutexGuard};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use std::fmt;
-use std::future::{poll_fn, Future};
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
-use std::pin::pin;
 use std::sync::{Arc, LockResult, PoisonError, TryLockError, TryLockResult};
 use std::time::Duration;
 
@@ -234,7 +233,7 @@ impl Hold {
     /// A guard obtained now by an acquisition that did not wait: counted, no wait to record.
     #[inline]
     fn uncontended(site: &'static LockSite, op: LockOp) -> Hold {
-        site.acquisitions.add(1);
+        site.uncontended.add(1);
         Hold::at(site, op, clock::now_ns())
     }
 
@@ -283,19 +282,26 @@ impl Wait {
         }
     }
 
-    /// The lock was obtained: counts the acquisition, records the wait, starts the hold.
+    /// The lock was obtained: records the wait (which counts the acquisition), starts the hold.
     fn acquired(self) -> Hold {
         let wait = ManuallyDrop::new(self);
-        let now = clock::now_ns();
-        wait.site.acquisitions.add(1);
-        let waited = Duration::from_nanos(now.saturating_sub(wait.started));
-        if wait.site.record_wait(wait.op, waited) {
-            if let Some(engine) = default_engine() {
-                engine.blocking_lock_wait(wait.site, wait.op, waited);
-            }
-        }
-        Hold::at(wait.site, wait.op, now)
+        waited(wait.site, wait.op, wait.started)
     }
+}
+
+/// A contended acquisition that started waiting at `started` (coarse clock) obtained its lock
+/// now: records the wait, and reports it when it blocked a thread polling a task. The hold
+/// starts.
+#[inline]
+fn waited(site: &'static LockSite, op: LockOp, started: u64) -> Hold {
+    let now = clock::now_ns();
+    let waited = Duration::from_nanos(now.saturating_sub(started));
+    if site.record_wait(op, waited) {
+        if let Some(engine) = default_engine() {
+            engine.blocking_lock_wait(site, op, waited);
+        }
+    }
+    Hold::at(site, op, now)
 }
 
 impl Drop for Wait {
@@ -344,43 +350,6 @@ fn try_acquire_for<G>(
     // Timed out: `wait` drops, a given-up wait.
     let guard = try_acquire_for()?;
     Some(Measured::new(guard, wait.acquired()))
-}
-
-/// An async acquisition, measured. The acquire future (made by `acquire`, in place) is polled
-/// as tokio would poll it: ready at once is uncontended (no wait to time); pending is a wait,
-/// timed until it is ready or the future is dropped (a cancelled wait). `into_result` says
-/// whether it obtained a guard: an error (a closed semaphore) ends a wait as given up.
-async fn acquire_async<F: Future, G, E>(
-    site: Option<&'static LockSite>,
-    op: LockOp,
-    acquire: impl FnOnce() -> F,
-    into_result: impl FnOnce(F::Output) -> Result<G, E>,
-) -> Result<Measured<G>, E> {
-    let Some(site) = site else {
-        let guard = into_result(acquire().await)?;
-        return Ok(Measured::new(guard, Hold::start(None, op)));
-    };
-    // tokio's acquire futures yield when the task's coop budget is spent, lock taken or not. A
-    // task out of budget yields here first, so that a pending poll below is always contention.
-    if !::tokio::task::coop::has_budget_remaining() {
-        ::tokio::task::coop::consume_budget().await;
-    }
-    let mut acquire = pin!(acquire());
-    let mut wait = None;
-    let output = poll_fn(|cx| {
-        let poll = acquire.as_mut().poll(cx);
-        if poll.is_pending() && wait.is_none() {
-            wait = Some(Wait::start(site, op));
-        }
-        poll
-    })
-    .await;
-    let guard = into_result(output)?;
-    let hold = match wait {
-        Some(wait) => wait.acquired(),
-        None => Hold::uncontended(site, op),
-    };
-    Ok(Measured::new(guard, hold))
 }
 
 /// std's `try_*` result as [`acquire`] takes it: `None` when it would block.

@@ -41,13 +41,14 @@
 //! # }
 //! ```
 
-use std::convert::{identity, Infallible};
 use std::fmt;
+use std::future::Future;
 use std::panic::Location;
 use std::sync::Arc;
 
 pub use ::tokio::sync::{AcquireError, TryAcquireError, TryLockError};
 
+use super::acquire_async::MeasuredAcquire;
 use super::{Measured, Owned};
 use crate::engine::locks::{LockKind, LockOp, LockSite};
 
@@ -133,11 +134,8 @@ impl<T> Mutex<T> {
 
 impl<T: ?Sized> Mutex<T> {
     /// As [`tokio::sync::Mutex::lock`], measuring the wait.
-    pub async fn lock(&self) -> MutexGuard<'_, T> {
-        let acquire = || self.inner.lock();
-        let Ok(guard) =
-            super::acquire_async(self.site, LockOp::Lock, acquire, Ok::<_, Infallible>).await;
-        guard
+    pub fn lock(&self) -> impl Future<Output = MutexGuard<'_, T>> + '_ {
+        MeasuredAcquire::<_, { LockOp::Lock as u8 }>::new(self.site, self.inner.lock())
     }
 
     /// As [`tokio::sync::Mutex::try_lock`] (never waits, so never records a wait).
@@ -238,19 +236,13 @@ impl<T> RwLock<T> {
 
 impl<T: ?Sized> RwLock<T> {
     /// As [`tokio::sync::RwLock::read`], measuring the wait.
-    pub async fn read(&self) -> RwLockReadGuard<'_, T> {
-        let acquire = || self.inner.read();
-        let Ok(guard) =
-            super::acquire_async(self.site, LockOp::Read, acquire, Ok::<_, Infallible>).await;
-        guard
+    pub fn read(&self) -> impl Future<Output = RwLockReadGuard<'_, T>> + '_ {
+        MeasuredAcquire::<_, { LockOp::Read as u8 }>::new(self.site, self.inner.read())
     }
 
     /// As [`tokio::sync::RwLock::write`], measuring the wait.
-    pub async fn write(&self) -> RwLockWriteGuard<'_, T> {
-        let acquire = || self.inner.write();
-        let Ok(guard) =
-            super::acquire_async(self.site, LockOp::Write, acquire, Ok::<_, Infallible>).await;
-        guard
+    pub fn write(&self) -> impl Future<Output = RwLockWriteGuard<'_, T>> + '_ {
+        MeasuredAcquire::<_, { LockOp::Write as u8 }>::new(self.site, self.inner.write())
     }
 
     /// As [`tokio::sync::RwLock::try_read`] (never waits, so never records a wait).
@@ -371,20 +363,16 @@ impl Semaphore {
     }
 
     /// As [`tokio::sync::Semaphore::acquire`], measuring the wait.
-    pub async fn acquire(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
-        super::acquire_async(
-            self.site,
-            LockOp::Acquire,
-            || self.inner.acquire(),
-            identity,
-        )
-        .await
+    pub fn acquire(&self) -> impl Future<Output = Result<SemaphorePermit<'_>, AcquireError>> + '_ {
+        MeasuredAcquire::<_, { LockOp::Acquire as u8 }>::new(self.site, self.inner.acquire())
     }
 
     /// As [`tokio::sync::Semaphore::acquire_many`], measuring the wait.
-    pub async fn acquire_many(&self, n: u32) -> Result<SemaphorePermit<'_>, AcquireError> {
-        let acquire = || self.inner.acquire_many(n);
-        super::acquire_async(self.site, LockOp::Acquire, acquire, identity).await
+    pub fn acquire_many(
+        &self,
+        n: u32,
+    ) -> impl Future<Output = Result<SemaphorePermit<'_>, AcquireError>> + '_ {
+        MeasuredAcquire::<_, { LockOp::Acquire as u8 }>::new(self.site, self.inner.acquire_many(n))
     }
 
     /// As [`tokio::sync::Semaphore::try_acquire`] (never waits, so never records a wait).

@@ -217,16 +217,14 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
         .u64_observable_counter("tokio.lock.acquisitions")
         .with_unit("{acquisition}")
         .with_description("Acquisitions of a lock, by lock")
-        .with_callback(move |o| {
-            observe_locks(&w, |l, a| o.observe(l.acquisitions.load(Relaxed), a))
-        })
+        .with_callback(move |o| observe_locks(&w, |l, a| o.observe(l.acquisitions(), a)))
         .build();
     let w = e.clone();
     meter
         .u64_observable_counter("tokio.lock.contentions")
         .with_unit("{acquisition}")
         .with_description("Acquisitions of a lock that found it taken and waited, by lock")
-        .with_callback(move |o| observe_locks(&w, |l, a| o.observe(l.contentions.load(Relaxed), a)))
+        .with_callback(move |o| observe_locks(&w, |l, a| o.observe(l.contentions(), a)))
         .build();
     let w = e.clone();
     meter
