@@ -106,6 +106,13 @@ impl ShardedHistogram {
         self.shards[shard].0.buckets[bucket].fetch_add(n, Relaxed);
     }
 
+    /// Takes back one sample counted in `bucket` of `shard` by [`Self::count_in_bucket`] (the
+    /// caller knows it is there: never below zero).
+    #[inline]
+    pub(crate) fn uncount_in_bucket(&self, shard: usize, bucket: usize) {
+        self.shards[shard].0.buckets[bucket].fetch_sub(1, Relaxed);
+    }
+
     /// Records `ns` into `shard`.
     #[inline]
     pub(crate) fn record_in_shard(&self, shard: usize, bounds: &Bounds, ns: u64) {

@@ -192,6 +192,12 @@ impl Engine {
         site.busy.count_in_bucket(shard, self.fast_poll_bucket, n);
     }
 
+    /// Takes back one fast poll this thread counted in `shard` (full mode: an enter of a task's
+    /// span that was no poll).
+    pub(crate) fn uncount_fast_poll(&self, site: &Site, shard: usize) {
+        site.busy.uncount_in_bucket(shard, self.fast_poll_bucket);
+    }
+
     /// One poll of at least `FAST_POLL`, timed to the coarse clock's tick; reported when slow.
     #[cold]
     pub(crate) fn record_timed_poll(

@@ -269,8 +269,15 @@ where
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         match poll_context::class_of(id.into_u64()) {
             Some(SpanClass::AsyncOp) => poll_context::forget_class(id.into_u64()),
-            // An async task's span ends with nothing to record.
-            Some(SpanClass::Task { .. } | SpanClass::IgnoredTask | SpanClass::Resource) => {
+            // An async task's span ends with nothing to record but the drop's enter, which
+            // was counted as a poll.
+            Some(SpanClass::Task { site, .. }) => {
+                if poll_context::drop_enter_counted(id.into_u64()) {
+                    self.engine.uncount_fast_poll(site, this_threads_shard());
+                }
+                return poll_context::shared_span_closed(id.into_u64());
+            }
+            Some(SpanClass::IgnoredTask | SpanClass::Resource) => {
                 return poll_context::shared_span_closed(id.into_u64());
             }
             Some(SpanClass::OtherTask) => poll_context::shared_span_closed(id.into_u64()),
@@ -293,6 +300,12 @@ where
         }
         poll_context::shared_span_closed(id.into_u64());
         let extensions = span.extensions();
+        if let Some(task) = extensions.get::<TaskSpan>() {
+            if task.kind == TaskKind::Async && poll_context::drop_enter_counted(id.into_u64()) {
+                self.engine
+                    .uncount_fast_poll(task.site, this_threads_shard());
+            }
+        }
         // A job dropped before any thread ran it (runtime shutdown) leaves the queue too.
         if let Some(task) = extensions.get::<TaskSpan>() {
             if task.kind == TaskKind::Blocking && !task.started.load(Relaxed) {

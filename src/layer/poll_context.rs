@@ -69,6 +69,9 @@ struct ThreadPolls {
     runtime_watched: bool,
     spans: [Option<UserSpan>; MAX_SPAN_DEPTH],
     spans_len: usize,
+    /// The task span whose poll ended last on this thread, if that poll was fast (counted, not
+    /// timed); else 0. See [`drop_enter_counted`].
+    last_fast_poll: u64,
     /// This thread's worker slot, where the watchdog sees the outermost poll in progress.
     #[cfg(tokio_unstable)]
     slot: Option<&'static crate::hooks::slots::WorkerSlot>,
@@ -83,6 +86,7 @@ thread_local! {
             runtime_watched: false,
             spans: [None; MAX_SPAN_DEPTH],
             spans_len: 0,
+            last_fast_poll: 0,
             #[cfg(tokio_unstable)]
             slot: None,
         })
@@ -314,6 +318,10 @@ pub(crate) fn end_poll(span: u64) -> Option<EndedPoll> {
         }
         p.polls[i] = None;
         p.polls_len = i;
+        p.last_fast_poll = match poll.kind {
+            PollKind::Async { .. } if elapsed < clock::FAST_POLL_NS => span,
+            _ => 0,
+        };
         // Spans still open belonged to this poll; forget them.
         p.spans_len = p.spans_len.min(poll.span_base);
         Some(EndedPoll {
@@ -321,6 +329,22 @@ pub(crate) fn end_poll(span: u64) -> Option<EndedPoll> {
             elapsed,
             depth: i,
         })
+    })
+}
+
+/// Whether the last thing this thread counted was a fast poll of task span `span`, now
+/// closing: then that was no poll. tracing's `Instrumented` enters its span once more to drop
+/// the finished (or aborted) future, and tokio drops it inside the task's last poll, so the
+/// enter that precedes the span's close is the drop's. Production mode's hooks see the drop
+/// inside that last poll. (A drop of 1 ms or longer stays counted, timed: it held the worker.)
+pub(crate) fn drop_enter_counted(span: u64) -> bool {
+    POLLS.with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return false;
+        };
+        let counted = p.last_fast_poll == span;
+        p.last_fast_poll = 0;
+        counted
     })
 }
 
