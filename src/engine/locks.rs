@@ -78,7 +78,8 @@ impl LockOp {
             0 => LockOp::Lock,
             1 => LockOp::Read,
             2 => LockOp::Write,
-            _ => LockOp::Acquire,
+            3 => LockOp::Acquire,
+            _ => panic!("not a LockOp"),
         }
     }
 

@@ -272,9 +272,7 @@ where
             // An async task's span ends with nothing to record but the drop's enter, which
             // was counted as a poll.
             Some(SpanClass::Task { site, .. }) => {
-                if poll_context::drop_enter_counted(id.into_u64()) {
-                    self.engine.uncount_fast_poll(site, this_threads_shard());
-                }
+                self.task_span_closed(id.into_u64(), site);
                 return poll_context::shared_span_closed(id.into_u64());
             }
             Some(SpanClass::IgnoredTask | SpanClass::Resource) => {
@@ -300,17 +298,16 @@ where
         }
         poll_context::shared_span_closed(id.into_u64());
         let extensions = span.extensions();
-        if let Some(task) = extensions.get::<TaskSpan>() {
-            if task.kind == TaskKind::Async && poll_context::drop_enter_counted(id.into_u64()) {
-                self.engine
-                    .uncount_fast_poll(task.site, this_threads_shard());
-            }
-        }
-        // A job dropped before any thread ran it (runtime shutdown) leaves the queue too.
-        if let Some(task) = extensions.get::<TaskSpan>() {
-            if task.kind == TaskKind::Blocking && !task.started.load(Relaxed) {
+        let Some(task) = extensions.get::<TaskSpan>() else {
+            return;
+        };
+        match task.kind {
+            TaskKind::Async => self.task_span_closed(id.into_u64(), task.site),
+            // A job dropped before any thread ran it (runtime shutdown) leaves the queue too.
+            TaskKind::Blocking if !task.started.load(Relaxed) => {
                 task.site.queued.fetch_sub(1, Relaxed);
             }
+            TaskKind::Blocking => {}
         }
     }
 }
@@ -361,6 +358,14 @@ impl StallscopeLayer {
                     poll_context::begin_poll(id.into_u64(), task.site, PollKind::BlockingJob);
                 }
             }
+        }
+    }
+
+    /// An async task's span closed: the enter just before, which dropped its future, was
+    /// counted as a poll and is taken back.
+    fn task_span_closed(&self, span: u64, site: &'static Site) {
+        if poll_context::drop_enter_counted(span) {
+            self.engine.uncount_fast_poll(site, this_threads_shard());
         }
     }
 

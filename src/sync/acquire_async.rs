@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use super::{Hold, Measured};
 use crate::clock;
@@ -77,8 +76,7 @@ pub(super) struct MeasuredAcquire<F, const OP: u8> {
 impl<F, const OP: u8> Drop for MeasuredAcquire<F, OP> {
     fn drop(&mut self) {
         if let (Some(site), since @ 1..) = (self.site, self.waiting_since) {
-            let waited = Duration::from_nanos(clock::now_ns().saturating_sub(since));
-            site.record_cancelled_wait(LockOp::from_u8(OP), waited);
+            super::gave_up(site, LockOp::from_u8(OP), since);
         }
     }
 }
@@ -153,8 +151,7 @@ where
             }
             Err(failed) => {
                 if since != 0 {
-                    let waited = Duration::from_nanos(clock::now_ns().saturating_sub(since));
-                    site.record_cancelled_wait(op, waited);
+                    super::gave_up(site, op, since);
                 }
                 failed
             }

@@ -306,9 +306,14 @@ fn waited(site: &'static LockSite, op: LockOp, started: u64) -> Hold {
 
 impl Drop for Wait {
     fn drop(&mut self) {
-        let waited = Duration::from_nanos(clock::now_ns().saturating_sub(self.started));
-        self.site.record_cancelled_wait(self.op, waited);
+        gave_up(self.site, self.op, self.started);
     }
+}
+
+/// A wait that began at `started` (coarse clock) was given up now: recorded as cancelled.
+fn gave_up(site: &'static LockSite, op: LockOp, started: u64) {
+    let waited = Duration::from_nanos(clock::now_ns().saturating_sub(started));
+    site.record_cancelled_wait(op, waited);
 }
 
 /// A blocking acquisition, measured: `try_acquire` first (uncontended: no wait to time), else
