@@ -24,7 +24,7 @@ build unstable "--cfg tokio_unstable" ""
 build tracing "--cfg tokio_unstable" "--features tracing"
 
 bin() { echo "target/bench/$1/release/stallscope-bench"; }
-configs="bare:bare unstable:unstable unstable:empty-hooks unstable:production unstable:tokio-metrics tracing:idle-subscriber tracing:full tracing:console"
+configs="bare:bare unstable:unstable unstable:empty-hooks unstable:production unstable:tokio-metrics tracing:idle-subscriber tracing:empty-layer tracing:full tracing:console"
 
 : > "$out"
 for workload in $workloads; do
@@ -50,7 +50,7 @@ for line in open(sys.argv[1]):
     key = (f["workload"], f["config"])
     runs[key].append(float(f["elapsed_ms"]))
     rss[key].append(int(f["peak_rss_kb"]))
-configs = ["bare", "unstable", "empty-hooks", "production", "tokio-metrics", "idle-subscriber", "full", "console"]
+configs = ["bare", "unstable", "empty-hooks", "production", "tokio-metrics", "idle-subscriber", "empty-layer", "full", "console"]
 workloads = []
 for w, _ in runs:
     if w not in workloads:
@@ -68,7 +68,10 @@ for w in workloads:
         if c == "production":
             note = (f"x{m / statistics.median(runs[(w, 'unstable')]):.2f} vs unstable (same build, no hooks), "
                     f"x{m / statistics.median(runs[(w, 'empty-hooks')]):.2f} vs empty-hooks (stallscope's own cost)")
+        if c == "empty-layer":
+            note = f"x{m / statistics.median(runs[(w, 'idle-subscriber')]):.2f} vs idle-subscriber (composing any layer)"
         if c == "full":
-            note = f"x{m / statistics.median(runs[(w, 'idle-subscriber')]):.2f} vs idle-subscriber (stallscope's own cost)"
+            note = (f"x{m / statistics.median(runs[(w, 'idle-subscriber')]):.2f} vs idle-subscriber (target 1.15), "
+                    f"x{m / statistics.median(runs[(w, 'empty-layer')]):.2f} vs empty-layer (stallscope's own work)")
         print(f"{w:<10} {c:<16} {m:>10.1f} {m / bare:>7.2f} {max(rss[(w, c)]) / 1024:>12.1f}  {note}")
 PY

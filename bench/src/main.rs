@@ -8,7 +8,7 @@
 //! |---|---|
 //! | no cfg, no features | `bare` |
 //! | `--cfg tokio_unstable` | `unstable` (no hooks), `empty-hooks` (tokio calling two poll hooks that do nothing: the floor under production mode), `production` (stallscope's poll hooks; the `mutex` workload locks `stallscope::sync::tokio::Mutex`), `tokio-metrics` |
-//! | `--cfg tokio_unstable`, feature `tracing` | `idle-subscriber` (spans recorded by a bare registry), `full` (+ stallscope's layer), `console` |
+//! | `--cfg tokio_unstable`, feature `tracing` | `idle-subscriber` (spans recorded by a bare registry), `empty-layer` (+ a layer that does nothing: the floor under full mode), `full` (+ stallscope's layer), `console` |
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -25,6 +25,7 @@ enum Config {
     EmptyHooks,
     TokioMetrics,
     IdleSubscriber,
+    EmptyLayer,
     Full,
     Console,
 }
@@ -38,6 +39,7 @@ impl Config {
             "empty-hooks" => Config::EmptyHooks,
             "tokio-metrics" => Config::TokioMetrics,
             "idle-subscriber" => Config::IdleSubscriber,
+            "empty-layer" => Config::EmptyLayer,
             "full" => Config::Full,
             "console" => Config::Console,
             _ => return None,
@@ -52,10 +54,19 @@ impl Config {
             Config::Unstable | Config::Production | Config::EmptyHooks | Config::TokioMetrics => {
                 unstable && !tracing
             }
-            Config::IdleSubscriber | Config::Full | Config::Console => unstable && tracing,
+            Config::IdleSubscriber | Config::EmptyLayer | Config::Full | Config::Console => {
+                unstable && tracing
+            }
         }
     }
 }
+
+/// A layer with every callback left at its default: what composing any layer costs.
+#[cfg(feature = "tracing")]
+struct EmptyLayer;
+
+#[cfg(feature = "tracing")]
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EmptyLayer {}
 
 static TASK_MONITOR: OnceLock<tokio_metrics::TaskMonitor> = OnceLock::new();
 
@@ -286,6 +297,16 @@ fn main() {
         }
         Config::IdleSubscriber => {
             tracing::subscriber::set_global_default(tracing_subscriber::registry()).unwrap();
+        }
+        Config::EmptyLayer => {
+            #[cfg(feature = "tracing")]
+            {
+                use tracing_subscriber::prelude::*;
+                tracing::subscriber::set_global_default(
+                    tracing_subscriber::registry().with(EmptyLayer),
+                )
+                .unwrap();
+            }
         }
         Config::Full => {
             use tracing_subscriber::prelude::*;

@@ -7,10 +7,11 @@
 //! Sites are leaked on purpose: the hot path holds `&'static Site` without reference counting,
 //! and the bound keeps the leak to a few hundred small allocations per instance.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use super::histogram::{AtomicHistogram, Bounds, ShardedHistogram};
@@ -100,8 +101,10 @@ pub(crate) struct SiteKey<'a> {
 }
 
 impl SiteKey<'_> {
+    /// A quick hash (code locations are not attacker-chosen, so no SipHash): it runs on every
+    /// spawn in full mode.
     fn hash64(&self) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut h = QuickHasher(0);
         (self.kind, self.file, self.line, self.column, self.task_name).hash(&mut h);
         h.finish()
     }
@@ -113,6 +116,62 @@ impl SiteKey<'_> {
             && site.location.column == self.column
             && site.task_name == self.task_name
     }
+}
+
+/// The Fx hash (rustc's): a rotate, xor and multiply per 8 bytes.
+struct QuickHasher(u64);
+
+impl QuickHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for QuickHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Sites this thread found lately, by key hash: a spawn of a known site takes no lock.
+const RECENT_SITES: usize = 64;
+
+/// (table id, key hash, site); table id 0 marks an empty entry.
+type RecentSite = Cell<(u64, u64, Option<&'static Site>)>;
+
+thread_local! {
+    static RECENT: [RecentSite; RECENT_SITES] =
+        const { [const { Cell::new((0, 0, None)) }; RECENT_SITES] };
 }
 
 /// Creates the per-site export state when a site is first seen.
@@ -130,6 +189,8 @@ struct Table {
 /// The bounded, append-only set of sites of one stallscope instance.
 #[derive(Debug)]
 pub(crate) struct SiteTable {
+    /// Tells this table's entries in [`RECENT`] from another instance's (never 0).
+    id: u64,
     table: Mutex<Table>,
     max_sites: usize,
     max_names_per_location: usize,
@@ -137,7 +198,9 @@ pub(crate) struct SiteTable {
 
 impl SiteTable {
     pub(crate) fn new(max_sites: usize, max_names_per_location: usize) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         SiteTable {
+            id: NEXT_ID.fetch_add(1, Relaxed),
             table: Mutex::new(Table::default()),
             max_sites,
             max_names_per_location,
@@ -152,6 +215,32 @@ impl SiteTable {
         init: SiteInit<'_>,
     ) -> &'static Site {
         let hash = key.hash64();
+        let entry = (hash as usize) % RECENT_SITES;
+        let recent = RECENT
+            .try_with(|r| match r[entry].get() {
+                (id, h, Some(site)) if id == self.id && h == hash && key.matches(site) => {
+                    Some(site)
+                }
+                _ => None,
+            })
+            .ok()
+            .flatten();
+        if let Some(site) = recent {
+            return site;
+        }
+        let site = self.intern_locked(key, hash, bounds, init);
+        let _ = RECENT.try_with(|r| r[entry].set((self.id, hash, Some(site))));
+        site
+    }
+
+    /// [`Self::intern`] past this thread's recent sites: the table, under its lock.
+    fn intern_locked(
+        &self,
+        key: &SiteKey<'_>,
+        hash: u64,
+        bounds: &Bounds,
+        init: SiteInit<'_>,
+    ) -> &'static Site {
         // A poisoned lock only means another thread panicked mid-insert; the table stays usable.
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(site) = t
@@ -332,5 +421,26 @@ mod tests {
             .collect();
         assert!(extra.iter().all(|s| s.location.file == OTHER));
         assert!(t.all().len() <= 5);
+    }
+
+    #[test]
+    fn a_threads_recent_sites_belong_to_their_table() {
+        let bounds = Bounds::new(&[0.1]);
+        let noop: SiteInit<'_> = &|_| {};
+        let (first, second) = (SiteTable::new(8, 2), SiteTable::new(8, 2));
+        let in_first = first.intern(&key("c.rs", 7, Some("job")), &bounds, noop);
+        // Same key, same thread, another instance: its own site, not the one cached above.
+        let in_second = second.intern(&key("c.rs", 7, Some("job")), &bounds, noop);
+        assert!(!std::ptr::eq(in_first, in_second));
+        assert_eq!(second.all().len(), 1);
+        // Keys differing only in name or line each keep their site through the cache.
+        let other_name = first.intern(&key("c.rs", 7, Some("other")), &bounds, noop);
+        let other_line = first.intern(&key("c.rs", 8, Some("job")), &bounds, noop);
+        assert!(!std::ptr::eq(in_first, other_name) && !std::ptr::eq(in_first, other_line));
+        assert!(std::ptr::eq(
+            in_first,
+            first.intern(&key("c.rs", 7, Some("job")), &bounds, noop)
+        ));
+        assert_eq!(first.all().len(), 3);
     }
 }

@@ -52,7 +52,7 @@ struct TaskSpan {
     task_id: u64,
     kind: TaskKind,
     /// Blocking jobs: when `spawn_blocking` queued the job.
-    created: Instant,
+    queued_at: Option<Instant>,
     /// Blocking jobs: whether a pool thread picked it up (later enters are tracing's
     /// `Instrumented` entering once more on drop, not a run). `block_on`s: whether it began.
     started: AtomicBool,
@@ -162,35 +162,39 @@ where
         if self.engine.hooks_installed.load(Relaxed) {
             return ignored(id);
         }
-        let mut fields = TaskFields::default();
-        attrs.record(&mut fields);
-        let kind = match fields.kind.as_str() {
-            "blocking" => TaskKind::Blocking,
-            _ => TaskKind::Async,
-        };
-        // The multi-thread runtime starts its workers as blocking jobs that run for the
-        // runtime's whole life: they are not user jobs.
-        if kind == TaskKind::Blocking && fields.function.contains("worker::Launch") {
-            return ignored(id);
-        }
-        self.engine.task_spans_seen.fetch_add(1, Relaxed);
-        let site = self.engine.site(&SiteKey {
-            kind,
-            file: &fields.file,
-            line: fields.line,
-            column: fields.column,
-            task_name: Some(fields.name.as_str()).filter(|n| !n.is_empty()),
+        let task = TaskFields::read(attrs, |fields| {
+            let kind = match fields.kind.as_str() {
+                "blocking" => TaskKind::Blocking,
+                _ => TaskKind::Async,
+            };
+            // The multi-thread runtime starts its workers as blocking jobs that run for the
+            // runtime's whole life: they are not user jobs.
+            if kind == TaskKind::Blocking && fields.function.contains("worker::Launch") {
+                return None;
+            }
+            self.engine.task_spans_seen.fetch_add(1, Relaxed);
+            let site = self.engine.site(&SiteKey {
+                kind,
+                file: &fields.file,
+                line: fields.line,
+                column: fields.column,
+                task_name: Some(fields.name.as_str()).filter(|n| !n.is_empty()),
+            });
+            if kind == TaskKind::Blocking {
+                site.queued.fetch_add(1, Relaxed);
+            }
+            Some(TaskSpan {
+                site,
+                task_id: fields.id,
+                kind,
+                // (A precise clock read, for blocking jobs' queue wait only.)
+                queued_at: (kind == TaskKind::Blocking).then(Instant::now),
+                started: AtomicBool::new(false),
+                block_on: block_on::created(&fields.kind),
+            })
         });
-        if kind == TaskKind::Blocking {
-            site.queued.fetch_add(1, Relaxed);
-        }
-        let task = TaskSpan {
-            site,
-            task_id: fields.id,
-            kind,
-            created: Instant::now(),
-            started: AtomicBool::new(false),
-            block_on: block_on::created(&fields.kind),
+        let Some(task) = task else {
+            return ignored(id);
         };
         poll_context::remember_class(id.into_u64(), task.class());
         if let Some(span) = ctx.span(id) {
@@ -199,63 +203,31 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        self.engine.say_startup_notes();
-        // Remembered spans need no registry lookup: a task's poll starts from the cache.
-        let meta = match poll_context::class_of(id.into_u64()) {
-            Some(SpanClass::Task { site, task_id }) => {
-                return self.poll_begins(id.into_u64(), site, task_id);
-            }
-            // (Internal and AsyncOp spans are never culprits.)
-            Some(
-                SpanClass::Internal
-                | SpanClass::AsyncOp
-                | SpanClass::OpPoll { .. }
-                | SpanClass::IgnoredTask
-                | SpanClass::Resource,
-            ) => return,
-            Some(SpanClass::User(meta)) => meta,
-            Some(SpanClass::OtherTask) | None => {
-                if !poll_context::thread_is_measured() {
-                    return;
-                }
-                let epoch = poll_context::epoch(id.into_u64());
-                let Some(span) = ctx.span(id) else { return };
-                let meta = span.metadata();
-                match meta.name() {
-                    "runtime.spawn" => return self.enter_task(id, epoch, &span),
-                    // Locks and channels made elsewhere are entered on every worker.
-                    "runtime.resource" => {
-                        return poll_context::remember_looked_up(
-                            id.into_u64(),
-                            epoch,
-                            SpanClass::Resource,
-                        )
-                    }
-                    _ => {}
-                }
-                match classify(meta) {
-                    SpanClass::User(meta) => meta,
-                    _ => return,
-                }
-            }
-        };
-        if poll_context::polling() {
-            poll_context::enter_span(id.into_u64(), meta);
+        match poll_context::class_of(id.into_u64()) {
+            // The per-poll path: a task remembered on this thread, on a thread already set up.
+            Some(SpanClass::Task { site, task_id })
+                if poll_context::begin_poll(id.into_u64(), site, PollKind::Async { task_id }) => {}
+            // tokio's own spans, entered many times per lock or channel operation.
+            Some(class) if class.enter_exit_ignored() => {}
+            _ => self.enter_other(id, ctx),
         }
     }
 
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        if let Some(
-            SpanClass::Internal
-            | SpanClass::AsyncOp
-            | SpanClass::OpPoll { .. }
-            | SpanClass::IgnoredTask
-            | SpanClass::Resource,
-        ) = poll_context::class_of(id.into_u64())
-        {
-            return;
+        // The per-poll path: a task span's exit ends the innermost poll, with no class lookup.
+        if let Some(ended) = poll_context::end_poll(id.into_u64()) {
+            if let (PollKind::Async { .. }, true, None) = (
+                ended.poll.kind,
+                ended.elapsed < clock::FAST_POLL_NS,
+                crate::sync::guard_taken_in_poll_still_held(id.into_u64()),
+            ) {
+                return self
+                    .engine
+                    .count_fast_polls(ended.poll.site, ended.shard, 1);
+            }
+            return self.poll_ended(id, ended);
         }
-        self.exit(id);
+        self.exit_other(id);
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
@@ -313,6 +285,63 @@ where
 }
 
 impl StallscopeLayer {
+    /// Any enter but a later poll of a remembered task on a set-up thread: a task's first poll
+    /// on this thread, blocking jobs, `block_on`s, user spans, tokio's internal spans.
+    #[inline(never)]
+    fn enter_other<S>(&self, id: &Id, ctx: Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        self.engine.say_startup_notes();
+        // Remembered spans need no registry lookup: a task's poll starts from the cache.
+        let meta = match poll_context::class_of(id.into_u64()) {
+            Some(SpanClass::Task { site, task_id }) => {
+                return self.poll_begins(id.into_u64(), site, task_id);
+            }
+            Some(SpanClass::User(meta)) => meta,
+            Some(SpanClass::OtherTask) | None => {
+                if !poll_context::thread_is_measured() {
+                    return;
+                }
+                let epoch = poll_context::epoch(id.into_u64());
+                let Some(span) = ctx.span(id) else { return };
+                let meta = span.metadata();
+                match meta.name() {
+                    "runtime.spawn" => return self.enter_task(id, epoch, &span),
+                    // Locks and channels made elsewhere are entered on every worker.
+                    "runtime.resource" => {
+                        return poll_context::remember_looked_up(
+                            id.into_u64(),
+                            epoch,
+                            SpanClass::Resource,
+                        )
+                    }
+                    _ => {}
+                }
+                match classify(meta) {
+                    SpanClass::User(meta) => meta,
+                    _ => return,
+                }
+            }
+            // Ignored classes (see `enter_exit_ignored`).
+            Some(_) => return,
+        };
+        if poll_context::polling() {
+            poll_context::enter_span(id.into_u64(), meta);
+        }
+    }
+
+    /// Any exit but a poll's end: user spans (culprit candidates) and the rest, ignored.
+    #[inline(never)]
+    fn exit_other(&self, id: &Id) {
+        if poll_context::class_of(id.into_u64()).is_some_and(SpanClass::enter_exit_ignored) {
+            return;
+        }
+        if let Some(inclusive) = poll_context::exit_span(id.into_u64()) {
+            self.culprit_exited(id, inclusive);
+        }
+    }
+
     /// First or later enter of a `runtime.spawn` span: a poll begins (or a blocking job starts).
     /// `epoch`: the task epoch of the span's bucket before the lookup that found `span`.
     fn enter_task<S>(
@@ -343,7 +372,7 @@ impl StallscopeLayer {
                     task.site.queued.fetch_sub(1, Relaxed);
                     task.site.running.fetch_add(1, Relaxed);
                     self.engine
-                        .record_queue_wait(task.site, task.created.elapsed(), |stall| {
+                        .record_queue_wait(task.site, queue_wait(task.queued_at), |stall| {
                             stall.task_id = Some(task.task_id);
                             // The job's span is a child of the span that called spawn_blocking.
                             let caller = span
@@ -364,8 +393,8 @@ impl StallscopeLayer {
     /// An async task's span closed: the enter just before, which dropped its future, was
     /// counted as a poll and is taken back.
     fn task_span_closed(&self, span: u64, site: &'static Site) {
-        if poll_context::drop_enter_counted(span) {
-            self.engine.uncount_fast_poll(site, this_threads_shard());
+        if let Some(shard) = poll_context::drop_enter_counted(span) {
+            self.engine.uncount_fast_poll(site, shard);
         }
     }
 
@@ -380,14 +409,10 @@ impl StallscopeLayer {
         }
     }
 
-    /// A span exit: ends the poll if the span was a task's, else closes a user span.
-    fn exit(&self, id: &Id) {
-        let Some(ended) = poll_context::end_poll(id.into_u64()) else {
-            if let Some(inclusive) = poll_context::exit_span(id.into_u64()) {
-                self.culprit_exited(id, inclusive);
-            }
-            return;
-        };
+    /// A task span's exit ended a poll on this thread that was not a fast async poll with no
+    /// lock held: record it.
+    #[inline(never)]
+    fn poll_ended(&self, id: &Id, ended: poll_context::EndedPoll) {
         let (poll, elapsed) = (ended.poll, ended.elapsed);
         if let (PollKind::Async { .. }, Some(lock)) = (
             poll.kind,
@@ -397,15 +422,14 @@ impl StallscopeLayer {
         }
         match poll.kind {
             PollKind::Async { .. } if elapsed < clock::FAST_POLL_NS => {
-                self.engine
-                    .count_fast_polls(poll.site, this_threads_shard(), 1);
+                self.engine.count_fast_polls(poll.site, ended.shard, 1);
             }
             PollKind::Async { task_id } => {
                 let culprit = poll_context::take_culprit(&ended)
                     .filter(|c| covered(c.inclusive, Duration::from_nanos(elapsed)));
                 self.engine.record_timed_poll(
                     poll.site,
-                    this_threads_shard(),
+                    ended.shard,
                     poll.start,
                     elapsed,
                     || task_id,
@@ -444,10 +468,11 @@ impl StallscopeLayer {
         #[cfg(tokio_unstable)]
         {
             crate::hooks::watchdog::start();
-            if let Some(slot) = crate::hooks::slots::claim_for_this_thread(&self.engine) {
-                poll_context::set_slot(slot);
-            }
+            let slot = crate::hooks::slots::claim_for_this_thread(&self.engine);
+            poll_context::set_thread(this_threads_shard(), slot);
         }
+        #[cfg(not(tokio_unstable))]
+        poll_context::set_thread(this_threads_shard());
     }
 }
 
@@ -503,6 +528,11 @@ fn classify(meta: &'static tracing::Metadata<'static>) -> poll_context::SpanClas
     } else {
         poll_context::SpanClass::User(meta)
     }
+}
+
+/// How long a blocking job queued (from when `spawn_blocking` queued it).
+fn queue_wait(queued_at: Option<Instant>) -> Duration {
+    queued_at.map_or(Duration::ZERO, |at| at.elapsed())
 }
 
 fn covered(span_time: Duration, poll: Duration) -> bool {

@@ -3,7 +3,7 @@
 //!
 //! Fixed-size arrays in a thread-local: no allocation and no lock on the per-poll path.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::sync::atomic::{
     AtomicU32,
     Ordering::{Acquire, Release},
@@ -58,38 +58,45 @@ pub(crate) struct EndedPoll {
     pub(crate) elapsed: u64,
     /// Where the poll was on this thread's stack, for [`take_culprit`].
     depth: usize,
+    /// This thread's histogram shard.
+    pub(crate) shard: usize,
 }
 
+/// This thread's polls in progress. Cells, not a `RefCell`: every access is a few plain loads
+/// and stores with no borrow flag, and nothing here can be reentered mid-update.
 struct ThreadPolls {
-    polls: [Option<ActivePoll>; MAX_NESTED_POLLS],
+    polls: [Cell<Option<ActivePoll>>; MAX_NESTED_POLLS],
     /// Per poll in progress: the innermost user span that covered most of it, and its depth.
-    culprits: [Option<(Culprit, usize)>; MAX_NESTED_POLLS],
-    polls_len: usize,
-    /// Whether this thread's runtime was handed to the runtime sampler.
-    runtime_watched: bool,
-    spans: [Option<UserSpan>; MAX_SPAN_DEPTH],
-    spans_len: usize,
+    culprits: [Cell<Option<(Culprit, usize)>>; MAX_NESTED_POLLS],
+    polls_len: Cell<usize>,
+    /// Whether this thread was registered ([`set_thread`]) by its first async poll.
+    thread_set: Cell<bool>,
+    spans: [Cell<Option<UserSpan>>; MAX_SPAN_DEPTH],
+    spans_len: Cell<usize>,
     /// The task span whose poll ended last on this thread, if that poll was fast (counted, not
     /// timed); else 0. See [`drop_enter_counted`].
-    last_fast_poll: u64,
+    last_fast_poll: Cell<u64>,
+    /// This thread's histogram shard, set with the first poll (see [`set_thread`]).
+    shard: Cell<usize>,
     /// This thread's worker slot, where the watchdog sees the outermost poll in progress.
     #[cfg(tokio_unstable)]
-    slot: Option<&'static crate::hooks::slots::WorkerSlot>,
+    slot: Cell<Option<&'static crate::hooks::slots::WorkerSlot>>,
 }
 
 thread_local! {
-    static POLLS: RefCell<ThreadPolls> = const {
-        RefCell::new(ThreadPolls {
-            polls: [None; MAX_NESTED_POLLS],
-            culprits: [None; MAX_NESTED_POLLS],
-            polls_len: 0,
-            runtime_watched: false,
-            spans: [None; MAX_SPAN_DEPTH],
-            spans_len: 0,
-            last_fast_poll: 0,
+    static POLLS: ThreadPolls = const {
+        ThreadPolls {
+            polls: [const { Cell::new(None) }; MAX_NESTED_POLLS],
+            culprits: [const { Cell::new(None) }; MAX_NESTED_POLLS],
+            polls_len: Cell::new(0),
+            thread_set: Cell::new(false),
+            spans: [const { Cell::new(None) }; MAX_SPAN_DEPTH],
+            spans_len: Cell::new(0),
+            last_fast_poll: Cell::new(0),
+            shard: Cell::new(0),
             #[cfg(tokio_unstable)]
-            slot: None,
-        })
+            slot: Cell::new(None),
+        }
     };
     /// 0 = not yet known, 1 = measured, 2 = ignored (a runtime of a library that exports for
     /// us or for the console: its tasks are not the application's).
@@ -123,6 +130,20 @@ pub(crate) enum SpanClass {
 }
 
 impl SpanClass {
+    /// Spans whose enters and exits the layer ignores: tokio's own (never culprits, nothing to
+    /// record) and tasks it does not measure.
+    #[inline]
+    pub(crate) fn enter_exit_ignored(self) -> bool {
+        matches!(
+            self,
+            SpanClass::Internal
+                | SpanClass::AsyncOp
+                | SpanClass::OpPoll { .. }
+                | SpanClass::IgnoredTask
+                | SpanClass::Resource
+        )
+    }
+
     /// Task and resource spans can be remembered on threads other than their own:
     /// epoch-checked, and their close bumps the epoch ([`shared_span_closed`]).
     #[inline]
@@ -254,82 +275,88 @@ pub(crate) fn thread_is_measured() -> bool {
     })
 }
 
-/// Gives this thread's polls a worker slot, so the watchdog sees them while they run.
-#[cfg(tokio_unstable)]
-pub(crate) fn set_slot(slot: &'static crate::hooks::slots::WorkerSlot) {
-    POLLS.with(|p| {
-        if let Ok(mut p) = p.try_borrow_mut() {
-            p.slot = Some(slot);
-        }
+/// Registers this thread's first poll: its histogram shard, and (with `tokio_unstable`) its
+/// worker slot, where the watchdog sees its polls while they run.
+pub(crate) fn set_thread(
+    shard: usize,
+    #[cfg(tokio_unstable)] slot: Option<&'static crate::hooks::slots::WorkerSlot>,
+) {
+    let _ = POLLS.try_with(|p| {
+        p.thread_set.set(true);
+        p.shard.set(shard);
+        #[cfg(tokio_unstable)]
+        p.slot.set(slot);
     });
 }
 
-/// Begins a poll of `span` on this thread, except the first async poll on a thread: that one
-/// returns false without beginning, so the caller registers the thread (its runtime, its
-/// worker slot) first and calls again.
-#[inline]
+/// Begins a poll of `span` on this thread, except an async poll on a thread not yet registered:
+/// that returns false without beginning, so the caller registers the thread (its runtime, its
+/// shard, its worker slot; [`set_thread`]) first and calls again.
+#[inline(always)]
 pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) -> bool {
-    POLLS.with(|p| {
-        let Ok(mut p) = p.try_borrow_mut() else {
-            return true;
-        };
-        if matches!(kind, PollKind::Async { .. }) && !p.runtime_watched {
-            p.runtime_watched = true;
-            return false;
-        }
-        if p.polls_len == MAX_NESTED_POLLS {
-            return true;
-        }
-        let i = p.polls_len;
-        let start = clock::now_ns();
-        #[cfg(tokio_unstable)]
-        if let (0, Some(slot), PollKind::Async { .. }) = (i, p.slot, kind) {
-            slot.site.store(
-                site as *const Site as *mut Site,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            slot.start_ns
-                .store(start, std::sync::atomic::Ordering::Relaxed);
-        }
-        p.polls[i] = Some(ActivePoll {
-            span,
-            site,
-            kind,
-            start,
-            span_base: p.spans_len,
-        });
-        p.culprits[i] = None;
-        p.polls_len += 1;
-        true
-    })
+    POLLS
+        .try_with(|p| {
+            if matches!(kind, PollKind::Async { .. }) && !p.thread_set.get() {
+                return false;
+            }
+            let i = p.polls_len.get();
+            if i >= MAX_NESTED_POLLS {
+                return true;
+            }
+            let start = clock::now_ns();
+            #[cfg(tokio_unstable)]
+            if let (0, Some(slot), PollKind::Async { .. }) = (i, p.slot.get(), kind) {
+                slot.site.store(
+                    site as *const Site as *mut Site,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                slot.start_ns
+                    .store(start, std::sync::atomic::Ordering::Relaxed);
+            }
+            p.polls[i].set(Some(ActivePoll {
+                span,
+                site,
+                kind,
+                start,
+                span_base: p.spans_len.get(),
+            }));
+            p.culprits[i].set(None);
+            p.polls_len.set(i + 1);
+            true
+        })
+        .unwrap_or(true)
 }
 
 /// Ends the poll of `span` if it is the innermost one in progress on this thread.
-#[inline]
+#[inline(always)]
 pub(crate) fn end_poll(span: u64) -> Option<EndedPoll> {
-    POLLS.with(|p| {
-        let mut p = p.try_borrow_mut().ok()?;
-        let i = p.polls_len.checked_sub(1)?;
-        let poll = p.polls[i].filter(|poll| poll.span == span)?;
-        let elapsed = clock::now_ns().saturating_sub(poll.start);
-        #[cfg(tokio_unstable)]
-        if let (0, Some(slot), PollKind::Async { .. }) = (i, p.slot, poll.kind) {
-            slot.start_ns.store(0, std::sync::atomic::Ordering::Relaxed);
-        }
-        p.polls[i] = None;
-        p.polls_len = i;
-        p.last_fast_poll = match poll.kind {
-            PollKind::Async { .. } if elapsed < clock::FAST_POLL_NS => span,
-            _ => 0,
-        };
-        // Spans still open belonged to this poll; forget them.
-        p.spans_len = p.spans_len.min(poll.span_base);
-        Some(EndedPoll {
-            poll,
-            elapsed,
-            depth: i,
+    POLLS
+        .try_with(|p| {
+            let i = p.polls_len.get().checked_sub(1)?;
+            let poll = p.polls[i].get().filter(|poll| poll.span == span)?;
+            let elapsed = clock::now_ns().saturating_sub(poll.start);
+            #[cfg(tokio_unstable)]
+            if let (0, Some(slot), PollKind::Async { .. }) = (i, p.slot.get(), poll.kind) {
+                slot.start_ns.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+            p.polls_len.set(i);
+            p.last_fast_poll.set(match poll.kind {
+                PollKind::Async { .. } if elapsed < clock::FAST_POLL_NS => span,
+                _ => 0,
+            });
+            // Spans still open belonged to this poll; forget them.
+            if p.spans_len.get() > poll.span_base {
+                p.spans_len.set(poll.span_base);
+            }
+            Some(EndedPoll {
+                poll,
+                elapsed,
+                depth: i,
+                shard: p.shard.get(),
+            })
         })
-    })
+        .ok()
+        .flatten()
 }
 
 /// Whether the last thing this thread counted was a fast poll of task span `span`, now
@@ -337,128 +364,121 @@ pub(crate) fn end_poll(span: u64) -> Option<EndedPoll> {
 /// the finished (or aborted) future, and tokio drops it inside the task's last poll, so the
 /// enter that precedes the span's close is the drop's. Production mode's hooks see the drop
 /// inside that last poll. (A drop of 1 ms or longer stays counted, timed: it held the worker.)
-pub(crate) fn drop_enter_counted(span: u64) -> bool {
-    POLLS.with(|p| {
-        let Ok(mut p) = p.try_borrow_mut() else {
-            return false;
-        };
-        let counted = p.last_fast_poll == span;
-        p.last_fast_poll = 0;
-        counted
-    })
+/// Returns this thread's shard, where that poll was counted.
+pub(crate) fn drop_enter_counted(span: u64) -> Option<usize> {
+    POLLS
+        .try_with(|p| {
+            let counted = p.last_fast_poll.replace(0) == span;
+            counted.then(|| p.shard.get())
+        })
+        .ok()
+        .flatten()
 }
 
 /// The culprit candidate of a poll that just ended (for slow polls only).
 pub(crate) fn take_culprit(ended: &EndedPoll) -> Option<Culprit> {
-    POLLS.with(|p| {
-        let mut p = p.try_borrow_mut().ok()?;
-        p.culprits[ended.depth].take().map(|(c, _)| c)
-    })
+    POLLS
+        .try_with(|p| p.culprits[ended.depth].take().map(|(c, _)| c))
+        .ok()
+        .flatten()
 }
 
 /// A user span was entered; tracked only while a poll is in progress.
 pub(crate) fn enter_span(span: u64, meta: &'static Metadata<'static>) {
-    POLLS.with(|p| {
-        let Ok(mut p) = p.try_borrow_mut() else {
-            return;
-        };
-        if p.polls_len == 0 || p.spans_len == MAX_SPAN_DEPTH {
+    let _ = POLLS.try_with(|p| {
+        let i = p.spans_len.get();
+        if p.polls_len.get() == 0 || i == MAX_SPAN_DEPTH {
             return;
         }
-        let i = p.spans_len;
-        p.spans[i] = Some(UserSpan {
+        p.spans[i].set(Some(UserSpan {
             span,
             meta,
             entered: clock::now_ns(),
-        });
-        p.spans_len += 1;
+        }));
+        p.spans_len.set(i + 1);
     });
+}
+
+/// The poll in progress on this thread, if it is an async task's.
+fn current_async_poll() -> Option<ActivePoll> {
+    POLLS
+        .try_with(|p| {
+            let poll = p.polls[p.polls_len.get().checked_sub(1)?].get()?;
+            matches!(poll.kind, PollKind::Async { .. }).then_some(poll)
+        })
+        .ok()
+        .flatten()
 }
 
 /// The span id of the async task poll in progress on this thread, if any.
 pub(crate) fn current_poll_span() -> Option<u64> {
-    POLLS
-        .try_with(|p| {
-            let p = p.try_borrow().ok()?;
-            let poll = p.polls[p.polls_len.checked_sub(1)?]?;
-            matches!(poll.kind, PollKind::Async { .. }).then_some(poll.span)
-        })
-        .ok()
-        .flatten()
+    current_async_poll().map(|poll| poll.span)
 }
 
 /// The site of the async task whose poll is in progress on this thread, if any.
 pub(crate) fn current_task_site() -> Option<&'static Site> {
-    POLLS
-        .try_with(|p| {
-            let p = p.try_borrow().ok()?;
-            let poll = p.polls[p.polls_len.checked_sub(1)?]?;
-            matches!(poll.kind, PollKind::Async { .. }).then_some(poll.site)
-        })
-        .ok()
-        .flatten()
+    current_async_poll().map(|poll| poll.site)
 }
 
 /// Whether any poll is in progress on this thread (cheap pre-check before span lookups).
 #[inline]
 pub(crate) fn polling() -> bool {
-    POLLS.with(|p| p.try_borrow().map(|p| p.polls_len > 0).unwrap_or(false))
+    POLLS.try_with(|p| p.polls_len.get() > 0).unwrap_or(false)
 }
 
 /// A user span was exited: credit its time to the current poll's culprit candidate. Returns
 /// the time spent inside it when it became the candidate.
 pub(crate) fn exit_span(span: u64) -> Option<Duration> {
-    POLLS.with(|p| {
-        let mut p = p.try_borrow_mut().ok()?;
-        let i = p.spans_len.checked_sub(1)?;
-        let user = p.spans[i].filter(|s| s.span == span)?;
-        p.spans[i] = None;
-        p.spans_len = i;
-        let pi = p.polls_len.checked_sub(1)?;
-        let span_base = p.polls[pi].as_ref()?.span_base;
-        if i < span_base {
-            return None;
-        }
-        let depth = i - span_base;
-        let inclusive = Duration::from_nanos(clock::now_ns().saturating_sub(user.entered));
-        let candidate = Culprit {
-            span,
-            meta: user.meta,
-            inclusive,
-            trace_parent: None,
-        };
-        // Inner spans exit first. Keep the innermost span that covered most of the time: a
-        // shallower span replaces it only if it covered clearly more, a sibling if it covered more.
-        let culprit = &mut p.culprits[pi];
-        let replace = match culprit {
-            None => true,
-            Some((best, best_depth)) => {
-                let (new, old) = (inclusive.as_secs_f64(), best.inclusive.as_secs_f64());
-                match depth.cmp(best_depth) {
-                    std::cmp::Ordering::Less => new * INNER_SHARE > old,
-                    std::cmp::Ordering::Equal => new > old,
-                    std::cmp::Ordering::Greater => new >= old * INNER_SHARE,
-                }
+    POLLS
+        .try_with(|p| {
+            let i = p.spans_len.get().checked_sub(1)?;
+            let user = p.spans[i].get().filter(|s| s.span == span)?;
+            p.spans_len.set(i);
+            let pi = p.polls_len.get().checked_sub(1)?;
+            let span_base = p.polls[pi].get()?.span_base;
+            if i < span_base {
+                return None;
             }
-        };
-        replace.then(|| {
-            *culprit = Some((candidate, depth));
-            inclusive
+            let depth = i - span_base;
+            let inclusive = Duration::from_nanos(clock::now_ns().saturating_sub(user.entered));
+            let candidate = Culprit {
+                span,
+                meta: user.meta,
+                inclusive,
+                trace_parent: None,
+            };
+            // Inner spans exit first. Keep the innermost span that covered most of the time: a
+            // shallower span replaces it only if it covered clearly more, a sibling if it
+            // covered more.
+            let replace = match p.culprits[pi].get() {
+                None => true,
+                Some((best, best_depth)) => {
+                    let (new, old) = (inclusive.as_secs_f64(), best.inclusive.as_secs_f64());
+                    match depth.cmp(&best_depth) {
+                        std::cmp::Ordering::Less => new * INNER_SHARE > old,
+                        std::cmp::Ordering::Equal => new > old,
+                        std::cmp::Ordering::Greater => new >= old * INNER_SHARE,
+                    }
+                }
+            };
+            replace.then(|| {
+                p.culprits[pi].set(Some((candidate, depth)));
+                inclusive
+            })
         })
-    })
+        .ok()
+        .flatten()
 }
 
 /// Sets the OpenTelemetry span of the current poll's culprit, if `span` still is the culprit.
 pub(crate) fn set_culprit_trace_parent(span: u64, parent: Option<TraceParent>) {
-    POLLS.with(|p| {
-        let Ok(mut p) = p.try_borrow_mut() else {
+    let _ = POLLS.try_with(|p| {
+        let Some(pi) = p.polls_len.get().checked_sub(1) else {
             return;
         };
-        let Some(pi) = p.polls_len.checked_sub(1) else {
-            return;
-        };
-        if let Some((culprit, _)) = p.culprits[pi].as_mut().filter(|(c, _)| c.span == span) {
+        if let Some((mut culprit, depth)) = p.culprits[pi].get().filter(|(c, _)| c.span == span) {
             culprit.trace_parent = parent;
+            p.culprits[pi].set(Some((culprit, depth)));
         }
     });
 }
