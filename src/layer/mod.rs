@@ -21,6 +21,7 @@ use tracing_subscriber::Layer;
 
 use crate::clock;
 use crate::engine::histogram::this_threads_shard;
+use crate::engine::locks::LockSite;
 use crate::engine::sites::{Site, SiteKey, TaskKind};
 use crate::engine::{stall, Engine};
 use crate::Guard;
@@ -216,16 +217,15 @@ where
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
         // The per-poll path: a task span's exit ends the innermost poll, with no class lookup.
         if let Some(ended) = poll_context::end_poll(id.into_u64()) {
-            if let (PollKind::Async { .. }, true, None) = (
-                ended.poll.kind,
-                ended.elapsed < clock::FAST_POLL_NS,
-                crate::sync::guard_taken_in_poll_still_held(id.into_u64()),
-            ) {
+            let held = crate::sync::guard_taken_in_poll_still_held(id.into_u64());
+            if let (PollKind::Async { .. }, true, None) =
+                (ended.poll.kind, ended.elapsed < clock::FAST_POLL_NS, held)
+            {
                 return self
                     .engine
                     .count_fast_polls(ended.poll.site, ended.shard, 1);
             }
-            return self.poll_ended(id, ended);
+            return self.poll_ended(ended, held);
         }
         self.exit_other(id);
     }
@@ -285,8 +285,9 @@ where
 }
 
 impl StallscopeLayer {
-    /// Any enter but a later poll of a remembered task on a set-up thread: a task's first poll
-    /// on this thread, blocking jobs, `block_on`s, user spans, tokio's internal spans.
+    /// Any enter but a later poll of a remembered task on a set-up thread or a remembered
+    /// span the layer ignores: a task's first poll on this thread, tasks first seen here,
+    /// blocking jobs, `block_on`s, user spans.
     #[inline(never)]
     fn enter_other<S>(&self, id: &Id, ctx: Context<'_, S>)
     where
@@ -410,14 +411,12 @@ impl StallscopeLayer {
     }
 
     /// A task span's exit ended a poll on this thread that was not a fast async poll with no
-    /// lock held: record it.
+    /// lock held: record it. `held`: the lock whose guard, taken during this poll, is still
+    /// held as it ends.
     #[inline(never)]
-    fn poll_ended(&self, id: &Id, ended: poll_context::EndedPoll) {
+    fn poll_ended(&self, ended: poll_context::EndedPoll, held: Option<&'static LockSite>) {
         let (poll, elapsed) = (ended.poll, ended.elapsed);
-        if let (PollKind::Async { .. }, Some(lock)) = (
-            poll.kind,
-            crate::sync::guard_taken_in_poll_still_held(id.into_u64()),
-        ) {
+        if let (PollKind::Async { .. }, Some(lock)) = (poll.kind, held) {
             self.engine.guard_held_across_await(lock, poll.site);
         }
         match poll.kind {
