@@ -1,6 +1,7 @@
 //! `tokio::sync` locks measured without code changes (full mode): wait and hold times per lock
 //! creation site, read from tokio's own resource and async-op spans.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -206,4 +207,44 @@ fn a_wrapped_tokio_mutex_in_full_mode_is_counted_once() {
         "no lock attributed to stallscope's own files: {:?}",
         snapshot.locks
     );
+}
+
+/// An acquisition first polled (and left waiting) on one thread and polled to the end on
+/// another: the second thread never saw its spans made, and must still find the wait. No
+/// runtime ran before the lock was made, so the clock that times the wait is started by the
+/// lock itself.
+#[test]
+fn an_acquisition_polled_on_two_threads_is_one_contended_wait() {
+    stallscope();
+    let (mutex, line) = (Arc::new(tokio::sync::Mutex::new(0u32)), line!());
+    let held = mutex.clone().try_lock_owned().unwrap();
+    let mut acquire = Box::pin(mutex.clone().lock_owned());
+    let waker = futures_noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(acquire.as_mut().poll(&mut cx).is_pending());
+    std::thread::sleep(ms(30));
+    drop(held);
+    let guard = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(acquire)
+    })
+    .join()
+    .unwrap();
+    drop(guard);
+    let stats = lock_at(LockKind::TokioMutex, line);
+    // (A `try_lock` is no acquisition: tokio makes no async op for it.)
+    assert_eq!(stats.acquisitions, 1, "{stats:?}");
+    assert_eq!(stats.contentions, 1, "{stats:?}");
+    assert!(
+        stats.wait.max >= ms(29) && stats.wait.max < ms(400),
+        "wait {:?}",
+        stats.wait.max
+    );
+    assert_eq!(stats.cancellations, 0, "{stats:?}");
+}
+
+fn futures_noop_waker() -> std::task::Waker {
+    std::task::Waker::noop().clone()
 }

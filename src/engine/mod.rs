@@ -324,14 +324,13 @@ impl Engine {
         }
     }
 
-    /// The site of a wrapped lock created at `location`; starts the clock it is timed with.
+    /// The site of a wrapped lock created at `location`.
     pub(crate) fn lock_site(
         &self,
         kind: LockKind,
         location: &'static std::panic::Location<'static>,
         name: Option<&'static str>,
     ) -> &'static LockSite {
-        crate::clock::start_upkeep();
         self.lock_site_at(
             kind,
             location.file(),
@@ -341,7 +340,8 @@ impl Engine {
         )
     }
 
-    /// The site of a lock created at `file:line:column` (a tokio lock's resource span).
+    /// The site of a lock created at `file:line:column` (a tokio lock's resource span); starts
+    /// the clock it is timed with (a lock can be used before any runtime polls a task).
     pub(crate) fn lock_site_at(
         &self,
         kind: LockKind,
@@ -350,6 +350,7 @@ impl Engine {
         column: u32,
         name: Option<&'static str>,
     ) -> &'static LockSite {
+        crate::clock::start_upkeep();
         self.locks
             .intern(kind, file, line, column, name, &|_site: &mut LockSite| {
                 #[cfg(feature = "_otlp")]

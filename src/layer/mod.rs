@@ -6,6 +6,7 @@ mod block_on;
 mod fields;
 mod poll_context;
 mod resources;
+mod scopes;
 
 pub(crate) use resources::{wrapper_creating, WrapperCreating};
 
@@ -27,6 +28,7 @@ use crate::engine::{stall, Engine};
 use crate::Guard;
 use fields::TaskFields;
 use poll_context::{PollKind, SpanClass};
+use scopes::Scope;
 
 /// A culprit span must have covered at least this share of the slow poll to be named.
 const CULPRIT_MIN_SHARE: f64 = 0.5;
@@ -125,16 +127,14 @@ where
         match name {
             "runtime.spawn" => {}
             "runtime.resource" => {
-                if let Some(span) = ctx.span(id) {
-                    resources::new_resource(&self.engine, attrs, span);
-                }
-                poll_context::remember_class(id.into_u64(), SpanClass::Resource);
+                let lock = ctx
+                    .span(id)
+                    .and_then(|span| resources::new_resource(&self.engine, attrs, span));
+                poll_context::remember_class(id.into_u64(), SpanClass::Resource { lock });
                 return;
             }
             "runtime.resource.async_op" => {
-                let tracked = ctx
-                    .span(id)
-                    .is_some_and(|span| resources::new_async_op(attrs, span));
+                let tracked = resources::new_async_op(attrs, id, &ctx);
                 let class = if tracked {
                     poll_context::SpanClass::AsyncOp
                 } else {
@@ -208,8 +208,13 @@ where
             // The per-poll path: a task remembered on this thread, on a thread already set up.
             Some(SpanClass::Task { site, task_id })
                 if poll_context::begin_poll(id.into_u64(), site, PollKind::Async { task_id }) => {}
-            // tokio's own spans, entered many times per lock or channel operation.
-            Some(class) if class.enter_exit_ignored() => {}
+            // tokio's own spans, entered many times per lock or channel operation; those whose
+            // events are read are kept while entered.
+            Some(class) if class.enter_exit_ignored() => {
+                if let Some(scope) = class.scope() {
+                    scopes::enter(id.into_u64(), scope);
+                }
+            }
             _ => self.enter_other(id, ctx),
         }
     }
@@ -247,7 +252,7 @@ where
                 self.task_span_closed(id.into_u64(), site);
                 return poll_context::shared_span_closed(id.into_u64());
             }
-            Some(SpanClass::IgnoredTask | SpanClass::Resource) => {
+            Some(SpanClass::IgnoredTask | SpanClass::Resource { .. }) => {
                 return poll_context::shared_span_closed(id.into_u64());
             }
             Some(SpanClass::OtherTask) => poll_context::shared_span_closed(id.into_u64()),
@@ -301,22 +306,28 @@ impl StallscopeLayer {
             }
             Some(SpanClass::User(meta)) => meta,
             Some(SpanClass::OtherTask) | None => {
-                if !poll_context::thread_is_measured() {
-                    return;
-                }
                 let epoch = poll_context::epoch(id.into_u64());
                 let Some(span) = ctx.span(id) else { return };
                 let meta = span.metadata();
                 match meta.name() {
-                    "runtime.spawn" => return self.enter_task(id, epoch, &span),
-                    // Locks and channels made elsewhere are entered on every worker.
-                    "runtime.resource" => {
-                        return poll_context::remember_looked_up(
-                            id.into_u64(),
-                            epoch,
-                            SpanClass::Resource,
-                        )
+                    "runtime.spawn" if poll_context::thread_is_measured() => {
+                        return self.enter_task(id, epoch, &span)
                     }
+                    // Locks and channels made elsewhere are entered on every worker. Scopes
+                    // are kept on every thread: an event must never be taken for an outer one's.
+                    "runtime.resource" => {
+                        let lock = resources::tracked_lock(&span);
+                        let class = SpanClass::Resource { lock };
+                        poll_context::remember_looked_up(id.into_u64(), epoch, class);
+                        return scopes::enter(id.into_u64(), Scope::Resource(lock));
+                    }
+                    // An acquisition polled on another thread than the one that began it
+                    // (rare: its task moved between the two).
+                    "runtime.resource.async_op.poll" => {
+                        let op = resources::tracked_op_of_poll(&span);
+                        return scopes::enter(id.into_u64(), Scope::OpPoll(op));
+                    }
+                    _ if !poll_context::thread_is_measured() => return,
                     _ => {}
                 }
                 match classify(meta) {
@@ -335,8 +346,16 @@ impl StallscopeLayer {
     /// Any exit but a poll's end: user spans (culprit candidates) and the rest, ignored.
     #[inline(never)]
     fn exit_other(&self, id: &Id) {
-        if poll_context::class_of(id.into_u64()).is_some_and(SpanClass::enter_exit_ignored) {
+        if scopes::exit_innermost(id.into_u64()) {
             return;
+        }
+        if let Some(class) = poll_context::class_of(id.into_u64()) {
+            if class.scope().is_some() {
+                scopes::exit_not_innermost(id.into_u64());
+            }
+            if class.enter_exit_ignored() {
+                return;
+            }
         }
         if let Some(inclusive) = poll_context::exit_span(id.into_u64()) {
             self.culprit_exited(id, inclusive);
@@ -485,9 +504,9 @@ pub(crate) fn current_task_site() -> Option<&'static Site> {
     poll_context::current_task_site()
 }
 
-/// An async op's poll span: [`SpanClass::OpPoll`] if its parent is a tracked acquisition, so
-/// its `poll_op` events find the acquisition without registry lookups (and the untracked
-/// ones, such as the semaphore inside every tokio lock, are dropped at once).
+/// An async op's poll span, with its parent if that is a tracked acquisition, so its `poll_op`
+/// events find the acquisition without asking for the current span (and the untracked ones,
+/// such as the semaphore's inside every tokio lock, are dropped at once).
 fn op_poll_class<S>(
     attrs: &Attributes<'_>,
     previous_op: Option<u64>,
@@ -503,19 +522,14 @@ where
         }
         None => None,
     };
-    let Some(parent) = parent else {
-        return SpanClass::Internal;
-    };
-    let tracked = match poll_context::class_of(parent) {
+    let tracked = parent.is_some_and(|parent| match poll_context::class_of(parent) {
         Some(class) => matches!(class, SpanClass::AsyncOp),
         None => ctx
             .span(&Id::from_u64(parent))
             .is_some_and(|op| resources::is_tracked_async_op(&op)),
-    };
-    if tracked {
-        SpanClass::OpPoll { op: parent }
-    } else {
-        SpanClass::Internal
+    });
+    SpanClass::OpPoll {
+        op: parent.filter(|_| tracked),
     }
 }
 

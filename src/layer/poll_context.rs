@@ -14,9 +14,12 @@ use crate::clock;
 
 use tracing::Metadata;
 
+use crate::engine::locks::LockSite;
 use crate::engine::sites::Site;
 use crate::engine::stall::TraceParent;
 use crate::report::Culprit;
+
+use super::scopes::Scope;
 
 /// Nested polls on one thread happen with `block_in_place` + `block_on`; deeper is ignored.
 const MAX_NESTED_POLLS: usize = 4;
@@ -113,9 +116,9 @@ pub(crate) enum SpanClass {
     Internal,
     /// An acquisition of a tracked tokio lock: internal, but its close ends a wait.
     AsyncOp,
-    /// The poll span of a tracked acquisition (`op`: its async-op span), where tokio emits
-    /// the acquisition's `poll_op` events.
-    OpPoll { op: u64 },
+    /// An async op's poll span, where tokio emits the op's `poll_op` events (`op`: its
+    /// acquisition's async-op span, if the layer tracks that acquisition).
+    OpPoll { op: Option<u64> },
     /// A user span: a culprit candidate inside a poll.
     User(&'static Metadata<'static>),
     /// An async task's `runtime.spawn` span (not a `block_on`): each enter/exit is a poll.
@@ -125,8 +128,8 @@ pub(crate) enum SpanClass {
     /// A `runtime.spawn` span this layer does not measure (ignored threads, production mode).
     IgnoredTask,
     /// A tokio resource span (lock, channel, timer...): internal, and entered from every
-    /// worker, not only the thread that created it.
-    Resource,
+    /// worker, not only the thread that created it. `lock`: the lock, if the layer tracks it.
+    Resource { lock: Option<&'static LockSite> },
 }
 
 impl SpanClass {
@@ -140,8 +143,18 @@ impl SpanClass {
                 | SpanClass::AsyncOp
                 | SpanClass::OpPoll { .. }
                 | SpanClass::IgnoredTask
-                | SpanClass::Resource
+                | SpanClass::Resource { .. }
         )
+    }
+
+    /// The spans whose events the layer reads, kept while entered (see [`super::scopes`]).
+    #[inline]
+    pub(crate) fn scope(self) -> Option<Scope> {
+        match self {
+            SpanClass::Resource { lock } => Some(Scope::Resource(lock)),
+            SpanClass::OpPoll { op } => Some(Scope::OpPoll(op)),
+            _ => None,
+        }
     }
 
     /// Task and resource spans can be remembered on threads other than their own:
@@ -153,7 +166,7 @@ impl SpanClass {
             SpanClass::Task { .. }
                 | SpanClass::OtherTask
                 | SpanClass::IgnoredTask
-                | SpanClass::Resource
+                | SpanClass::Resource { .. }
         )
     }
 }

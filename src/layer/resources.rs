@@ -24,7 +24,7 @@ use crate::clock;
 use crate::engine::locks::{LockKind, LockOp, LockSite};
 use crate::engine::Engine;
 
-use super::poll_context::{self, SpanClass};
+use super::scopes::{self, Scope};
 
 /// Kept on a lock's `runtime.resource` span.
 struct ResourceLock {
@@ -108,13 +108,18 @@ impl Drop for WrapperCreating {
     }
 }
 
-/// A `runtime.resource` span was created: a lock site if it is a tokio lock (not a wrapper's).
-pub(crate) fn new_resource<S>(engine: &Engine, attrs: &Attributes<'_>, span: SpanRef<'_, S>)
+/// A `runtime.resource` span was created: a lock site if it is a tokio lock (not a wrapper's),
+/// returned if so.
+pub(crate) fn new_resource<S>(
+    engine: &Engine,
+    attrs: &Attributes<'_>,
+    span: SpanRef<'_, S>,
+) -> Option<&'static LockSite>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     if WRAPPER_CREATING.try_with(Cell::get).unwrap_or(false) {
-        return;
+        return None;
     }
     let mut f = ResourceFields::default();
     attrs.record(&mut f);
@@ -122,17 +127,36 @@ where
         "Mutex" => LockKind::TokioMutex,
         "RwLock" => LockKind::TokioRwLock,
         "Semaphore" => LockKind::TokioSemaphore,
-        _ => return,
+        _ => return None,
     };
     // The semaphore inside every Mutex/RwLock is an internal resource: not a lock of its own.
     if f.is_internal || f.file.is_empty() {
-        return;
+        return None;
     }
     let site = engine.lock_site_at(kind, &f.file, f.line, f.column, None);
     span.extensions_mut().insert(ResourceLock {
         site,
         holds: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(MAX_OPEN_HOLDS)),
     });
+    Some(site)
+}
+
+/// The lock of a `runtime.resource` span, if the layer tracks it.
+pub(crate) fn tracked_lock<S>(span: &SpanRef<'_, S>) -> Option<&'static LockSite>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    span.extensions().get::<ResourceLock>().map(|r| r.site)
+}
+
+/// The acquisition of a `runtime.resource.async_op.poll` span (its parent), if tracked.
+pub(crate) fn tracked_op_of_poll<S>(span: &SpanRef<'_, S>) -> Option<u64>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    span.parent()
+        .filter(is_tracked_async_op)
+        .map(|op| op.id().into_u64())
 }
 
 /// The operation of a RwLock's async op, from its `source` (`RwLock::write_owned`, ...).
@@ -149,14 +173,22 @@ impl Visit for OpSource {
 
 /// A `runtime.resource.async_op` span was created in a lock's scope: an acquisition begins.
 /// Returns whether it belongs to a tracked lock.
-pub(crate) fn new_async_op<S>(attrs: &Attributes<'_>, span: SpanRef<'_, S>) -> bool
+pub(crate) fn new_async_op<S>(attrs: &Attributes<'_>, id: &Id, ctx: &Context<'_, S>) -> bool
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let Some(site) = span
-        .parent()
-        .and_then(|p| p.extensions().get::<ResourceLock>().map(|r| r.site))
-    else {
+    // tokio makes it with its resource entered: that is the innermost scope.
+    let site = match scopes::innermost() {
+        Some((_, Scope::Resource(lock))) if attrs.is_contextual() => lock,
+        _ => ctx
+            .span(id)
+            .and_then(|span| span.parent())
+            .and_then(|p| p.extensions().get::<ResourceLock>().map(|r| r.site)),
+    };
+    let Some(site) = site else {
+        return false;
+    };
+    let Some(span) = ctx.span(id) else {
         return false;
     };
     let op = match site.kind {
@@ -289,57 +321,87 @@ pub(crate) fn on_event<S>(kind: EventKind, event: &Event<'_>, ctx: &Context<'_, 
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    if kind == EventKind::PollOp {
-        // Emitted inside the op's `runtime.resource.async_op.poll` span: remembered (on the
-        // thread that made it) with its op, or as untracked.
-        let current = ctx.current_span();
-        let Some(poll_span) = current.id() else {
-            return;
-        };
-        let op_span = match poll_context::class_of(poll_span.into_u64()) {
-            Some(SpanClass::OpPoll { op }) => ctx.span(&Id::from_u64(op)),
-            Some(_) => return,
-            None => ctx.span(poll_span).and_then(|poll| poll.parent()),
-        };
-        let Some(op_span) = op_span else {
-            return;
-        };
-        let mut f = StateFields::default();
-        event.record(&mut f);
-        let Some(ready) = f.is_ready else { return };
-        let extensions = op_span.extensions();
-        if let Some(op) = extensions.get::<AsyncOpWait>() {
-            if ready {
-                op.ready.store(true, Relaxed);
-            } else {
-                op.pending.store(true, Relaxed);
+    // Emitted in the op's poll span (`poll_op`) or the lock's resource span (`state_update`):
+    // the innermost scope, when it is the kind expected.
+    match (kind, scopes::innermost()) {
+        (EventKind::PollOp, Some((_, Scope::OpPoll(op)))) => {
+            if let Some(op) = op.and_then(|op| ctx.span(&Id::from_u64(op))) {
+                poll_outcome(event, &op);
             }
         }
-        return;
+        (EventKind::LockState, Some((resource, Scope::Resource(lock)))) => {
+            if let Some(resource) = lock.and_then(|_| ctx.span(&Id::from_u64(resource))) {
+                lock_state(event, &resource);
+            }
+        }
+        // No scope kept (or an unexpected one): ask the registry.
+        _ => on_event_looked_up(kind, event, ctx),
     }
-    let mut f = StateFields::default();
-    event.record(&mut f);
-    let Some(locked) = f.locked else { return };
+}
+
+#[cold]
+fn on_event_looked_up<S>(kind: EventKind, event: &Event<'_>, ctx: &Context<'_, S>)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
     let Some(current) = ctx.lookup_current() else {
         return;
     };
-    let extensions = current.extensions();
-    if let Some(lock) = extensions.get::<ResourceLock>() {
-        let now = clock::now_ns();
-        let mut holds = lock.holds.lock().unwrap_or_else(|e| e.into_inner());
-        if locked {
-            if holds.len() == MAX_OPEN_HOLDS {
-                holds.pop_front();
+    match kind {
+        EventKind::PollOp => {
+            if let Some(op) = current.parent() {
+                poll_outcome(event, &op);
             }
-            holds.push_back(now);
-        } else if let Some(since) = holds.pop_front() {
-            drop(holds);
-            // Exclusive holds only: a Mutex's `locked`, a RwLock's `write_locked`.
-            let op = match lock.site.kind {
-                LockKind::TokioRwLock => LockOp::Write,
-                _ => LockOp::Lock,
-            };
-            lock.site.record_hold(op, now.saturating_sub(since));
         }
+        EventKind::LockState => lock_state(event, &current),
+        EventKind::Other => {}
+    }
+}
+
+/// A `poll_op` event: whether the poll of acquisition `op` (if tracked) was ready.
+fn poll_outcome<S>(event: &Event<'_>, op: &SpanRef<'_, S>)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let extensions = op.extensions();
+    let Some(op) = extensions.get::<AsyncOpWait>() else {
+        return;
+    };
+    let mut f = StateFields::default();
+    event.record(&mut f);
+    match f.is_ready {
+        Some(true) => op.ready.store(true, Relaxed),
+        Some(false) => op.pending.store(true, Relaxed),
+        None => {}
+    }
+}
+
+/// A `state_update` event of `resource` (if a tracked lock): an exclusive hold begins or ends.
+fn lock_state<S>(event: &Event<'_>, resource: &SpanRef<'_, S>)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let extensions = resource.extensions();
+    let Some(lock) = extensions.get::<ResourceLock>() else {
+        return;
+    };
+    let mut f = StateFields::default();
+    event.record(&mut f);
+    let Some(locked) = f.locked else { return };
+    let now = clock::now_ns();
+    let mut holds = lock.holds.lock().unwrap_or_else(|e| e.into_inner());
+    if locked {
+        if holds.len() == MAX_OPEN_HOLDS {
+            holds.pop_front();
+        }
+        holds.push_back(now);
+    } else if let Some(since) = holds.pop_front() {
+        drop(holds);
+        // Exclusive holds only: a Mutex's `locked`, a RwLock's `write_locked`.
+        let op = match lock.site.kind {
+            LockKind::TokioRwLock => LockOp::Write,
+            _ => LockOp::Lock,
+        };
+        lock.site.record_hold(op, now.saturating_sub(since));
     }
 }
