@@ -29,5 +29,8 @@ cargo test
 step "production-mode hot path: instructions per poll under callgrind (no wall clock)"
 scripts/hot-path-guard.sh
 
+step "full mode: instructions the layer adds per poll and per tokio Mutex lock under callgrind"
+scripts/full-mode-guard.sh
+
 step "without --cfg tokio_unstable: builds, says what is unavailable, keeps runtime metrics"
 scripts/check-without-tokio-unstable.sh

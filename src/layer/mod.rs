@@ -64,15 +64,24 @@ struct TaskSpan {
 }
 
 impl TaskSpan {
-    /// How the span is remembered: async tasks poll from the cache; blocking jobs and
-    /// `block_on`s, which act on their first enter, take the slow path.
+    /// How the span is remembered when made: async tasks poll from the cache; blocking jobs
+    /// and `block_on`s, which act on their first enter, take the slow path.
     fn class(&self) -> SpanClass {
-        match (self.kind, &self.block_on) {
-            (TaskKind::Async, None) => SpanClass::Task {
+        match self.block_on {
+            None => self.class_after_first_enter(),
+            Some(_) => SpanClass::OtherTask,
+        }
+    }
+
+    /// How the span is remembered once entered: a blocking job's later enters are not runs
+    /// (the slow path tells), a `block_on`'s are polls.
+    fn class_after_first_enter(&self) -> SpanClass {
+        match self.kind {
+            TaskKind::Async => SpanClass::Task {
                 site: self.site,
                 task_id: self.task_id,
             },
-            _ => SpanClass::OtherTask,
+            TaskKind::Blocking => SpanClass::OtherTask,
         }
     }
 }
@@ -378,13 +387,14 @@ impl StallscopeLayer {
             poll_context::remember_looked_up(id.into_u64(), epoch, SpanClass::IgnoredTask);
             return;
         };
-        // Later polls on this thread start from the cache.
-        poll_context::remember_looked_up(id.into_u64(), epoch, task.class());
         if let Some(b) = &task.block_on {
             if !task.started.swap(true, Relaxed) {
                 block_on::first_enter(&self.engine, task.site, b);
             }
         }
+        // Later polls on this thread start from the cache; a `block_on`'s, once it began, are
+        // those of any async task.
+        poll_context::remember_looked_up(id.into_u64(), epoch, task.class_after_first_enter());
         match task.kind {
             TaskKind::Async => self.poll_begins(id.into_u64(), task.site, task.task_id),
             TaskKind::Blocking => {
