@@ -4,9 +4,11 @@
 
 mod block_on;
 mod fields;
+mod lock_holds;
 mod poll_context;
 mod resources;
 mod scopes;
+mod span_classes;
 
 pub(crate) use resources::{wrapper_creating, WrapperCreating};
 
@@ -27,8 +29,9 @@ use crate::engine::sites::{Site, SiteKey, TaskKind};
 use crate::engine::{stall, Engine};
 use crate::Guard;
 use fields::TaskFields;
-use poll_context::{PollKind, SpanClass};
+use poll_context::PollKind;
 use scopes::Scope;
+use span_classes::SpanClass;
 
 /// A culprit span must have covered at least this share of the slow poll to be named.
 const CULPRIT_MIN_SHARE: f64 = 0.5;
@@ -132,38 +135,38 @@ where
         let meta = attrs.metadata();
         let name = meta.name();
         let previous_op =
-            poll_context::note_new_span(id.into_u64(), name == "runtime.resource.async_op");
+            span_classes::note_new_span(id.into_u64(), name == "runtime.resource.async_op");
         match name {
             "runtime.spawn" => {}
             "runtime.resource" => {
                 let lock = ctx
                     .span(id)
                     .and_then(|span| resources::new_resource(&self.engine, attrs, span));
-                poll_context::remember_class(id.into_u64(), SpanClass::Resource { lock });
+                span_classes::remember_class(id.into_u64(), SpanClass::Resource { lock });
                 return;
             }
             "runtime.resource.async_op" => {
                 let tracked = resources::new_async_op(attrs, id, &ctx);
                 let class = if tracked {
-                    poll_context::SpanClass::AsyncOp
+                    span_classes::SpanClass::AsyncOp
                 } else {
-                    poll_context::SpanClass::Internal
+                    span_classes::SpanClass::Internal
                 };
-                poll_context::remember_class(id.into_u64(), class);
+                span_classes::remember_class(id.into_u64(), class);
                 return;
             }
             "runtime.resource.async_op.poll" => {
                 let class = op_poll_class(attrs, previous_op, &ctx);
-                poll_context::remember_class(id.into_u64(), class);
+                span_classes::remember_class(id.into_u64(), class);
                 return;
             }
             _ => {
-                poll_context::remember_class(id.into_u64(), classify(meta));
+                span_classes::remember_class(id.into_u64(), classify(meta));
                 return;
             }
         }
         let ignored = |id: &Id| {
-            poll_context::remember_class(id.into_u64(), poll_context::SpanClass::IgnoredTask)
+            span_classes::remember_class(id.into_u64(), span_classes::SpanClass::IgnoredTask)
         };
         if !poll_context::thread_is_measured() {
             return ignored(id);
@@ -206,14 +209,14 @@ where
         let Some(task) = task else {
             return ignored(id);
         };
-        poll_context::remember_class(id.into_u64(), task.class());
+        span_classes::remember_class(id.into_u64(), task.class());
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(task);
         }
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        match poll_context::class_of(id.into_u64()) {
+        match span_classes::class_of(id.into_u64()) {
             // The per-poll path: a task remembered on this thread, on a thread already set up.
             Some(SpanClass::Task { site, task_id })
                 if poll_context::begin_poll(id.into_u64(), site, PollKind::Async { task_id }) => {}
@@ -253,27 +256,36 @@ where
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        match poll_context::class_of(id.into_u64()) {
-            Some(SpanClass::AsyncOp) => poll_context::forget_class(id.into_u64()),
+        match span_classes::class_of(id.into_u64()) {
+            Some(SpanClass::AsyncOp) => span_classes::forget_class(id.into_u64()),
             // An async task's span ends with nothing to record but the drop's enter, which
             // was counted as a poll.
             Some(SpanClass::Task { site, .. }) => {
                 self.task_span_closed(id.into_u64(), site);
-                return poll_context::shared_span_closed(id.into_u64());
+                return span_classes::shared_span_closed(id.into_u64());
             }
-            Some(SpanClass::IgnoredTask | SpanClass::Resource { .. }) => {
-                return poll_context::shared_span_closed(id.into_u64());
+            Some(SpanClass::Resource { lock }) => {
+                if let Some(lock) = lock {
+                    resources::lock_closed(lock);
+                }
+                return span_classes::shared_span_closed(id.into_u64());
             }
-            Some(SpanClass::OtherTask) => poll_context::shared_span_closed(id.into_u64()),
+            Some(SpanClass::IgnoredTask) => {
+                return span_classes::shared_span_closed(id.into_u64());
+            }
+            Some(SpanClass::OtherTask) => span_classes::shared_span_closed(id.into_u64()),
             Some(_) => {
-                poll_context::forget_class(id.into_u64());
+                span_classes::forget_class(id.into_u64());
                 return;
             }
             None => {}
         }
         let Some(span) = ctx.span(&id) else { return };
         if span.metadata().name() == "runtime.resource" {
-            return poll_context::shared_span_closed(id.into_u64());
+            if let Some(lock) = resources::tracked_lock(&span) {
+                resources::lock_closed(lock);
+            }
+            return span_classes::shared_span_closed(id.into_u64());
         }
         if span.metadata().name() == "runtime.resource.async_op" {
             resources::close_async_op(&self.engine, &span);
@@ -282,7 +294,7 @@ where
         if span.metadata().name() != "runtime.spawn" {
             return;
         }
-        poll_context::shared_span_closed(id.into_u64());
+        span_classes::shared_span_closed(id.into_u64());
         let extensions = span.extensions();
         let Some(task) = extensions.get::<TaskSpan>() else {
             return;
@@ -309,13 +321,13 @@ impl StallscopeLayer {
     {
         self.engine.say_startup_notes();
         // Remembered spans need no registry lookup: a task's poll starts from the cache.
-        let meta = match poll_context::class_of(id.into_u64()) {
+        let meta = match span_classes::class_of(id.into_u64()) {
             Some(SpanClass::Task { site, task_id }) => {
                 return self.poll_begins(id.into_u64(), site, task_id);
             }
             Some(SpanClass::User(meta)) => meta,
             Some(SpanClass::OtherTask) | None => {
-                let epoch = poll_context::epoch(id.into_u64());
+                let epoch = span_classes::epoch(id.into_u64());
                 let Some(span) = ctx.span(id) else { return };
                 let meta = span.metadata();
                 match meta.name() {
@@ -327,7 +339,7 @@ impl StallscopeLayer {
                     "runtime.resource" => {
                         let lock = resources::tracked_lock(&span);
                         let class = SpanClass::Resource { lock };
-                        poll_context::remember_looked_up(id.into_u64(), epoch, class);
+                        span_classes::remember_looked_up(id.into_u64(), epoch, class);
                         return scopes::enter(id.into_u64(), Scope::Resource(lock));
                     }
                     // An acquisition polled on another thread than the one that began it
@@ -358,7 +370,7 @@ impl StallscopeLayer {
         if scopes::exit_innermost(id.into_u64()) {
             return;
         }
-        if let Some(class) = poll_context::class_of(id.into_u64()) {
+        if let Some(class) = span_classes::class_of(id.into_u64()) {
             if class.scope().is_some() {
                 scopes::exit_not_innermost(id.into_u64());
             }
@@ -384,7 +396,7 @@ impl StallscopeLayer {
         let extensions = span.extensions();
         let Some(task) = extensions.get::<TaskSpan>() else {
             // Not measured (made on an ignored thread, or in production mode).
-            poll_context::remember_looked_up(id.into_u64(), epoch, SpanClass::IgnoredTask);
+            span_classes::remember_looked_up(id.into_u64(), epoch, SpanClass::IgnoredTask);
             return;
         };
         if let Some(b) = &task.block_on {
@@ -394,9 +406,12 @@ impl StallscopeLayer {
         }
         // Later polls on this thread start from the cache; a `block_on`'s, once it began, are
         // those of any async task.
-        poll_context::remember_looked_up(id.into_u64(), epoch, task.class_after_first_enter());
+        span_classes::remember_looked_up(id.into_u64(), epoch, task.class_after_first_enter());
         match task.kind {
-            TaskKind::Async => self.poll_begins(id.into_u64(), task.site, task.task_id),
+            TaskKind::Async => {
+                span_classes::task_poll_missed(clock::now_ns());
+                self.poll_begins(id.into_u64(), task.site, task.task_id)
+            }
             TaskKind::Blocking => {
                 if !task.started.swap(true, Relaxed) {
                     task.site.queued.fetch_sub(1, Relaxed);
@@ -532,7 +547,7 @@ where
         }
         None => None,
     };
-    let tracked = parent.is_some_and(|parent| match poll_context::class_of(parent) {
+    let tracked = parent.is_some_and(|parent| match span_classes::class_of(parent) {
         Some(class) => matches!(class, SpanClass::AsyncOp),
         None => ctx
             .span(&Id::from_u64(parent))
@@ -545,11 +560,11 @@ where
 
 /// tokio's own resource and async-op spans are not where user code blocks; timing them would
 /// double the cost of every lock and channel operation.
-fn classify(meta: &'static tracing::Metadata<'static>) -> poll_context::SpanClass {
+fn classify(meta: &'static tracing::Metadata<'static>) -> span_classes::SpanClass {
     if stall::is_tokio_internal(meta) {
-        poll_context::SpanClass::Internal
+        span_classes::SpanClass::Internal
     } else {
-        poll_context::SpanClass::User(meta)
+        span_classes::SpanClass::User(meta)
     }
 }
 

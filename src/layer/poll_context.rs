@@ -4,22 +4,15 @@
 //! Fixed-size arrays in a thread-local: no allocation and no lock on the per-poll path.
 
 use std::cell::Cell;
-use std::sync::atomic::{
-    AtomicU32,
-    Ordering::{Acquire, Release},
-};
 use std::time::Duration;
 
 use crate::clock;
 
 use tracing::Metadata;
 
-use crate::engine::locks::LockSite;
 use crate::engine::sites::Site;
 use crate::engine::stall::TraceParent;
 use crate::report::Culprit;
-
-use super::scopes::Scope;
 
 /// Nested polls on one thread happen with `block_in_place` + `block_on`; deeper is ignored.
 const MAX_NESTED_POLLS: usize = 4;
@@ -104,169 +97,6 @@ thread_local! {
     /// 0 = not yet known, 1 = measured, 2 = ignored (a runtime of a library that exports for
     /// us or for the console: its tasks are not the application's).
     static THREAD_ROLE: Cell<u8> = const { Cell::new(0) };
-}
-
-/// What a span is, cached per thread so `on_enter`/`on_exit` skip the registry lookup (a
-/// sharded-slab get, a ref-count guard and the extensions lock): remembered in `on_new_span`
-/// (where its metadata comes free) for every span created on this thread, and for tasks also
-/// after a lookup on another thread (work stealing moves tasks between workers).
-#[derive(Clone, Copy)]
-pub(crate) enum SpanClass {
-    /// tokio's own resource/async-op spans: never a culprit.
-    Internal,
-    /// An acquisition of a tracked tokio lock: internal, but its close ends a wait.
-    AsyncOp,
-    /// An async op's poll span, where tokio emits the op's `poll_op` events (`op`: its
-    /// acquisition's async-op span, if the layer tracks that acquisition).
-    OpPoll { op: Option<u64> },
-    /// A user span: a culprit candidate inside a poll.
-    User(&'static Metadata<'static>),
-    /// An async task's `runtime.spawn` span (not a `block_on`): each enter/exit is a poll.
-    Task { site: &'static Site, task_id: u64 },
-    /// A `runtime.spawn` span that takes the slow path: blocking jobs, `block_on`s.
-    OtherTask,
-    /// A `runtime.spawn` span this layer does not measure (ignored threads, production mode).
-    IgnoredTask,
-    /// A tokio resource span (lock, channel, timer...): internal, and entered from every
-    /// worker, not only the thread that created it. `lock`: the lock, if the layer tracks it.
-    Resource { lock: Option<&'static LockSite> },
-}
-
-impl SpanClass {
-    /// Spans whose enters and exits the layer ignores: tokio's own (never culprits, nothing to
-    /// record) and tasks it does not measure.
-    #[inline]
-    pub(crate) fn enter_exit_ignored(self) -> bool {
-        matches!(
-            self,
-            SpanClass::Internal
-                | SpanClass::AsyncOp
-                | SpanClass::OpPoll { .. }
-                | SpanClass::IgnoredTask
-                | SpanClass::Resource { .. }
-        )
-    }
-
-    /// The spans whose events the layer reads, kept while entered (see [`super::scopes`]).
-    #[inline]
-    pub(crate) fn scope(self) -> Option<Scope> {
-        match self {
-            SpanClass::Resource { lock } => Some(Scope::Resource(lock)),
-            SpanClass::OpPoll { op } => Some(Scope::OpPoll(op)),
-            _ => None,
-        }
-    }
-
-    /// Task and resource spans can be remembered on threads other than their own:
-    /// epoch-checked, and their close bumps the epoch ([`shared_span_closed`]).
-    #[inline]
-    pub(crate) fn is_shared(self) -> bool {
-        matches!(
-            self,
-            SpanClass::Task { .. }
-                | SpanClass::OtherTask
-                | SpanClass::IgnoredTask
-                | SpanClass::Resource { .. }
-        )
-    }
-}
-
-const CLASS_CACHE_SIZE: usize = 256;
-
-thread_local! {
-    /// The span last created on this thread if it was an async op, else 0.
-    static LAST_NEW_ASYNC_OP: Cell<u64> = const { Cell::new(0) };
-}
-
-/// Notes the span being created on this thread (`async_op`: whether it is an async op);
-/// returns the async op created just before it, if the span before was one. tokio creates an
-/// async op's poll span right after the op, with the op entered: its parent.
-#[inline]
-pub(crate) fn note_new_span(span: u64, async_op: bool) -> Option<u64> {
-    let previous = LAST_NEW_ASYNC_OP
-        .try_with(|last| last.replace(if async_op { span } else { 0 }))
-        .unwrap_or(0);
-    (previous != 0).then_some(previous)
-}
-
-thread_local! {
-    /// (span id, epoch of its bucket when remembered, class).
-    static CLASSES: [Cell<(u64, u32, Option<SpanClass>)>; CLASS_CACHE_SIZE] =
-        const { [const { Cell::new((0, 0, None)) }; CLASS_CACHE_SIZE] };
-}
-
-/// Close counts of task and resource spans, by span-id bucket. Such an entry remembered on
-/// another thread than the span's own can outlive the span there; the registry reuses a span
-/// id (slot and generation) after enough reuses of its slot, so the entry is trusted only while
-/// no such span of its bucket closed since. Written once per close, read once per poll.
-const EPOCH_BUCKETS: usize = 1024;
-static CLOSES: [AtomicU32; EPOCH_BUCKETS] = [const { AtomicU32::new(0) }; EPOCH_BUCKETS];
-
-#[inline]
-fn class_slot(span: u64) -> usize {
-    (span as usize) % CLASS_CACHE_SIZE
-}
-
-#[inline]
-fn epoch_of(span: u64) -> u32 {
-    CLOSES[(span as usize) % EPOCH_BUCKETS].load(Acquire)
-}
-
-/// Remembers what `span` is (a span id is never reused with the same generation while an
-/// entry for it on its creating thread survives: every span created there is remembered).
-#[inline]
-pub(crate) fn remember_class(span: u64, class: SpanClass) {
-    let epoch = if class.is_shared() { epoch_of(span) } else { 0 };
-    let _ = CLASSES.try_with(|c| c[class_slot(span)].set((span, epoch, Some(class))));
-}
-
-/// The epoch of `span`'s bucket, read before a registry lookup whose result is then
-/// remembered with [`remember_looked_up`].
-#[inline]
-pub(crate) fn epoch(span: u64) -> u32 {
-    epoch_of(span)
-}
-
-/// Remembers a task or resource span found by a registry lookup (on any thread) that began at
-/// `epoch`.
-#[inline]
-pub(crate) fn remember_looked_up(span: u64, epoch: u32, class: SpanClass) {
-    debug_assert!(class.is_shared());
-    let _ = CLASSES.try_with(|c| c[class_slot(span)].set((span, epoch, Some(class))));
-}
-
-/// What `span` is, if remembered on this thread (and, for a task, still that task).
-#[inline]
-pub(crate) fn class_of(span: u64) -> Option<SpanClass> {
-    CLASSES
-        .try_with(|c| match c[class_slot(span)].get() {
-            (id, epoch, Some(class)) if id == span && class.is_shared() => {
-                (epoch == epoch_of(span)).then_some(class)
-            }
-            (id, _, class) if id == span => class,
-            _ => None,
-        })
-        .ok()
-        .flatten()
-}
-
-/// Forgets a closed span.
-#[inline]
-pub(crate) fn forget_class(span: u64) {
-    let _ = CLASSES.try_with(|c| {
-        let slot = &c[class_slot(span)];
-        if slot.get().0 == span {
-            slot.set((0, 0, None));
-        }
-    });
-}
-
-/// A task or resource span closes: entries for it on other threads stop being trusted. Runs
-/// before the registry frees the span's slot, so before its id can be handed out again.
-#[inline]
-pub(crate) fn shared_span_closed(span: u64) {
-    CLOSES[(span as usize) % EPOCH_BUCKETS].fetch_add(1, Release);
-    forget_class(span);
 }
 
 /// Threads whose tasks belong to exporters, not to the application.

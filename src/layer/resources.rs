@@ -24,19 +24,12 @@ use crate::clock;
 use crate::engine::locks::{LockKind, LockOp, LockSite};
 use crate::engine::Engine;
 
+use super::lock_holds::{OpenHolds, TrackedLock};
 use super::scopes::{self, Scope};
 
-/// Kept on a lock's `runtime.resource` span.
-struct ResourceLock {
-    site: &'static LockSite,
-    /// Coarse start times of exclusive holds not yet released, oldest first. At a handover the
-    /// next holder's `locked = true` can arrive (from another worker) before the previous
-    /// holder's `locked = false`, so two can be open at once; a release ends the oldest.
-    holds: std::sync::Mutex<std::collections::VecDeque<u64>>,
-}
-
-/// Open holds kept per lock; more means release events were lost (dropped events).
-const MAX_OPEN_HOLDS: usize = 4;
+/// Kept on a tracked lock's `runtime.resource` span, for threads that find the span in the
+/// registry (its class is remembered on the thread that made it).
+struct ResourceLock(TrackedLock);
 
 /// Kept on an acquisition's `runtime.resource.async_op` span.
 struct AsyncOpWait {
@@ -108,13 +101,13 @@ impl Drop for WrapperCreating {
     }
 }
 
-/// A `runtime.resource` span was created: a lock site if it is a tokio lock (not a wrapper's),
-/// returned if so.
+/// A `runtime.resource` span was created: a tracked lock if it is a tokio lock (not a
+/// wrapper's), returned if so.
 pub(crate) fn new_resource<S>(
     engine: &Engine,
     attrs: &Attributes<'_>,
     span: SpanRef<'_, S>,
-) -> Option<&'static LockSite>
+) -> Option<TrackedLock>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -133,20 +126,25 @@ where
     if f.is_internal || f.file.is_empty() {
         return None;
     }
-    let site = engine.lock_site_at(kind, &f.file, f.line, f.column, None);
-    span.extensions_mut().insert(ResourceLock {
-        site,
-        holds: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(MAX_OPEN_HOLDS)),
-    });
-    Some(site)
+    let lock = TrackedLock {
+        site: engine.lock_site_at(kind, &f.file, f.line, f.column, None),
+        holds: OpenHolds::take(),
+    };
+    span.extensions_mut().insert(ResourceLock(lock));
+    Some(lock)
 }
 
 /// The lock of a `runtime.resource` span, if the layer tracks it.
-pub(crate) fn tracked_lock<S>(span: &SpanRef<'_, S>) -> Option<&'static LockSite>
+pub(crate) fn tracked_lock<S>(span: &SpanRef<'_, S>) -> Option<TrackedLock>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    span.extensions().get::<ResourceLock>().map(|r| r.site)
+    span.extensions().get::<ResourceLock>().map(|r| r.0)
+}
+
+/// A lock's `runtime.resource` span closed: its open holds go to the next lock made.
+pub(crate) fn lock_closed(lock: TrackedLock) {
+    lock.holds.give_back();
 }
 
 /// The acquisition of a `runtime.resource.async_op.poll` span (its parent), if tracked.
@@ -179,11 +177,11 @@ where
 {
     // tokio makes it with its resource entered: that is the innermost scope.
     let site = match scopes::innermost() {
-        Some((_, Scope::Resource(lock))) if attrs.is_contextual() => lock,
+        Some((_, Scope::Resource(lock))) if attrs.is_contextual() => lock.map(|l| l.site),
         _ => ctx
             .span(id)
             .and_then(|span| span.parent())
-            .and_then(|p| p.extensions().get::<ResourceLock>().map(|r| r.site)),
+            .and_then(|p| tracked_lock(&p).map(|l| l.site)),
     };
     let Some(site) = site else {
         return false;
@@ -329,9 +327,9 @@ where
                 poll_outcome(event, &op);
             }
         }
-        (EventKind::LockState, Some((resource, Scope::Resource(lock)))) => {
-            if let Some(resource) = lock.and_then(|_| ctx.span(&Id::from_u64(resource))) {
-                lock_state(event, &resource);
+        (EventKind::LockState, Some((_, Scope::Resource(lock)))) => {
+            if let Some(lock) = lock {
+                lock_state(event, lock);
             }
         }
         // No scope kept (or an unexpected one): ask the registry.
@@ -353,7 +351,11 @@ where
                 poll_outcome(event, &op);
             }
         }
-        EventKind::LockState => lock_state(event, &current),
+        EventKind::LockState => {
+            if let Some(lock) = tracked_lock(&current) {
+                lock_state(event, lock);
+            }
+        }
         EventKind::Other => {}
     }
 }
@@ -376,32 +378,20 @@ where
     }
 }
 
-/// A `state_update` event of `resource` (if a tracked lock): an exclusive hold begins or ends.
-fn lock_state<S>(event: &Event<'_>, resource: &SpanRef<'_, S>)
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    let extensions = resource.extensions();
-    let Some(lock) = extensions.get::<ResourceLock>() else {
-        return;
-    };
+/// A `state_update` event of a tracked lock: an exclusive hold begins or ends.
+fn lock_state(event: &Event<'_>, lock: TrackedLock) {
     let mut f = StateFields::default();
     event.record(&mut f);
     let Some(locked) = f.locked else { return };
     let now = clock::now_ns();
-    let mut holds = lock.holds.lock().unwrap_or_else(|e| e.into_inner());
     if locked {
-        if holds.len() == MAX_OPEN_HOLDS {
-            holds.pop_front();
-        }
-        holds.push_back(now);
-    } else if let Some(since) = holds.pop_front() {
-        drop(holds);
+        lock.holds.begin(now);
+    } else if let Some(held) = lock.holds.end(now) {
         // Exclusive holds only: a Mutex's `locked`, a RwLock's `write_locked`.
         let op = match lock.site.kind {
             LockKind::TokioRwLock => LockOp::Write,
             _ => LockOp::Lock,
         };
-        lock.site.record_hold(op, now.saturating_sub(since));
+        lock.site.record_hold(op, held);
     }
 }

@@ -9,30 +9,16 @@
 
 use std::cell::Cell;
 
-use crate::engine::locks::LockSite;
+use super::lock_holds::TrackedLock;
 
 /// A span of tokio's whose events the layer reads.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Scope {
     /// A `runtime.resource` span: its lock, if the layer tracks it.
-    Resource(Option<&'static LockSite>),
+    Resource(Option<TrackedLock>),
     /// A `runtime.resource.async_op.poll` span: its acquisition's `runtime.resource.async_op`
     /// span, if the layer tracks it.
     OpPoll(Option<u64>),
-}
-
-/// The same scope: the same lock (by address) or the same acquisition.
-impl PartialEq for Scope {
-    fn eq(&self, other: &Scope) -> bool {
-        match (self, other) {
-            (Scope::Resource(a), Scope::Resource(b)) => match (a, b) {
-                (Some(a), Some(b)) => std::ptr::eq(*a, *b),
-                (a, b) => a.is_none() && b.is_none(),
-            },
-            (Scope::OpPoll(a), Scope::OpPoll(b)) => a == b,
-            _ => false,
-        }
-    }
 }
 
 /// Scopes nest a resource and an op poll per lock operation, and a tokio lock's operation
