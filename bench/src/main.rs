@@ -87,8 +87,18 @@ struct Sizes {
     scale: u64,
 }
 
+/// 100 x scale tasks yielding 2,000 times each.
 async fn yield_workload(s: &Sizes) -> u64 {
-    let (tasks, yields) = (100 * s.scale, 2_000);
+    yield_tasks(100 * s.scale, 2_000).await
+}
+
+/// The same number of polls as `yield`, by ten times as many tasks taking turns (1,000 at
+/// `--quick`): more tasks than a thread's caches hold.
+async fn yield_many_workload(s: &Sizes) -> u64 {
+    yield_tasks(1_000 * s.scale, 200).await
+}
+
+async fn yield_tasks(tasks: u64, yields: u64) -> u64 {
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
             spawn(async move {
@@ -229,8 +239,8 @@ fn peak_rss_kb() -> u64 {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: stallscope-bench <bare|unstable|empty-hooks|production|tokio-metrics|idle-subscriber|full|console> \
-         <yield|spawn|pingpong|mutex|http> [--quick] [--current-thread]"
+        "usage: stallscope-bench <bare|unstable|empty-hooks|production|tokio-metrics|idle-subscriber|empty-layer|full|console> \
+         <yield|yield-many|spawn|pingpong|mutex|http> [--quick] [--current-thread]"
     );
     std::process::exit(2);
 }
@@ -348,6 +358,7 @@ fn main() {
     let units = runtime.block_on(async {
         match workload.as_str() {
             "yield" => yield_workload(&sizes).await,
+            "yield-many" => yield_many_workload(&sizes).await,
             "spawn" => spawn_workload(&sizes).await,
             "pingpong" => pingpong_workload(&sizes).await,
             "mutex" => mutex_workload(&sizes, config).await,
@@ -366,7 +377,7 @@ fn main() {
             .map(|t| t.polls.count)
             .sum::<u64>()
     });
-    if let (Some(polls), "yield") = (measured_polls, workload.as_str()) {
+    if let (Some(polls), "yield" | "yield-many") = (measured_polls, workload.as_str()) {
         if polls < units {
             eprintln!("stallscope measured {polls} polls, the workload made at least {units}: not measuring?");
             std::process::exit(4);
