@@ -148,9 +148,9 @@ where
             "runtime.resource.async_op" => {
                 let tracked = resources::new_async_op(attrs, id, &ctx);
                 let class = if tracked {
-                    span_classes::SpanClass::AsyncOp
+                    SpanClass::AsyncOp
                 } else {
-                    span_classes::SpanClass::Internal
+                    SpanClass::Internal
                 };
                 span_classes::remember_class(id.into_u64(), class);
                 return;
@@ -165,9 +165,7 @@ where
                 return;
             }
         }
-        let ignored = |id: &Id| {
-            span_classes::remember_class(id.into_u64(), span_classes::SpanClass::IgnoredTask)
-        };
+        let ignored = |id: &Id| span_classes::remember_class(id.into_u64(), SpanClass::IgnoredTask);
         if !poll_context::thread_is_measured() {
             return ignored(id);
         }
@@ -560,11 +558,11 @@ where
 
 /// tokio's own resource and async-op spans are not where user code blocks; timing them would
 /// double the cost of every lock and channel operation.
-fn classify(meta: &'static tracing::Metadata<'static>) -> span_classes::SpanClass {
+fn classify(meta: &'static tracing::Metadata<'static>) -> SpanClass {
     if stall::is_tokio_internal(meta) {
-        span_classes::SpanClass::Internal
+        SpanClass::Internal
     } else {
-        span_classes::SpanClass::User(meta)
+        SpanClass::User(meta)
     }
 }
 
