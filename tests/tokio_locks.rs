@@ -219,8 +219,7 @@ fn an_acquisition_polled_on_two_threads_is_one_contended_wait() {
     let (mutex, line) = (Arc::new(tokio::sync::Mutex::new(0u32)), line!());
     let held = mutex.clone().try_lock_owned().unwrap();
     let mut acquire = Box::pin(mutex.clone().lock_owned());
-    let waker = futures_noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(acquire.as_mut().poll(&mut cx).is_pending());
     std::thread::sleep(ms(30));
     drop(held);
@@ -243,8 +242,4 @@ fn an_acquisition_polled_on_two_threads_is_one_contended_wait() {
         stats.wait.max
     );
     assert_eq!(stats.cancellations, 0, "{stats:?}");
-}
-
-fn futures_noop_waker() -> std::task::Waker {
-    std::task::Waker::noop().clone()
 }
