@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Guards full mode's cost with a measure that does not drift: the instructions the layer adds
-# per poll (yield: 100 tasks; yield-many: 1,000 tasks taking turns) and per tokio Mutex lock
-# (mutex workload), counted by callgrind as
+# per poll (yield: 100 tasks; yield-many: 1,000 tasks taking turns), per tokio Mutex lock
+# (mutex workload) and per spawned task (spawn: 50,000 tasks), counted by callgrind as
 # the application thread's instructions under `full` minus those under `empty-layer` on a
 # current-thread runtime (deterministic: the same binary and input give the same count to a
 # few hundred instructions in a hundred million). A difference, not a toggle on the layer's

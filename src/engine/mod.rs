@@ -54,8 +54,9 @@ pub(crate) struct Engine {
     pub(crate) starvation: Starvation,
     /// Stacks of stalled workers captured and resolved.
     stall_stacks: AtomicU64,
-    /// `runtime.spawn` spans seen: zero after tasks ran means tokio's `tracing` feature is off.
-    pub(crate) task_spans_seen: AtomicU64,
+    /// Whether a `runtime.spawn` span was seen: none after tasks ran means tokio's `tracing`
+    /// feature is off. Set once (a read of a line no one writes, not an add per spawn).
+    pub(crate) task_spans_seen: AtomicBool,
     limiter: RateLimiter,
     shut_down: AtomicBool,
     /// Said once, from a place where emitting an event is safe (never from inside
@@ -89,7 +90,7 @@ impl Engine {
             locks,
             runtimes: Runtimes::default(),
             starvation: Starvation::default(),
-            task_spans_seen: AtomicU64::new(0),
+            task_spans_seen: AtomicBool::new(false),
             stall_stacks: AtomicU64::new(0),
             limiter: RateLimiter::new(20),
             shut_down: AtomicBool::new(false),

@@ -106,10 +106,13 @@ impl Visit for TaskFields {
         if let Some(text) = self.text_field(field.name()) {
             text.clear();
             let _ = write!(text, "{value:?}");
-            let end = text.trim_end_matches('"').len();
-            text.truncate(end);
-            let start = text.len() - text.trim_start_matches('"').len();
-            text.drain(..start);
+            // `%` fields (tokio's own) come bare; `?` strings come quoted.
+            if text.starts_with('"') {
+                let end = text.trim_end_matches('"').len();
+                text.truncate(end);
+                let start = text.len() - text.trim_start_matches('"').len();
+                text.drain(..start);
+            }
             return;
         }
         if let "task.id" | "loc.line" | "loc.col" = field.name() {

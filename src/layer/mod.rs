@@ -183,7 +183,9 @@ where
             if kind == TaskKind::Blocking && fields.function.contains("worker::Launch") {
                 return None;
             }
-            self.engine.task_spans_seen.fetch_add(1, Relaxed);
+            if !self.engine.task_spans_seen.load(Relaxed) {
+                self.engine.task_spans_seen.store(true, Relaxed);
+            }
             let site = self.engine.site(&SiteKey {
                 kind,
                 file: &fields.file,

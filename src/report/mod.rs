@@ -522,7 +522,7 @@ fn lock_summary(snapshot: &Snapshot) {
 /// Once tasks ran, no `runtime.spawn` span means tokio's `tracing` feature (or the global
 /// subscriber) is missing. Returns whether the check is settled.
 pub(crate) fn warn_if_no_task_spans(engine: &Engine) -> bool {
-    if engine.task_spans_seen.load(Relaxed) > 0 || engine.hooks_installed.load(Relaxed) {
+    if engine.task_spans_seen.load(Relaxed) || engine.hooks_installed.load(Relaxed) {
         return true;
     }
     let tasks_ran = engine
