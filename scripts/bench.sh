@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The overhead benchmark suite: every workload under every configuration, in fresh processes,
 # alternating configurations round by round so the machine's drift hits all of them alike.
-# Prints median wall time, the ratio to bare tokio measured in the same run, and peak RSS.
+# Prints median wall time, the ratio to bare tokio measured in the same run, the same for the
+# fastest run (interference only ever slows a run, and on a small VM some workloads fall into
+# two speed clusters from run to run, which can put two medians in different ones), and peak
+# RSS.
 #
 #   scripts/bench.sh            # full sizes, 5 rounds (~10 minutes on 2 cores)
 #   ROUNDS=3 scripts/bench.sh --quick
@@ -55,9 +58,11 @@ workloads = []
 for w, _ in runs:
     if w not in workloads:
         workloads.append(w)
-print(f"{'workload':<10} {'config':<16} {'median ms':>10} {'x bare':>7} {'peak RSS MB':>12}  notes")
+print(f"{'workload':<10} {'config':<16} {'median ms':>10} {'x bare':>7} {'fastest ms':>11} {'x bare':>7} "
+      f"{'peak RSS MB':>12}  notes (ratios of medians)")
 for w in workloads:
     bare = statistics.median(runs[(w, "bare")])
+    bare_fastest = min(runs[(w, "bare")])
     for c in configs:
         if (w, c) not in runs:
             continue
@@ -73,5 +78,7 @@ for w in workloads:
         if c == "full":
             note = (f"x{m / statistics.median(runs[(w, 'idle-subscriber')]):.2f} vs idle-subscriber (target 1.15), "
                     f"x{m / statistics.median(runs[(w, 'empty-layer')]):.2f} vs empty-layer (stallscope's own work)")
-        print(f"{w:<10} {c:<16} {m:>10.1f} {m / bare:>7.2f} {max(rss[(w, c)]) / 1024:>12.1f}  {note}")
+        fastest = min(runs[(w, c)])
+        print(f"{w:<10} {c:<16} {m:>10.1f} {m / bare:>7.2f} {fastest:>11.1f} {fastest / bare_fastest:>7.2f} "
+              f"{max(rss[(w, c)]) / 1024:>12.1f}  {note}")
 PY
