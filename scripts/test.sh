@@ -29,7 +29,7 @@ cargo test
 step "production-mode hot path: instructions per poll under callgrind (no wall clock)"
 scripts/hot-path-guard.sh
 
-step "full mode: instructions the layer adds per poll and per tokio Mutex lock under callgrind"
+step "full mode: instructions the layer adds per poll, per tokio Mutex lock and per spawned task under callgrind"
 scripts/full-mode-guard.sh
 
 step "without --cfg tokio_unstable: builds, says what is unavailable, keeps runtime metrics"
