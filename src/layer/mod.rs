@@ -24,12 +24,11 @@ use tracing_subscriber::Layer;
 
 use crate::clock;
 use crate::engine::histogram::this_threads_shard;
-use crate::engine::locks::LockSite;
 use crate::engine::sites::{Site, SiteKey, TaskKind};
 use crate::engine::{stall, Engine};
 use crate::Guard;
 use fields::TaskFields;
-use poll_context::PollKind;
+use poll_context::{PollEnd, PollKind};
 use scopes::Scope;
 use span_classes::SpanClass;
 
@@ -220,31 +219,22 @@ where
             // The per-poll path: a task remembered on this thread, on a thread already set up.
             Some(SpanClass::Task { site, task_id })
                 if poll_context::begin_poll(id.into_u64(), site, PollKind::Async { task_id }) => {}
-            // tokio's own spans, entered many times per lock or channel operation; those whose
-            // events are read are kept while entered.
+            // tokio's own spans, entered many times per lock or channel operation: kept while
+            // entered, so their exits match at once and their events find their scope.
             Some(class) if class.enter_exit_ignored() => {
-                if let Some(scope) = class.scope() {
-                    scopes::enter(id.into_u64(), scope);
-                }
+                scopes::enter(id.into_u64(), class.scope())
             }
             _ => self.enter_other(id, ctx),
         }
     }
 
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        // The per-poll path: a task span's exit ends the innermost poll, with no class lookup.
-        if let Some(ended) = poll_context::end_poll(id.into_u64()) {
-            let held = crate::sync::guard_taken_in_poll_still_held(id.into_u64());
-            if let (PollKind::Async { .. }, true, None) =
-                (ended.poll.kind, ended.elapsed < clock::FAST_POLL_NS, held)
-            {
-                return self
-                    .engine
-                    .count_fast_polls(ended.poll.site, ended.shard, 1);
-            }
-            return self.poll_ended(ended, held);
+        let span = id.into_u64();
+        // tokio's own spans, most exits under a lock: the innermost one kept ends.
+        if scopes::exit_innermost(span) {
+            return;
         }
-        self.exit_other(id);
+        self.exit_not_scope(id);
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
@@ -357,25 +347,38 @@ impl StallscopeLayer {
                 }
             }
             // Ignored classes (see `enter_exit_ignored`).
-            Some(_) => return,
+            Some(class) => return scopes::enter(id.into_u64(), class.scope()),
         };
         if poll_context::polling() {
             poll_context::enter_span(id.into_u64(), meta);
         }
     }
 
-    /// Any exit but a poll's end: user spans (culprit candidates) and the rest, ignored.
+    /// Any exit but the innermost kept scope's. Apart from [`Layer::on_exit`], so scope exits
+    /// (most exits under a lock) end without this frame's setup.
+    #[inline(never)]
+    fn exit_not_scope(&self, id: &Id) {
+        let span = id.into_u64();
+        // The per-poll path: a task span's exit ends the innermost poll, with no class lookup.
+        let count_fast = |site, shard| self.engine.count_fast_polls(site, shard, 1);
+        match poll_context::end_poll(span, count_fast) {
+            PollEnd::Fast(site) => {
+                if let Some(lock) = crate::sync::guard_taken_in_poll_still_held(span) {
+                    self.engine.guard_held_across_await(lock, site);
+                }
+            }
+            PollEnd::Timed(depth) => self.poll_ended(span, depth),
+            PollEnd::NotAPoll => self.exit_other(id),
+        }
+    }
+
+    /// Any exit but a poll's end or the innermost kept scope's: user spans (culprit
+    /// candidates), ignored spans exited out of order or beyond the kept depth.
     #[inline(never)]
     fn exit_other(&self, id: &Id) {
-        if scopes::exit_innermost(id.into_u64()) {
-            return;
-        }
         if let Some(class) = span_classes::class_of(id.into_u64()) {
-            if class.scope().is_some() {
-                scopes::exit_not_innermost(id.into_u64());
-            }
             if class.enter_exit_ignored() {
-                return;
+                return scopes::exit_not_innermost(id.into_u64());
             }
         }
         if let Some(inclusive) = poll_context::exit_span(id.into_u64()) {
@@ -397,7 +400,7 @@ impl StallscopeLayer {
         let Some(task) = extensions.get::<TaskSpan>() else {
             // Not measured (made on an ignored thread, or in production mode).
             span_classes::remember_looked_up(id.into_u64(), epoch, SpanClass::IgnoredTask);
-            return;
+            return scopes::enter(id.into_u64(), Scope::Ignored);
         };
         if let Some(b) = &task.block_on {
             if !task.started.swap(true, Relaxed) {
@@ -454,19 +457,21 @@ impl StallscopeLayer {
         }
     }
 
-    /// A task span's exit ended a poll on this thread that was not a fast async poll with no
-    /// lock held: record it. `held`: the lock whose guard, taken during this poll, is still
-    /// held as it ends.
+    /// The exit of task span `span` ended a poll on this thread, at `depth` of its polls, that
+    /// was not a fast async poll: record it.
+    #[cold]
     #[inline(never)]
-    fn poll_ended(&self, ended: poll_context::EndedPoll, held: Option<&'static LockSite>) {
+    fn poll_ended(&self, span: u64, depth: usize) {
+        let Some(ended) = poll_context::ended_poll(depth) else {
+            return;
+        };
+        // The lock whose guard, taken during this poll, is still held as it ends.
+        let held = crate::sync::guard_taken_in_poll_still_held(span);
         let (poll, elapsed) = (ended.poll, ended.elapsed);
         if let (PollKind::Async { .. }, Some(lock)) = (poll.kind, held) {
             self.engine.guard_held_across_await(lock, poll.site);
         }
         match poll.kind {
-            PollKind::Async { .. } if elapsed < clock::FAST_POLL_NS => {
-                self.engine.count_fast_polls(poll.site, ended.shard, 1);
-            }
             PollKind::Async { task_id } => {
                 let culprit = poll_context::take_culprit(&ended)
                     .filter(|c| covered(c.inclusive, Duration::from_nanos(elapsed)));

@@ -74,6 +74,8 @@ struct ThreadPolls {
     last_fast_poll: Cell<u64>,
     /// This thread's histogram shard, set with the first poll (see [`set_thread`]).
     shard: Cell<usize>,
+    /// The coarse duration of the poll that ended last, if it was timed (see [`ended_poll`]).
+    ended_elapsed: Cell<u64>,
     /// This thread's worker slot, where the watchdog sees the outermost poll in progress.
     #[cfg(tokio_unstable)]
     slot: Cell<Option<&'static crate::hooks::slots::WorkerSlot>>,
@@ -90,6 +92,7 @@ thread_local! {
             spans_len: Cell::new(0),
             last_fast_poll: Cell::new(0),
             shard: Cell::new(0),
+            ended_elapsed: Cell::new(0),
             #[cfg(tokio_unstable)]
             slot: Cell::new(None),
         }
@@ -170,31 +173,61 @@ pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) -> bool
         .unwrap_or(true)
 }
 
-/// Ends the poll of `span` if it is the innermost one in progress on this thread.
+/// How an exit ended a poll, if it did. Two words, so it comes back in registers.
+pub(crate) enum PollEnd {
+    /// The span was not the innermost poll in progress on this thread.
+    NotAPoll,
+    /// A poll of an async task at this site, shorter than [`clock::FAST_POLL_NS`]: counted by
+    /// [`end_poll`]'s `count_fast`, not timed (the per-poll path).
+    Fast(&'static Site),
+    /// Any other poll, at this depth of the thread's polls: timed, or a blocking job's run.
+    /// [`ended_poll`] tells the rest.
+    Timed(usize),
+}
+
+/// Ends the poll of `span` if it is the innermost one in progress on this thread; a fast one
+/// is counted with `count_fast(site, shard)`.
 #[inline(always)]
-pub(crate) fn end_poll(span: u64) -> Option<EndedPoll> {
+pub(crate) fn end_poll(span: u64, count_fast: impl FnOnce(&'static Site, usize)) -> PollEnd {
     POLLS
         .try_with(|p| {
-            let i = p.polls_len.get().checked_sub(1)?;
-            let poll = p.polls[i].get().filter(|poll| poll.span == span)?;
+            let Some(i) = p.polls_len.get().checked_sub(1) else {
+                return PollEnd::NotAPoll;
+            };
+            let Some(poll) = p.polls[i].get().filter(|poll| poll.span == span) else {
+                return PollEnd::NotAPoll;
+            };
             let elapsed = clock::now_ns().saturating_sub(poll.start);
             #[cfg(tokio_unstable)]
             if let (0, Some(slot), PollKind::Async { .. }) = (i, p.slot.get(), poll.kind) {
                 slot.start_ns.store(0, std::sync::atomic::Ordering::Relaxed);
             }
             p.polls_len.set(i);
-            p.last_fast_poll.set(match poll.kind {
-                PollKind::Async { .. } if elapsed < clock::FAST_POLL_NS => span,
-                _ => 0,
-            });
             // Spans still open belonged to this poll; forget them.
             if p.spans_len.get() > poll.span_base {
                 p.spans_len.set(poll.span_base);
             }
+            let fast = matches!(poll.kind, PollKind::Async { .. }) && elapsed < clock::FAST_POLL_NS;
+            p.last_fast_poll.set(if fast { span } else { 0 });
+            if fast {
+                count_fast(poll.site, p.shard.get());
+                return PollEnd::Fast(poll.site);
+            }
+            p.ended_elapsed.set(elapsed);
+            PollEnd::Timed(i)
+        })
+        .unwrap_or(PollEnd::NotAPoll)
+}
+
+/// The poll [`end_poll`] just ended as [`PollEnd::Timed`] at `depth` (its entry is left in
+/// place until the next poll begins on this thread).
+pub(crate) fn ended_poll(depth: usize) -> Option<EndedPoll> {
+    POLLS
+        .try_with(|p| {
             Some(EndedPoll {
-                poll,
-                elapsed,
-                depth: i,
+                poll: p.polls[depth].get()?,
+                elapsed: p.ended_elapsed.get(),
+                depth,
                 shard: p.shard.get(),
             })
         })

@@ -4,8 +4,10 @@
 //! innermost scope names them without asking the registry for the current span (a sharded-slab
 //! lookup per event, and a lock operation makes several).
 //!
-//! Only these two kinds of span are kept, by their own enters and exits; an exit matches the
-//! innermost entry by span id, so a span missed on entry can never pop another's.
+//! Every span the layer ignores is kept too (as [`Scope::Ignored`]): tokio enters and exits
+//! about fifty of them per lock operation, and an exit that matches the innermost entry then
+//! ends with one comparison, before any class lookup. An exit matches the innermost entry by
+//! span id, so a span missed on entry can never pop another's.
 
 use std::cell::Cell;
 
@@ -19,11 +21,15 @@ pub(crate) enum Scope {
     /// A `runtime.resource.async_op.poll` span: its acquisition's `runtime.resource.async_op`
     /// span, if the layer tracks it.
     OpPoll(Option<u64>),
+    /// Any other span whose enters and exits the layer ignores: kept only so its exit is
+    /// matched at once; never the scope of an event.
+    Ignored,
 }
 
-/// Scopes nest a resource and an op poll per lock operation, and a tokio lock's operation
-/// nests its semaphore's: four deep. Deeper ones are counted, not kept.
-const MAX_SCOPES: usize = 16;
+/// Scopes nest a resource, an async op and its poll per lock operation, and a tokio lock's
+/// operation nests its semaphore's: six deep, inside a task span the layer may ignore. Deeper
+/// ones are counted, not kept.
+const MAX_SCOPES: usize = 32;
 
 struct ThreadScopes {
     entries: [Cell<(u64, Scope)>; MAX_SCOPES],
@@ -91,15 +97,18 @@ pub(crate) fn exit_not_innermost(span: u64) {
     });
 }
 
-/// The innermost scope entered on this thread and its span, if it is kept (`None` too when
-/// none is entered: the caller asks the registry).
+/// The innermost scope (not [`Scope::Ignored`]) entered on this thread and its span, if it is
+/// kept (`None` too when none is entered: the caller asks the registry).
 #[inline]
 pub(crate) fn innermost() -> Option<(u64, Scope)> {
     SCOPES
         .try_with(|s| match s.depth.get() {
-            0 => None,
             d if d > MAX_SCOPES => None,
-            d => Some(s.entries[d - 1].get()),
+            d => s.entries[..d]
+                .iter()
+                .rev()
+                .map(Cell::get)
+                .find(|(_, scope)| *scope != Scope::Ignored),
         })
         .ok()
         .flatten()
@@ -124,6 +133,21 @@ mod tests {
             assert!(!exit_innermost(3));
             assert!(exit_innermost(2));
             assert_eq!(innermost(), Some((1, Scope::Resource(None))));
+            assert!(exit_innermost(1));
+            assert_eq!(innermost(), None);
+        });
+    }
+
+    #[test]
+    fn ignored_spans_are_matched_on_exit_but_never_an_events_scope() {
+        run_on_new_thread(|| {
+            enter(1, Scope::Ignored);
+            assert_eq!(innermost(), None);
+            enter(2, Scope::Resource(None));
+            enter(3, Scope::Ignored);
+            assert_eq!(innermost(), Some((2, Scope::Resource(None))));
+            assert!(exit_innermost(3));
+            assert!(exit_innermost(2));
             assert!(exit_innermost(1));
             assert_eq!(innermost(), None);
         });

@@ -56,13 +56,15 @@ impl SpanClass {
         )
     }
 
-    /// The spans whose events the layer reads, kept while entered (see [`super::scopes`]).
+    /// How a span whose enters and exits are ignored is kept while entered (see
+    /// [`super::scopes`]): those whose events the layer reads as their scope, the rest as
+    /// [`Scope::Ignored`].
     #[inline]
-    pub(crate) fn scope(self) -> Option<Scope> {
+    pub(crate) fn scope(self) -> Scope {
         match self {
-            SpanClass::Resource { lock } => Some(Scope::Resource(lock)),
-            SpanClass::OpPoll { op } => Some(Scope::OpPoll(op)),
-            _ => None,
+            SpanClass::Resource { lock } => Scope::Resource(lock),
+            SpanClass::OpPoll { op } => Scope::OpPoll(op),
+            _ => Scope::Ignored,
         }
     }
 
@@ -101,8 +103,30 @@ pub(crate) fn note_new_span(span: u64, async_op: bool) -> Option<u64> {
 const INITIAL_CLASSES: usize = 256;
 const MAX_CLASSES: usize = 16_384;
 
-/// (span id, epoch of its bucket when remembered, class).
-type Entry = Cell<(u64, u32, Option<SpanClass>)>;
+/// A span's class as remembered, with the epoch of its bucket then. Separate cells, so a
+/// lookup reads the span id alone before anything else.
+struct Entry {
+    span: Cell<u64>,
+    epoch: Cell<u32>,
+    class: Cell<Option<SpanClass>>,
+}
+
+impl Entry {
+    fn empty() -> Entry {
+        Entry {
+            span: Cell::new(0),
+            epoch: Cell::new(0),
+            class: Cell::new(None),
+        }
+    }
+
+    #[inline]
+    fn set(&self, span: u64, epoch: u32, class: Option<SpanClass>) {
+        self.span.set(span);
+        self.epoch.set(epoch);
+        self.class.set(class);
+    }
+}
 
 /// This thread's cache, a direct-mapped table by span id, as the hot path reads it: where its
 /// entries are and the mask of its size (a power of two). Null until the thread's first span
@@ -161,10 +185,10 @@ fn with_entry<R>(span: u64, f: impl FnOnce(&Entry) -> R) -> Option<R> {
 
 /// Writes `span`'s entry, making the cache on the thread's first span.
 #[inline]
-fn set_entry(span: u64, entry: (u64, u32, Option<SpanClass>)) {
-    if with_entry(span, |e| e.set(entry)).is_none() {
+fn set_entry(span: u64, epoch: u32, class: SpanClass) {
+    if with_entry(span, |e| e.set(span, epoch, Some(class))).is_none() {
         resize(INITIAL_CLASSES);
-        with_entry(span, |e| e.set(entry));
+        with_entry(span, |e| e.set(span, epoch, Some(class)));
     }
 }
 
@@ -182,7 +206,7 @@ fn resize(len: usize) {
         }
         let _ = VIEW.try_with(|v| {
             v.entries.set(std::ptr::null());
-            *entries = (0..len).map(|_| Cell::new((0, 0, None))).collect();
+            *entries = (0..len).map(|_| Entry::empty()).collect();
             v.entries.set(entries.as_ptr());
             v.mask.set(len - 1);
         });
@@ -240,7 +264,7 @@ fn epoch_of(span: u64) -> u32 {
 #[inline]
 pub(crate) fn remember_class(span: u64, class: SpanClass) {
     let epoch = if class.is_shared() { epoch_of(span) } else { 0 };
-    set_entry(span, (span, epoch, Some(class)));
+    set_entry(span, epoch, class);
 }
 
 /// The epoch of `span`'s bucket, read before a registry lookup whose result is then
@@ -255,18 +279,21 @@ pub(crate) fn epoch(span: u64) -> u32 {
 #[inline]
 pub(crate) fn remember_looked_up(span: u64, epoch: u32, class: SpanClass) {
     debug_assert!(class.is_shared());
-    set_entry(span, (span, epoch, Some(class)));
+    set_entry(span, epoch, class);
 }
 
 /// What `span` is, if remembered on this thread (and, for a task, still that task).
 #[inline]
 pub(crate) fn class_of(span: u64) -> Option<SpanClass> {
-    with_entry(span, |entry| match entry.get() {
-        (id, epoch, Some(class)) if id == span && class.is_shared() => {
-            (epoch == epoch_of(span)).then_some(class)
+    with_entry(span, |entry| {
+        if entry.span.get() != span {
+            return None;
         }
-        (id, _, class) if id == span => class,
-        _ => None,
+        let class = entry.class.get()?;
+        if class.is_shared() && entry.epoch.get() != epoch_of(span) {
+            return None;
+        }
+        Some(class)
     })
     .flatten()
 }
@@ -275,8 +302,8 @@ pub(crate) fn class_of(span: u64) -> Option<SpanClass> {
 #[inline]
 pub(crate) fn forget_class(span: u64) {
     with_entry(span, |entry| {
-        if entry.get().0 == span {
-            entry.set((0, 0, None));
+        if entry.span.get() == span {
+            entry.set(0, 0, None);
         }
     });
 }
