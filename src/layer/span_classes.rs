@@ -128,7 +128,7 @@ impl Entry {
     }
 }
 
-/// This thread's cache, a direct-mapped table by span id, as the hot path reads it: where its
+/// This thread's cache, a direct-mapped table by span id ([`slot_of`]), as the hot path reads it: where its
 /// entries are and the mask of its size (a power of two). Null until the thread's first span
 /// (threads that never see one cost nothing). No destructor, so it stays readable while the
 /// thread's other thread-locals are torn down (dropping tasks there closes spans).
@@ -177,10 +177,20 @@ fn with_entry<R>(span: u64, f: impl FnOnce(&Entry) -> R) -> Option<R> {
         // clears them before), and `OwnedEntries::drop` clears them before the vector is
         // freed. The entries are `Cell`s touched by this thread only, and every `f` here
         // only gets or sets the one entry.
-        Some(f(unsafe { &*entries.add(span as usize & v.mask.get()) }))
+        Some(f(unsafe { &*entries.add(slot_of(span) & v.mask.get()) }))
     })
     .ok()
     .flatten()
+}
+
+/// Where `span` goes in a cache (before the mask). tracing-subscriber's span ids carry the
+/// slot address in their low bits and the creating thread's shard above bit 38, and every
+/// thread's shard hands out addresses from 0 up: the low bits alone would put a worker's
+/// spans on the entries of tasks spawned from another thread, so that every poll of those
+/// tasks missed. A multiply mixes all the bits into the ones kept.
+#[inline(always)]
+fn slot_of(span: u64) -> usize {
+    (span.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
 }
 
 /// Writes `span`'s entry, making the cache on the thread's first span.
@@ -319,6 +329,28 @@ pub(crate) fn shared_span_closed(span: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_of_other_threads_shards_do_not_evict_a_threads_tasks() {
+        std::thread::spawn(|| {
+            // Ids as tracing-subscriber's registry makes them: the slot address in the low
+            // bits, the creating thread's shard from bit 38. Tasks spawned from one thread
+            // (shard 0), then the spans a worker (shard 1) makes while polling them, at the
+            // same addresses.
+            let shard = |n: u64| n << 38;
+            let tasks: Vec<u64> = (1..=20).collect();
+            for &task in &tasks {
+                remember_class(task, SpanClass::IgnoredTask);
+            }
+            for address in 1..=40 {
+                remember_class(shard(1) | address, SpanClass::Internal);
+            }
+            let kept = tasks.iter().filter(|&&t| class_of(t).is_some()).count();
+            assert!(kept >= 15, "only {kept} of 20 tasks kept");
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn the_cache_grows_while_task_polls_keep_missing_it_and_stops_at_its_bound() {
