@@ -145,11 +145,9 @@ where
                 return;
             }
             "runtime.resource.async_op" => {
-                let tracked = resources::new_async_op(attrs, id, &ctx);
-                let class = if tracked {
-                    SpanClass::AsyncOp
-                } else {
-                    SpanClass::Internal
+                let class = match resources::new_async_op(attrs, id, &ctx) {
+                    Some(op) => SpanClass::AsyncOp { op },
+                    None => SpanClass::Internal,
                 };
                 span_classes::remember_class(id.into_u64(), class);
                 return;
@@ -247,7 +245,10 @@ where
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         match span_classes::class_of(id.into_u64()) {
-            Some(SpanClass::AsyncOp) => span_classes::forget_class(id.into_u64()),
+            Some(SpanClass::AsyncOp { op }) => {
+                span_classes::forget_class(id.into_u64());
+                return resources::close_async_op(&self.engine, op);
+            }
             // An async task's span ends with nothing to record but the drop's enter, which
             // was counted as a poll.
             Some(SpanClass::Task { site, .. }) => {
@@ -278,7 +279,9 @@ where
             return span_classes::shared_span_closed(id.into_u64());
         }
         if span.metadata().name() == "runtime.resource.async_op" {
-            resources::close_async_op(&self.engine, &span);
+            if let Some(op) = resources::tracked_async_op(&span) {
+                resources::close_async_op(&self.engine, op);
+            }
             return;
         }
         if span.metadata().name() != "runtime.spawn" {
@@ -552,15 +555,12 @@ where
         }
         None => None,
     };
-    let tracked = parent.is_some_and(|parent| match span_classes::class_of(parent) {
-        Some(class) => matches!(class, SpanClass::AsyncOp),
-        None => ctx
-            .span(&Id::from_u64(parent))
-            .is_some_and(|op| resources::is_tracked_async_op(&op)),
+    let op = parent.and_then(|parent| match span_classes::class_of(parent) {
+        Some(SpanClass::AsyncOp { op }) => Some(op),
+        Some(_) => None,
+        None => resources::tracked_async_op(&ctx.span(&Id::from_u64(parent))?),
     });
-    SpanClass::OpPoll {
-        op: parent.filter(|_| tracked),
-    }
+    SpanClass::OpPoll { op }
 }
 
 /// tokio's own resource and async-op spans are not where user code blocks; timing them would

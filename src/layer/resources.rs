@@ -11,6 +11,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -32,12 +33,45 @@ use super::scopes::{self, Scope};
 struct ResourceLock(TrackedLock);
 
 /// Kept on an acquisition's `runtime.resource.async_op` span.
-struct AsyncOpWait {
+pub(crate) struct AsyncOpWait {
     site: &'static LockSite,
     op: LockOp,
     created: u64,
     ready: AtomicBool,
     pending: AtomicBool,
+}
+
+/// A tracked acquisition's [`AsyncOpWait`], reached without the registry: its address in the
+/// async-op span's extensions (a box, which stays put until the span's data is freed after
+/// its close). Kept in the span-class cache of the thread that made the span and in the
+/// scopes of its poll spans, which the registry keeps the async op open for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct OpRef(NonNull<AsyncOpWait>);
+
+impl OpRef {
+    fn new(wait: &AsyncOpWait) -> OpRef {
+        OpRef(NonNull::from(wait))
+    }
+
+    /// The acquisition's state.
+    ///
+    /// # Safety
+    /// The async-op span `self` was taken from must still be open or closing. That holds for
+    /// the scope of one of its poll spans (a child keeps its parent open), for the class
+    /// remembered on the thread that made it, until that thread forgets it at the close
+    /// (span ids are handed out again only by the thread that made them, which remembers the
+    /// new span in the same entry), and during `on_close` (the registry frees the span's data
+    /// after every layer's `on_close`).
+    unsafe fn wait(&self) -> &AsyncOpWait {
+        // SAFETY: the caller keeps the box alive (above).
+        unsafe { self.0.as_ref() }
+    }
+
+    /// A distinct value, never read (tests of the scope stack).
+    #[cfg(test)]
+    pub(crate) fn for_tests(n: usize) -> OpRef {
+        OpRef(NonNull::new(std::ptr::without_provenance_mut(n * 64)).expect("not null"))
+    }
 }
 
 #[derive(Default)]
@@ -148,13 +182,11 @@ pub(crate) fn lock_closed(lock: TrackedLock) {
 }
 
 /// The acquisition of a `runtime.resource.async_op.poll` span (its parent), if tracked.
-pub(crate) fn tracked_op_of_poll<S>(span: &SpanRef<'_, S>) -> Option<u64>
+pub(crate) fn tracked_op_of_poll<S>(span: &SpanRef<'_, S>) -> Option<OpRef>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    span.parent()
-        .filter(is_tracked_async_op)
-        .map(|op| op.id().into_u64())
+    tracked_async_op(&span.parent()?)
 }
 
 /// The operation of a RwLock's async op, from its `source` (`RwLock::write_owned`, ...).
@@ -170,8 +202,12 @@ impl Visit for OpSource {
 }
 
 /// A `runtime.resource.async_op` span was created in a lock's scope: an acquisition begins.
-/// Returns whether it belongs to a tracked lock.
-pub(crate) fn new_async_op<S>(attrs: &Attributes<'_>, id: &Id, ctx: &Context<'_, S>) -> bool
+/// Returns its state if it belongs to a tracked lock.
+pub(crate) fn new_async_op<S>(
+    attrs: &Attributes<'_>,
+    id: &Id,
+    ctx: &Context<'_, S>,
+) -> Option<OpRef>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -183,12 +219,8 @@ where
             .and_then(|span| span.parent())
             .and_then(|p| tracked_lock(&p).map(|l| l.site)),
     };
-    let Some(site) = site else {
-        return false;
-    };
-    let Some(span) = ctx.span(id) else {
-        return false;
-    };
+    let site = site?;
+    let span = ctx.span(id)?;
     let op = match site.kind {
         // Only a RwLock's operations need telling apart.
         LockKind::TokioRwLock => {
@@ -198,33 +230,30 @@ where
         }
         kind => kind.operations()[0],
     };
-    span.extensions_mut().insert(AsyncOpWait {
+    let mut extensions = span.extensions_mut();
+    extensions.insert(AsyncOpWait {
         site,
         op,
         created: clock::now_ns(),
         ready: AtomicBool::new(false),
         pending: AtomicBool::new(false),
     });
-    true
+    extensions.get_mut::<AsyncOpWait>().map(|wait| OpRef::new(wait))
 }
 
-/// Whether `span` is an async op of a tracked lock.
-pub(crate) fn is_tracked_async_op<S>(span: &SpanRef<'_, S>) -> bool
+/// The acquisition of `span` if it is an async op of a tracked lock.
+pub(crate) fn tracked_async_op<S>(span: &SpanRef<'_, S>) -> Option<OpRef>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    span.extensions().get::<AsyncOpWait>().is_some()
+    span.extensions().get::<AsyncOpWait>().map(OpRef::new)
 }
 
-/// An async op span closed: the acquisition ended, obtained or given up.
-pub(crate) fn close_async_op<S>(engine: &Engine, span: &SpanRef<'_, S>)
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    let extensions = span.extensions();
-    let Some(op) = extensions.get::<AsyncOpWait>() else {
-        return;
-    };
+/// A tracked async op span closes (this is its `on_close`): the acquisition ended, obtained or
+/// given up.
+pub(crate) fn close_async_op(engine: &Engine, op: OpRef) {
+    // SAFETY: called from the span's `on_close`.
+    let op = unsafe { op.wait() };
     let waited = Duration::from_nanos(clock::now_ns().saturating_sub(op.created));
     let acquired = op.ready.load(Relaxed);
     let contended = op.pending.load(Relaxed);
@@ -323,8 +352,9 @@ where
     // the innermost scope, when it is the kind expected.
     match (kind, scopes::innermost()) {
         (EventKind::PollOp, Some((_, Scope::OpPoll(op)))) => {
-            if let Some(op) = op.and_then(|op| ctx.span(&Id::from_u64(op))) {
-                poll_outcome(event, &op);
+            if let Some(op) = op {
+                // SAFETY: the scope of one of its poll spans, entered now.
+                poll_outcome(event, unsafe { op.wait() });
             }
         }
         (EventKind::LockState, Some((_, Scope::Resource(lock)))) => {
@@ -348,7 +378,9 @@ where
     match kind {
         EventKind::PollOp => {
             if let Some(op) = current.parent() {
-                poll_outcome(event, &op);
+                if let Some(wait) = op.extensions().get::<AsyncOpWait>() {
+                    poll_outcome(event, wait);
+                }
             }
         }
         EventKind::LockState => {
@@ -360,15 +392,8 @@ where
     }
 }
 
-/// A `poll_op` event: whether the poll of acquisition `op` (if tracked) was ready.
-fn poll_outcome<S>(event: &Event<'_>, op: &SpanRef<'_, S>)
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    let extensions = op.extensions();
-    let Some(op) = extensions.get::<AsyncOpWait>() else {
-        return;
-    };
+/// A `poll_op` event: whether the poll of acquisition `op` was ready.
+fn poll_outcome(event: &Event<'_>, op: &AsyncOpWait) {
     let mut f = StateFields::default();
     event.record(&mut f);
     match f.is_ready {

@@ -12,15 +12,16 @@
 use std::cell::Cell;
 
 use super::lock_holds::TrackedLock;
+use super::resources::OpRef;
 
 /// A span of tokio's whose events the layer reads.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Scope {
     /// A `runtime.resource` span: its lock, if the layer tracks it.
     Resource(Option<TrackedLock>),
-    /// A `runtime.resource.async_op.poll` span: its acquisition's `runtime.resource.async_op`
-    /// span, if the layer tracks it.
-    OpPoll(Option<u64>),
+    /// A `runtime.resource.async_op.poll` span: its acquisition (the parent async op), if the
+    /// layer tracks it.
+    OpPoll(Option<OpRef>),
     /// Any other span whose enters and exits the layer ignores: kept only so its exit is
     /// matched at once; never the scope of an event.
     Ignored,
@@ -127,8 +128,8 @@ mod tests {
         run_on_new_thread(|| {
             assert_eq!(innermost(), None);
             enter(1, Scope::Resource(None));
-            enter(2, Scope::OpPoll(Some(7)));
-            assert_eq!(innermost(), Some((2, Scope::OpPoll(Some(7)))));
+            enter(2, Scope::OpPoll(Some(OpRef::for_tests(7))));
+            assert_eq!(innermost(), Some((2, Scope::OpPoll(Some(OpRef::for_tests(7))))));
             // Another span's exit pops nothing.
             assert!(!exit_innermost(3));
             assert!(exit_innermost(2));
@@ -158,9 +159,9 @@ mod tests {
         run_on_new_thread(|| {
             enter(1, Scope::Resource(None));
             enter(2, Scope::OpPoll(None));
-            enter(3, Scope::OpPoll(Some(9)));
+            enter(3, Scope::OpPoll(Some(OpRef::for_tests(9))));
             exit_not_innermost(2);
-            assert_eq!(innermost(), Some((3, Scope::OpPoll(Some(9)))));
+            assert_eq!(innermost(), Some((3, Scope::OpPoll(Some(OpRef::for_tests(9))))));
             assert!(exit_innermost(3));
             assert_eq!(innermost(), Some((1, Scope::Resource(None))));
         });

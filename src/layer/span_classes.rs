@@ -13,6 +13,7 @@ use tracing::Metadata;
 use crate::engine::sites::Site;
 
 use super::lock_holds::TrackedLock;
+use super::resources::OpRef;
 use super::scopes::Scope;
 
 /// What a span is, cached per thread so `on_enter`/`on_exit` skip the registry lookup (a
@@ -24,10 +25,10 @@ pub(crate) enum SpanClass {
     /// tokio's own resource/async-op spans: never a culprit.
     Internal,
     /// An acquisition of a tracked tokio lock: internal, but its close ends a wait.
-    AsyncOp,
+    AsyncOp { op: OpRef },
     /// An async op's poll span, where tokio emits the op's `poll_op` events (`op`: its
-    /// acquisition's async-op span, if the layer tracks that acquisition).
-    OpPoll { op: Option<u64> },
+    /// acquisition, the parent async op, if the layer tracks it).
+    OpPoll { op: Option<OpRef> },
     /// A user span: a culprit candidate inside a poll.
     User(&'static Metadata<'static>),
     /// An async task's `runtime.spawn` span (not a `block_on`): each enter/exit is a poll.
@@ -49,7 +50,7 @@ impl SpanClass {
         matches!(
             self,
             SpanClass::Internal
-                | SpanClass::AsyncOp
+                | SpanClass::AsyncOp { .. }
                 | SpanClass::OpPoll { .. }
                 | SpanClass::IgnoredTask
                 | SpanClass::Resource { .. }
