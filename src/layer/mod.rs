@@ -9,6 +9,7 @@ mod poll_context;
 mod resources;
 mod scopes;
 mod span_classes;
+mod task_table;
 
 pub(crate) use resources::{wrapper_creating, WrapperCreating};
 
@@ -31,6 +32,7 @@ use fields::TaskFields;
 use poll_context::{PollEnd, PollKind};
 use scopes::Scope;
 use span_classes::SpanClass;
+use task_table::{TaskEntry, TaskTable};
 
 /// A culprit span must have covered at least this share of the slow poll to be named.
 const CULPRIT_MIN_SHARE: f64 = 0.5;
@@ -41,6 +43,10 @@ const CULPRIT_MIN_SHARE: f64 = 0.5;
 /// summary is logged and exporters flush.
 pub struct StallscopeLayer {
     engine: Arc<Engine>,
+    /// Async tasks' site and id, by span id (blocking jobs and `block_on`s keep theirs in a
+    /// registry extension, [`TaskSpan`]). Boxed: kept inline, its 2 KB made tracing-subscriber's
+    /// dispatch of every callback a little dearer (158 instructions per tokio Mutex lock).
+    tasks: Box<TaskTable>,
 }
 
 impl std::fmt::Debug for StallscopeLayer {
@@ -51,7 +57,7 @@ impl std::fmt::Debug for StallscopeLayer {
     }
 }
 
-/// What the layer keeps on each `runtime.spawn` span.
+/// What the layer keeps on the `runtime.spawn` span of each blocking job and `block_on`.
 struct TaskSpan {
     site: &'static Site,
     task_id: u64,
@@ -90,7 +96,10 @@ impl TaskSpan {
 
 impl StallscopeLayer {
     pub(crate) fn new(engine: Arc<Engine>) -> Self {
-        StallscopeLayer { engine }
+        StallscopeLayer {
+            engine,
+            tasks: Box::default(),
+        }
     }
 
     /// A guard over this layer's measurements: its drop logs the summary and flushes exporters.
@@ -207,6 +216,11 @@ where
             return ignored(id);
         };
         span_classes::remember_class(id.into_u64(), task.class());
+        if let SpanClass::Task { site, task_id } = task.class() {
+            return self
+                .tasks
+                .insert(id.into_u64(), TaskEntry { site, task_id });
+        }
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(task);
         }
@@ -252,6 +266,7 @@ where
             // An async task's span ends with nothing to record but the drop's enter, which
             // was counted as a poll.
             Some(SpanClass::Task { site, .. }) => {
+                self.tasks.remove(id.into_u64());
                 self.task_span_closed(id.into_u64(), site);
                 return span_classes::shared_span_closed(id.into_u64());
             }
@@ -269,7 +284,12 @@ where
                 span_classes::forget_class(id.into_u64());
                 return;
             }
-            None => {}
+            None => {
+                if let Some(task) = self.tasks.remove(id.into_u64()) {
+                    self.task_span_closed(id.into_u64(), task.site);
+                    return span_classes::shared_span_closed(id.into_u64());
+                }
+            }
         }
         let Some(span) = ctx.span(&id) else { return };
         if span.metadata().name() == "runtime.resource" {
@@ -321,6 +341,15 @@ impl StallscopeLayer {
             Some(SpanClass::User(meta)) => meta,
             Some(SpanClass::OtherTask) | None => {
                 let epoch = span_classes::epoch(id.into_u64());
+                // An async task first polled here (spawned elsewhere, or long before it ran).
+                if poll_context::thread_is_measured() {
+                    if let Some(TaskEntry { site, task_id }) = self.tasks.get(id.into_u64()) {
+                        let class = SpanClass::Task { site, task_id };
+                        span_classes::remember_looked_up(id.into_u64(), epoch, class);
+                        span_classes::task_poll_missed(clock::now_ns());
+                        return self.poll_begins(id.into_u64(), site, task_id);
+                    }
+                }
                 let Some(span) = ctx.span(id) else { return };
                 let meta = span.metadata();
                 match meta.name() {

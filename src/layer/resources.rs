@@ -238,7 +238,9 @@ where
         ready: AtomicBool::new(false),
         pending: AtomicBool::new(false),
     });
-    extensions.get_mut::<AsyncOpWait>().map(|wait| OpRef::new(wait))
+    extensions
+        .get_mut::<AsyncOpWait>()
+        .map(|wait| OpRef::new(wait))
 }
 
 /// The acquisition of `span` if it is an async op of a tracked lock.

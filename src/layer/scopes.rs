@@ -129,7 +129,10 @@ mod tests {
             assert_eq!(innermost(), None);
             enter(1, Scope::Resource(None));
             enter(2, Scope::OpPoll(Some(OpRef::for_tests(7))));
-            assert_eq!(innermost(), Some((2, Scope::OpPoll(Some(OpRef::for_tests(7))))));
+            assert_eq!(
+                innermost(),
+                Some((2, Scope::OpPoll(Some(OpRef::for_tests(7)))))
+            );
             // Another span's exit pops nothing.
             assert!(!exit_innermost(3));
             assert!(exit_innermost(2));
@@ -161,7 +164,10 @@ mod tests {
             enter(2, Scope::OpPoll(None));
             enter(3, Scope::OpPoll(Some(OpRef::for_tests(9))));
             exit_not_innermost(2);
-            assert_eq!(innermost(), Some((3, Scope::OpPoll(Some(OpRef::for_tests(9))))));
+            assert_eq!(
+                innermost(),
+                Some((3, Scope::OpPoll(Some(OpRef::for_tests(9)))))
+            );
             assert!(exit_innermost(3));
             assert_eq!(innermost(), Some((1, Scope::Resource(None))));
         });
