@@ -339,10 +339,11 @@ impl StallscopeLayer {
                 return self.poll_begins(id.into_u64(), site, task_id);
             }
             Some(SpanClass::User(meta)) => meta,
-            Some(SpanClass::OtherTask) | None => {
+            class @ (Some(SpanClass::OtherTask) | None) => {
                 let epoch = span_classes::epoch(id.into_u64());
                 // An async task first polled here (spawned elsewhere, or long before it ran).
-                if poll_context::thread_is_measured() {
+                // (Blocking jobs and `block_on`s, `OtherTask`, are not in the task table.)
+                if class.is_none() && poll_context::thread_is_measured() {
                     if let Some(TaskEntry { site, task_id }) = self.tasks.get(id.into_u64()) {
                         let class = SpanClass::Task { site, task_id };
                         span_classes::remember_looked_up(id.into_u64(), epoch, class);
