@@ -184,14 +184,22 @@ fn with_entry<R>(span: u64, f: impl FnOnce(&Entry) -> R) -> Option<R> {
     .flatten()
 }
 
-/// Where `span` goes in a cache (before the mask). tracing-subscriber's span ids carry the
-/// slot address in their low bits and the creating thread's shard above bit 38, and every
-/// thread's shard hands out addresses from 0 up: the low bits alone would put a worker's
-/// spans on the entries of tasks spawned from another thread, so that every poll of those
-/// tasks missed. A multiply mixes all the bits into the ones kept.
+/// A span id with its bits mixed (a Fibonacci multiply), for tables indexed by span id: its
+/// high bits depend on every bit of the id. tracing-subscriber's span ids carry the slot
+/// address in their low bits and the creating thread's shard above bit 38, and every thread's
+/// shard hands out addresses from 0 up, so the id's own low bits would put spans made on
+/// different threads on the same entries.
+#[inline(always)]
+pub(super) fn mix(span: u64) -> u64 {
+    span.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Where `span` goes in a cache (before the mask): indexed by the low bits alone, a worker's
+/// spans took the entries of tasks spawned from another thread, so that every poll of those
+/// tasks missed.
 #[inline(always)]
 fn slot_of(span: u64) -> usize {
-    (span.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+    (mix(span) >> 32) as usize
 }
 
 /// Writes `span`'s entry, making the cache on the thread's first span.

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
+use super::span_classes::mix;
 use crate::engine::sites::Site;
 
 /// What full mode keeps of an async task: what its polls are counted and reported under.
@@ -58,7 +59,9 @@ impl TaskTable {
         &self,
         span: u64,
     ) -> MutexGuard<'_, HashMap<u64, TaskEntry, BuildHasherDefault<SpanIdHasher>>> {
-        let index = (span.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS;
+        // The top four bits of the mixed id: one of 16 shards.
+        const _: () = assert!(SHARDS == 16);
+        let index = (mix(span) >> 60) as usize;
         // A poisoned lock only means a panic elsewhere mid-operation; the map stays usable.
         self.shards[index]
             .0
@@ -67,20 +70,20 @@ impl TaskTable {
     }
 }
 
-/// Span ids are already unique numbers: a multiply spreads them over the map's buckets (the
-/// low bits are the slot address, the bits above 38 the creating thread's shard).
+/// Span ids are already unique numbers: mixed ([`mix`]), and the high half folded into the low
+/// one, where the map picks its bucket.
 #[derive(Default)]
 struct SpanIdHasher(u64);
 
 impl Hasher for SpanIdHasher {
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.0 = mix(self.0.rotate_left(8) ^ u64::from(b));
         }
     }
 
     fn write_u64(&mut self, id: u64) {
-        let h = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = mix(id);
         self.0 = h ^ (h >> 32);
     }
 
