@@ -74,6 +74,19 @@ fn begin(hot: &Hot, slot: &'static WorkerSlot, counter: &'static PollCounter) {
     hot.counter.set(Some(counter));
     // Published for the watchdog; this thread is the slot's only writer.
     slot.site.store(counter.site_ptr(), Relaxed);
+    let start = clock::raw_ns();
+    slot.start_ns.store(start, Relaxed);
+    // Checked last, where the cold call is a jump: the fast path saves no registers for it.
+    if clock::is_idle(start) {
+        start_after_idle(slot);
+    }
+}
+
+/// The poll began while the clock was idle: its start is the precise time (which wakes the
+/// clock's thread).
+#[cold]
+#[inline(never)]
+fn start_after_idle(slot: &WorkerSlot) {
     slot.start_ns.store(clock::now_ns(), Relaxed);
 }
 
@@ -88,8 +101,9 @@ pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
         let start = slot.start_ns.load(Relaxed);
         slot.start_ns.store(0, Relaxed);
         // The clock only moves forward; `start` 0 (a nested runtime's poll on this thread
-        // ended ours) wraps to a large value and is sorted out off the fast path.
-        let elapsed = clock::now_ns().wrapping_sub(start);
+        // ended ours) and an idle clock's mark both give a large value, sorted out off the
+        // fast path.
+        let elapsed = clock::raw_ns().wrapping_sub(start);
         if elapsed < clock::FAST_POLL_NS {
             counter.count_one();
             return;
@@ -132,9 +146,20 @@ fn timed_poll(
     engine: &Engine,
     meta: &TaskMeta<'_>,
     start: u64,
-    elapsed: u64,
+    mut elapsed: u64,
 ) {
-    let Some(site) = counter.site().filter(|_| start != 0) else {
+    if start == 0 {
+        // A nested runtime's poll on this thread ended ours: its time is unknown.
+        return;
+    }
+    if clock::is_idle(start.wrapping_add(elapsed)) {
+        // The clock went idle during the poll: the precise end.
+        elapsed = clock::now_ns().wrapping_sub(start);
+        if elapsed < clock::FAST_POLL_NS {
+            return counter.count_one();
+        }
+    }
+    let Some(site) = counter.site() else {
         return;
     };
     engine.record_timed_poll(

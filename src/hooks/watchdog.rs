@@ -17,13 +17,17 @@ pub(crate) fn start() {
     clock::start_upkeep();
 }
 
-/// One look at every worker slot (called by the clock's upkeep thread each tick).
-pub(crate) fn scan(now: u64) {
+/// One look at every worker slot (called by the clock's upkeep thread each tick). Returns
+/// whether anything needs the clock kept ticking: a poll in progress, or a stall whose stack
+/// is being taken.
+pub(crate) fn scan(now: u64) -> bool {
     let look_after = LOOK_AFTER.as_nanos() as u64;
     let mut stalled = 0;
+    let mut polling = false;
     {
         for (index, slot) in slots::in_use_indexed() {
             let start = slot.start_ns.load(Relaxed);
+            polling |= start != 0;
             if start == 0 || now.saturating_sub(start) < look_after {
                 continue;
             }
@@ -53,5 +57,11 @@ pub(crate) fn scan(now: u64) {
         }
     }
     console_hint::stalled_workers(stalled);
-    stacks::tick(now);
+    let watching = stacks::tick(now);
+    polling || watching
+}
+
+/// Whether any worker is polling now (a quick look, without reporting).
+pub(crate) fn polling() -> bool {
+    slots::in_use().any(|slot| slot.start_ns.load(Relaxed) != 0)
 }

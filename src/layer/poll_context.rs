@@ -149,7 +149,7 @@ pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) -> bool
             if i >= MAX_NESTED_POLLS {
                 return true;
             }
-            let start = clock::now_ns();
+            let start = clock::raw_ns();
             #[cfg(tokio_unstable)]
             if let (0, Some(slot), PollKind::Async { .. }) = (i, p.slot.get(), kind) {
                 slot.site.store(
@@ -168,9 +168,30 @@ pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) -> bool
             }));
             p.culprits[i].set(None);
             p.polls_len.set(i + 1);
+            // Checked last: the fast path keeps no registers live across the cold call.
+            if clock::is_idle(start) {
+                start_after_idle(p, i);
+            }
             true
         })
         .unwrap_or(true)
+}
+
+/// The poll at `depth` began while the clock was idle: its start is the precise time (which
+/// wakes the clock's thread).
+#[cold]
+#[inline(never)]
+fn start_after_idle(p: &ThreadPolls, depth: usize) {
+    let Some(mut poll) = p.polls[depth].get() else {
+        return;
+    };
+    poll.start = clock::now_ns();
+    p.polls[depth].set(Some(poll));
+    #[cfg(tokio_unstable)]
+    if let (0, Some(slot), PollKind::Async { .. }) = (depth, p.slot.get(), poll.kind) {
+        slot.start_ns
+            .store(poll.start, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// How an exit ended a poll, if it did. Two words, so it comes back in registers.
@@ -197,7 +218,9 @@ pub(crate) fn end_poll(span: u64, count_fast: impl FnOnce(&'static Site, usize))
             let Some(poll) = p.polls[i].get().filter(|poll| poll.span == span) else {
                 return PollEnd::NotAPoll;
             };
-            let elapsed = clock::now_ns().saturating_sub(poll.start);
+            // An idle clock's mark gives a duration with the top bit set: never fast, so it
+            // is read precisely in `ended_poll`.
+            let elapsed = clock::raw_ns().saturating_sub(poll.start);
             #[cfg(tokio_unstable)]
             if let (0, Some(slot), PollKind::Async { .. }) = (i, p.slot.get(), poll.kind) {
                 slot.start_ns.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -224,9 +247,16 @@ pub(crate) fn end_poll(span: u64, count_fast: impl FnOnce(&'static Site, usize))
 pub(crate) fn ended_poll(depth: usize) -> Option<EndedPoll> {
     POLLS
         .try_with(|p| {
+            let poll = p.polls[depth].get()?;
+            let mut elapsed = p.ended_elapsed.get();
+            if clock::is_idle(elapsed) {
+                // The clock went idle during the poll: the precise end. (A poll that turns out
+                // fast is timed rather than counted: the same in the histogram.)
+                elapsed = clock::now_ns().saturating_sub(poll.start);
+            }
             Some(EndedPoll {
-                poll: p.polls[depth].get()?,
-                elapsed: p.ended_elapsed.get(),
+                poll,
+                elapsed,
                 depth,
                 shard: p.shard.get(),
             })
@@ -357,4 +387,48 @@ pub(crate) fn set_culprit_trace_parent(span: u64, parent: Option<TraceParent>) {
             p.culprits[pi].set(Some((culprit, depth)));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::histogram::Bounds;
+    use crate::engine::sites::{SiteKey, SiteTable, TaskKind};
+
+    /// A poll that begins and ends while the clock's thread sleeps is timed on the precise
+    /// clock: its start wakes the clock, its end reads past the idle mark.
+    #[test]
+    fn a_poll_on_an_idle_clock_is_timed_precisely() {
+        let sites = SiteTable::new(4, 1);
+        let key = SiteKey {
+            kind: TaskKind::Async,
+            file: "idle.rs",
+            line: 1,
+            column: 1,
+            task_name: None,
+        };
+        let site = sites.intern(&key, &Bounds::new(&[0.1]), &|_| {});
+        std::thread::spawn(move || {
+            set_thread(
+                0,
+                #[cfg(tokio_unstable)]
+                None,
+            );
+            let span = 0x51;
+            clock::go_idle_now();
+            assert!(begin_poll(span, site, PollKind::Async { task_id: 1 }));
+            std::thread::sleep(Duration::from_millis(20));
+            clock::go_idle_now();
+            let PollEnd::Timed(depth) = end_poll(span, |_, _| {}) else {
+                panic!("a 20 ms poll on an idle clock ended as fast");
+            };
+            let elapsed = ended_poll(depth).expect("the ended poll").elapsed;
+            assert!(
+                (19_000_000..1_000_000_000).contains(&elapsed),
+                "a 20 ms poll on an idle clock measured {elapsed} ns"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 }

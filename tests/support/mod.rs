@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod console;
 pub mod examples;
+pub mod idle;
 pub mod log;
 pub mod otlp;
 pub mod victoria;

@@ -119,10 +119,12 @@ mod sampler {
     }
 
     /// Once per tick: hand finished captures to the symbolizer, time out stuck ones, and
-    /// sample stalls that go on.
-    pub(crate) fn tick(now: u64) {
+    /// sample stalls that go on. Returns whether a stall is still watched (the clock keeps
+    /// ticking for it).
+    pub(crate) fn tick(now: u64) -> bool {
         WATCHED.with(|w| {
-            for (index, entry) in w.borrow_mut().iter_mut().enumerate() {
+            let mut w = w.borrow_mut();
+            for (index, entry) in w.iter_mut().enumerate() {
                 let Some(watched) = entry else { continue };
                 let running = slots::at(index)
                     .is_some_and(|s| s.start_ns.load(Relaxed) == watched.stall.start);
@@ -171,7 +173,8 @@ mod sampler {
                     }
                 }
             }
-        });
+            w.iter().any(Option::is_some)
+        })
     }
 
     /// The handler is installed for the signal `engine` asks for (first call installs it).
@@ -263,7 +266,9 @@ mod sampler {
         }
     }
 
-    pub(crate) fn tick(_now: u64) {}
+    pub(crate) fn tick(_now: u64) -> bool {
+        false
+    }
 
     pub(crate) fn set_owner(_index: usize, _owned: bool) {}
 }
