@@ -91,6 +91,9 @@ impl CoarseClock {
     #[inline(never)]
     fn wake_up(&self, mut seen: u64) -> u64 {
         let precise = precise_ns();
+        // No thread keeps the clock (it could not start): it stays idle, and every read is a
+        // precise one.
+        let stay_idle = self.upkeep.get().is_none();
         loop {
             if !is_idle(seen) {
                 // Another reader ended the spell (or the upkeep thread woke) meanwhile: its
@@ -99,9 +102,10 @@ impl CoarseClock {
                 return seen;
             }
             // A time is only ever replaced by a later one, so a thread that read a time here
-            // never reads an earlier one after it.
+            // never reads an earlier one after it, idle mark or not.
             let now = precise.max(seen & !IDLE);
-            match self.now.compare_exchange_weak(seen, now, Relaxed, Relaxed) {
+            let new = if stay_idle { now | IDLE } else { now };
+            match self.now.compare_exchange_weak(seen, new, Relaxed, Relaxed) {
                 Ok(_) => {
                     if let Some(thread) = self.upkeep.get() {
                         thread.unpark();
@@ -161,11 +165,9 @@ pub(crate) fn start_upkeep() {
         let spawned = std::thread::Builder::new()
             .name("stallscope-watchdog".into())
             .spawn(|| upkeep(&CLOCK));
-        match spawned {
-            Ok(handle) => {
-                let _ = CLOCK.upkeep.set(handle.thread().clone());
-            }
-            Err(e) => crate::report::no_clock_thread(&e),
+        if let Err(e) = spawned {
+            CLOCK.go_idle();
+            crate::report::no_clock_thread(&e);
         }
     });
 }
@@ -173,6 +175,8 @@ pub(crate) fn start_upkeep() {
 /// The upkeep thread: ticks while polls run and sleeps, the clock marked idle, once none has
 /// for [`IDLE_AFTER`].
 fn upkeep(clock: &CoarseClock) -> ! {
+    // Known before this thread first marks the clock idle, so readers can wake it.
+    let _ = clock.upkeep.set(std::thread::current());
     let idle_after_ticks = (IDLE_AFTER.as_nanos() / TICK.as_nanos()) as u32;
     let mut quiet_ticks = 0u32;
     loop {
@@ -252,8 +256,28 @@ mod tests {
     }
 
     #[test]
+    fn without_its_thread_the_clock_stays_idle_and_reads_precisely() {
+        let clock = CoarseClock::new();
+        clock.advance();
+        clock.go_idle();
+        let first = clock.now();
+        std::thread::sleep(Duration::from_millis(5));
+        let second = clock.now();
+        assert!(
+            clock.is_idle(),
+            "no thread would keep the clock: it stays idle"
+        );
+        assert!(
+            second >= first + 5_000_000,
+            "{second} after {first}: reads should be precise"
+        );
+    }
+
+    #[test]
     fn the_clock_never_runs_backwards_for_a_thread_across_idle_spells() {
         let clock = &*Box::leak(Box::new(CoarseClock::new()));
+        // A thread to wake (this one; the wakeups are never waited for).
+        let _ = clock.upkeep.set(std::thread::current());
         clock.advance();
         let readers: Vec<_> = (0..3)
             .map(|_| {

@@ -269,11 +269,12 @@ pub(crate) fn out_of_worker_slots(max: usize) {
     }
 }
 
-/// The clock's upkeep thread could not start: durations read as zero.
+/// The clock's upkeep thread could not start: every read of the clock is a precise one.
 pub(crate) fn no_clock_thread(e: &std::io::Error) {
     tracing::warn!(
         target: "stallscope",
-        "cannot start the stallscope-watchdog thread ({e}): poll and lock durations read as zero"
+        "cannot start the stallscope-watchdog thread ({e}): every poll and lock is timed on the \
+         precise clock instead (slower), and stalls are reported when they end, not while they run"
     );
 }
 
