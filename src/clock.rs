@@ -197,12 +197,12 @@ fn upkeep(clock: &CoarseClock) -> ! {
         }
         quiet_ticks += 1;
         if quiet_ticks >= idle_after_ticks {
+            quiet_ticks = 0;
             clock.go_idle();
             // A poll that began since the look read the last tick as its start: keep ticking
             // for it. One that begins later finds the mark and wakes this thread.
             if polling() {
                 clock.advance();
-                quiet_ticks = 0;
             }
         }
     }

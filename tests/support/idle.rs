@@ -61,6 +61,9 @@ pub fn idle_then_timed(mode: Mode) {
     let site = line!() + 1;
     let task = runtime.spawn(stall_after_idling());
     runtime.block_on(task).unwrap();
+    // The join handle can resolve before tokio calls the after-poll hook of the task's last
+    // poll (production mode): the runtime's shutdown waits for its workers.
+    drop(runtime);
 
     // Ticking, the thread would wake ~800 times in 400 ms; asleep, it looks at the workers
     // every 100 ms.
