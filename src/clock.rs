@@ -21,18 +21,18 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 /// How often the clock advances while anything runs.
-pub(crate) const TICK: Duration = Duration::from_micros(500);
+const TICK: Duration = Duration::from_micros(500);
 
 /// Polls whose coarse duration is under two ticks are "fast": counted, not timed.
 pub(crate) const FAST_POLL: Duration = Duration::from_millis(1);
 pub(crate) const FAST_POLL_NS: u64 = FAST_POLL.as_nanos() as u64;
 
 /// The upkeep thread marks the clock idle after this long without a poll in progress.
-pub(crate) const IDLE_AFTER: Duration = Duration::from_millis(10);
+const IDLE_AFTER: Duration = Duration::from_millis(10);
 
 /// While the clock is idle, the upkeep thread still looks at the worker slots this often: a
 /// poll that read the clock just before it went idle is watched from then on.
-pub(crate) const IDLE_LOOK: Duration = Duration::from_millis(100);
+const IDLE_LOOK: Duration = Duration::from_millis(100);
 
 /// Set in the clock's value while the upkeep thread sleeps: readers read the precise clock.
 /// The top bit, so that a hot path that subtracts a start from a marked value gets a duration

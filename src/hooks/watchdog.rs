@@ -1,6 +1,7 @@
 //! The watchdog thread (one per process): advances the coarse clock every tick and looks at
 //! every worker slot, reporting a poll that has run past the threshold while it still runs, and
-//! asking the stalled worker for its stack (see [`stacks`]).
+//! asking the stalled worker for its stack (see [`stacks`]). While no poll runs it sleeps, the
+//! clock marked idle (see [`clock`]).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
