@@ -27,6 +27,11 @@ impl Guard {
     }
 
     /// Everything measured so far.
+    ///
+    /// In production mode, tokio completes a task's `JoinHandle` before it calls the
+    /// after-poll hook of the task's last poll, so a snapshot taken right after awaiting a task
+    /// may not count that poll yet. For exact counts (tests), take it after the runtime has
+    /// shut down.
     pub fn snapshot(&self) -> Snapshot {
         self.engine.snapshot()
     }

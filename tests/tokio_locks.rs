@@ -233,3 +233,31 @@ fn an_acquisition_polled_on_two_threads_is_one_contended_wait() {
     assert_longest_wait(&stats, ms(29));
     assert_eq!(stats.cancellations, 0, "{stats:?}");
 }
+
+/// More acquisitions waiting at once than the layer's table of acquisitions holds (2,048): those
+/// beyond it keep their state in the registry, and every one is counted once, as a wait.
+#[test]
+fn thousands_of_waiting_acquisitions_are_each_one_contended_wait() {
+    stallscope();
+    const WAITERS: usize = 3_000;
+    let (permits, line) = (Arc::new(tokio::sync::Semaphore::new(0)), line!());
+    runtime().block_on(async {
+        // Each polled once here, so all wait at once before a permit exists.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let waiters: Vec<_> = (0..WAITERS)
+            .map(|_| {
+                let mut acquire = Box::pin(permits.clone().acquire_owned());
+                assert!(acquire.as_mut().poll(&mut cx).is_pending());
+                tokio::spawn(async move { drop(acquire.await.unwrap()) })
+            })
+            .collect();
+        permits.add_permits(1);
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+    });
+    let stats = lock_at(LockKind::TokioSemaphore, line);
+    assert_eq!(stats.acquisitions, WAITERS as u64, "{stats:?}");
+    assert_eq!(stats.contentions, WAITERS as u64, "{stats:?}");
+    assert_eq!(stats.cancellations, 0, "{stats:?}");
+}

@@ -2,6 +2,7 @@
 //! spans (`--cfg tokio_unstable` + tokio's `tracing` feature). Each enter/exit of a
 //! `runtime.spawn` span is one poll; a blocking job's first enter ends its queue wait.
 
+mod async_ops;
 mod block_on;
 mod fields;
 mod lock_holds;
@@ -154,7 +155,7 @@ where
                 return;
             }
             "runtime.resource.async_op" => {
-                let class = match resources::new_async_op(attrs, id, &ctx) {
+                let class = match resources::new_async_op(&self.engine, attrs, id, &ctx) {
                     Some(op) => SpanClass::AsyncOp { op },
                     None => SpanClass::Internal,
                 };
@@ -162,7 +163,7 @@ where
                 return;
             }
             "runtime.resource.async_op.poll" => {
-                let class = op_poll_class(attrs, previous_op, &ctx);
+                let class = op_poll_class(&self.engine, attrs, previous_op, &ctx);
                 span_classes::remember_class(id.into_u64(), class);
                 return;
             }
@@ -253,7 +254,7 @@ where
         // Records only: never emit events from here (see on_new_span).
         match resources::event_kind(event.metadata()) {
             resources::EventKind::Other => {}
-            kind => resources::on_event(kind, event, &ctx),
+            kind => self.resource_event(kind, event, &ctx),
         }
     }
 
@@ -299,7 +300,7 @@ where
             return span_classes::shared_span_closed(id.into_u64());
         }
         if span.metadata().name() == "runtime.resource.async_op" {
-            if let Some(op) = resources::tracked_async_op(&span) {
+            if let Some(op) = resources::tracked_async_op(&self.engine, &span) {
                 resources::close_async_op(&self.engine, op);
             }
             return;
@@ -368,7 +369,7 @@ impl StallscopeLayer {
                     // An acquisition polled on another thread than the one that began it
                     // (rare: its task moved between the two).
                     "runtime.resource.async_op.poll" => {
-                        let op = resources::tracked_op_of_poll(&span);
+                        let op = resources::tracked_op_of_poll(&self.engine, &span);
                         return scopes::enter(id.into_u64(), Scope::OpPoll(op));
                     }
                     _ if !poll_context::thread_is_measured() => return,
@@ -385,6 +386,21 @@ impl StallscopeLayer {
         if poll_context::polling() {
             poll_context::enter_span(id.into_u64(), meta);
         }
+    }
+
+    /// An event of tokio's resources that the layer reads. Apart from [`Layer::on_event`],
+    /// so the events it ignores (two waker events on every poll) return without this call's
+    /// setup.
+    #[inline(never)]
+    fn resource_event<S>(
+        &self,
+        kind: resources::EventKind,
+        event: &tracing::Event<'_>,
+        ctx: &Context<'_, S>,
+    ) where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        resources::on_event(&self.engine, kind, event, ctx)
     }
 
     /// Any exit but the innermost kept scope's. Apart from [`Layer::on_exit`], so scope exits
@@ -571,6 +587,7 @@ pub(crate) fn current_task_site() -> Option<&'static Site> {
 /// events find the acquisition without asking for the current span (and the untracked ones,
 /// such as the semaphore's inside every tokio lock, are dropped at once).
 fn op_poll_class<S>(
+    engine: &Engine,
     attrs: &Attributes<'_>,
     previous_op: Option<u64>,
     ctx: &Context<'_, S>,
@@ -588,7 +605,7 @@ where
     let op = parent.and_then(|parent| match span_classes::class_of(parent) {
         Some(SpanClass::AsyncOp { op }) => Some(op),
         Some(_) => None,
-        None => resources::tracked_async_op(&ctx.span(&Id::from_u64(parent))?),
+        None => resources::tracked_async_op_of(engine, parent, ctx),
     });
     SpanClass::OpPoll { op }
 }

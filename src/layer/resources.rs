@@ -12,7 +12,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tracing::field::{Field, Visit};
@@ -22,9 +22,10 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::clock;
-use crate::engine::locks::{LockKind, LockOp, LockSite};
+use crate::engine::locks::{LockKind, LockOp};
 use crate::engine::Engine;
 
+use super::async_ops::{AsyncOpWait, ASYNC_OPS};
 use super::lock_holds::{OpenHolds, TrackedLock};
 use super::scopes::{self, Scope};
 
@@ -32,19 +33,11 @@ use super::scopes::{self, Scope};
 /// registry (its class is remembered on the thread that made it).
 struct ResourceLock(TrackedLock);
 
-/// Kept on an acquisition's `runtime.resource.async_op` span.
-pub(crate) struct AsyncOpWait {
-    site: &'static LockSite,
-    op: LockOp,
-    created: u64,
-    ready: AtomicBool,
-    pending: AtomicBool,
-}
-
-/// A tracked acquisition's [`AsyncOpWait`], reached without the registry: its address in the
-/// async-op span's extensions (a box, which stays put until the span's data is freed after
-/// its close). Kept in the span-class cache of the thread that made the span and in the
-/// scopes of its poll spans, which the registry keeps the async op open for.
+/// A tracked acquisition's [`AsyncOpWait`], reached without the registry: its slot in
+/// [`ASYNC_OPS`], or (the table full) its address in the async-op span's extensions (a box,
+/// which stays put until the span's data is freed after its close). Kept in the span-class
+/// cache of the thread that made the span and in the scopes of its poll spans, which the
+/// registry keeps the async op open for.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct OpRef(NonNull<AsyncOpWait>);
 
@@ -56,7 +49,8 @@ impl OpRef {
     /// The acquisition's state.
     ///
     /// # Safety
-    /// The async-op span `self` was taken from must still be open or closing. That holds for
+    /// The async-op span `self` was taken from must still be open or closing (a slot is
+    /// another span's after the close; an extension's box is freed). That holds for
     /// the scope of one of its poll spans (a child keeps its parent open), for the class
     /// remembered on the thread that made it, until that thread forgets it at the close
     /// (span ids are handed out again only by the thread that made them, which remembers the
@@ -182,11 +176,11 @@ pub(crate) fn lock_closed(lock: TrackedLock) {
 }
 
 /// The acquisition of a `runtime.resource.async_op.poll` span (its parent), if tracked.
-pub(crate) fn tracked_op_of_poll<S>(span: &SpanRef<'_, S>) -> Option<OpRef>
+pub(crate) fn tracked_op_of_poll<S>(engine: &Engine, span: &SpanRef<'_, S>) -> Option<OpRef>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    tracked_async_op(&span.parent()?)
+    tracked_async_op(engine, &span.parent()?)
 }
 
 /// The operation of a RwLock's async op, from its `source` (`RwLock::write_owned`, ...).
@@ -204,6 +198,7 @@ impl Visit for OpSource {
 /// A `runtime.resource.async_op` span was created in a lock's scope: an acquisition begins.
 /// Returns its state if it belongs to a tracked lock.
 pub(crate) fn new_async_op<S>(
+    engine: &Engine,
     attrs: &Attributes<'_>,
     id: &Id,
     ctx: &Context<'_, S>,
@@ -230,25 +225,55 @@ where
         }
         kind => kind.operations()[0],
     };
+    let created = clock::now_ns();
+    if let Some(wait) = ASYNC_OPS.claim(owner(engine), id.into_u64(), site, op, created) {
+        return Some(OpRef::new(wait));
+    }
     let mut extensions = span.extensions_mut();
-    extensions.insert(AsyncOpWait {
-        site,
-        op,
-        created: clock::now_ns(),
-        ready: AtomicBool::new(false),
-        pending: AtomicBool::new(false),
-    });
+    extensions.insert(AsyncOpWait::unlisted(site, op, created));
     extensions
         .get_mut::<AsyncOpWait>()
         .map(|wait| OpRef::new(wait))
 }
 
-/// The acquisition of `span` if it is an async op of a tracked lock.
-pub(crate) fn tracked_async_op<S>(span: &SpanRef<'_, S>) -> Option<OpRef>
+/// The acquisition of async-op span `span` if it belongs to a tracked lock.
+pub(crate) fn tracked_async_op<S>(engine: &Engine, span: &SpanRef<'_, S>) -> Option<OpRef>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    if let Some(wait) = ASYNC_OPS.find(owner(engine), span.id().into_u64()) {
+        return Some(OpRef::new(wait));
+    }
+    span_extension(span)
+}
+
+/// The acquisition of the async-op span with id `span`, if tracked: found in the table
+/// without the registry.
+pub(crate) fn tracked_async_op_of<S>(
+    engine: &Engine,
+    span: u64,
+    ctx: &Context<'_, S>,
+) -> Option<OpRef>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    match ASYNC_OPS.find(owner(engine), span) {
+        Some(wait) => Some(OpRef::new(wait)),
+        None => span_extension(&ctx.span(&Id::from_u64(span))?),
+    }
+}
+
+/// The acquisition kept in the async-op span's extensions (the table was full).
+fn span_extension<S>(span: &SpanRef<'_, S>) -> Option<OpRef>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     span.extensions().get::<AsyncOpWait>().map(OpRef::new)
+}
+
+/// The layer whose registry's span ids key its slots in [`ASYNC_OPS`].
+fn owner(engine: &Engine) -> usize {
+    engine as *const Engine as usize
 }
 
 /// A tracked async op span closes (this is its `on_close`): the acquisition ended, obtained or
@@ -256,11 +281,13 @@ where
 pub(crate) fn close_async_op(engine: &Engine, op: OpRef) {
     // SAFETY: called from the span's `on_close`.
     let op = unsafe { op.wait() };
-    let waited = Duration::from_nanos(clock::now_ns().saturating_sub(op.created));
+    let waited = Duration::from_nanos(clock::now_ns().saturating_sub(op.created.load(Relaxed)));
     let acquired = op.ready.load(Relaxed);
     let contended = op.pending.load(Relaxed);
+    let (site, lock_op) = (op.site(), op.op());
+    ASYNC_OPS.release(op);
     let wait = (contended || !acquired).then_some(waited);
-    engine.record_async_acquisition(op.site, op.op, wait, acquired);
+    engine.record_async_acquisition(site, lock_op, wait, acquired);
 }
 
 #[derive(Default)]
@@ -346,7 +373,7 @@ fn classify_event(meta: &Metadata<'_>) -> EventKind {
 
 /// `runtime::resource::*` events of `kind` (not [`EventKind::Other`]): poll outcomes of
 /// acquisitions, lock state changes.
-pub(crate) fn on_event<S>(kind: EventKind, event: &Event<'_>, ctx: &Context<'_, S>)
+pub(crate) fn on_event<S>(engine: &Engine, kind: EventKind, event: &Event<'_>, ctx: &Context<'_, S>)
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -365,12 +392,12 @@ where
             }
         }
         // No scope kept (or an unexpected one): ask the registry.
-        _ => on_event_looked_up(kind, event, ctx),
+        _ => on_event_looked_up(engine, kind, event, ctx),
     }
 }
 
 #[cold]
-fn on_event_looked_up<S>(kind: EventKind, event: &Event<'_>, ctx: &Context<'_, S>)
+fn on_event_looked_up<S>(engine: &Engine, kind: EventKind, event: &Event<'_>, ctx: &Context<'_, S>)
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -379,10 +406,9 @@ where
     };
     match kind {
         EventKind::PollOp => {
-            if let Some(op) = current.parent() {
-                if let Some(wait) = op.extensions().get::<AsyncOpWait>() {
-                    poll_outcome(event, wait);
-                }
+            if let Some(op) = tracked_op_of_poll(engine, &current) {
+                // SAFETY: the parent of the poll span entered now.
+                poll_outcome(event, unsafe { op.wait() });
             }
         }
         EventKind::LockState => {
@@ -420,5 +446,59 @@ fn lock_state(event: &Event<'_>, lock: TrackedLock) {
             _ => LockOp::Lock,
         };
         lock.site.record_hold(op, held);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tracing_subscriber::prelude::*;
+
+    use super::*;
+
+    /// Waiting acquisitions hold slots of the table; each gives its slot back when it ends,
+    /// obtained or given up.
+    #[test]
+    fn every_acquisition_gives_its_slot_back() {
+        let layer = crate::Builder::new()
+            .report_slow_polls(false)
+            .summary_on_drop(false)
+            .build()
+            .unwrap();
+        let owner = owner(&layer.engine);
+        let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mutex = Arc::new(tokio::sync::Mutex::new(0u32));
+            let held = mutex.clone().lock_owned().await;
+            let waiters: Vec<_> = (0..10)
+                .map(|_| {
+                    let mutex = mutex.clone();
+                    tokio::spawn(async move { *mutex.lock().await += 1 })
+                })
+                .collect();
+            let given_up = {
+                let mutex = mutex.clone();
+                tokio::spawn(async move {
+                    let wait =
+                        tokio::time::timeout(std::time::Duration::from_millis(5), mutex.lock());
+                    assert!(wait.await.is_err());
+                })
+            };
+            tokio::task::yield_now().await;
+            assert_eq!(ASYNC_OPS.held_by(owner), 11, "every waiter holds a slot");
+            given_up.await.unwrap();
+            drop(held);
+            for waiter in waiters {
+                waiter.await.unwrap();
+            }
+            assert_eq!(*mutex.lock().await, 10);
+        });
+        drop(runtime);
+        assert_eq!(ASYNC_OPS.held_by(owner), 0);
     }
 }

@@ -5,8 +5,15 @@
 //! uncontended acquisition costs a `try_lock` and an atomic add; only a contended one reads the
 //! clock twice. A wait at or over the slow threshold on a thread that is polling a tokio task
 //! is reported: that is blocking inside async, every other task on that worker waited too.
-//! With feature `parking_lot`, [`parking_lot`](mod@parking_lot) wraps parking_lot's locks the
-//! same way; [`tokio`](mod@tokio) wraps `tokio::sync`'s for production mode.
+#![cfg_attr(
+    feature = "parking_lot",
+    doc = "With feature `parking_lot`, [`parking_lot`](mod@parking_lot) wraps parking_lot's locks the same way;"
+)]
+#![cfg_attr(
+    not(feature = "parking_lot"),
+    doc = "With feature `parking_lot`, module `parking_lot` wraps parking_lot's locks the same way;"
+)]
+//! [`tokio`](mod@tokio) wraps `tokio::sync`'s for production mode.
 //!
 //! Every guard is a [`Measured`] guard around the wrapped lock's own.
 //!
