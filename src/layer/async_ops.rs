@@ -8,8 +8,8 @@
 //! The table is bounded ([`SLOTS`] in flight, 128 KB of zeroed memory touched as slots are
 //! used); an acquisition that finds its few candidate slots taken keeps its state in a
 //! registry extension instead, as before. One table serves every layer in the process: span
-//! ids are only unique within one registry, so a slot also names the layer (its engine) that
-//! claimed it.
+//! ids are only unique within one registry, so a slot also names the layer that claimed it
+//! ([`OpOwner`]).
 
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
@@ -33,7 +33,7 @@ pub(crate) struct AsyncOpWait {
     /// The async-op span this slot belongs to (0: free; [`FILLING`]: being claimed). Always 0
     /// for a state kept in a registry extension.
     span: AtomicU64,
-    /// The layer that claimed the slot: its engine's address.
+    /// The layer that claimed the slot ([`OpOwner`]).
     owner: AtomicUsize,
     site: AtomicPtr<LockSite>,
     op: AtomicU8,
@@ -86,6 +86,19 @@ impl AsyncOpWait {
     }
 }
 
+/// A layer, as the owner of the slots it claims: span ids are only unique within one registry.
+/// Numbered from a process-wide counter, never reused (a layer's address could be, by a layer
+/// made after it was dropped, while its spans that never closed still held slots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OpOwner(usize);
+
+impl OpOwner {
+    pub(crate) fn new() -> OpOwner {
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        OpOwner(NEXT.fetch_add(1, Relaxed))
+    }
+}
+
 /// A fixed table of acquisition states, found by span id.
 pub(crate) struct AsyncOpTable<const N: usize> {
     slots: [AsyncOpWait; N],
@@ -115,7 +128,7 @@ impl<const N: usize> AsyncOpTable<N> {
     /// neighbourhood is full.
     pub(crate) fn claim(
         &self,
-        owner: usize,
+        owner: OpOwner,
         span: u64,
         site: &'static LockSite,
         op: LockOp,
@@ -128,7 +141,7 @@ impl<const N: usize> AsyncOpTable<N> {
                     .compare_exchange(0, FILLING, Acquire, Relaxed)
                     .is_ok()
         })?;
-        slot.owner.store(owner, Relaxed);
+        slot.owner.store(owner.0, Relaxed);
         slot.fill(site, op, created);
         slot.span.store(span, Release);
         Some(slot)
@@ -136,13 +149,13 @@ impl<const N: usize> AsyncOpTable<N> {
 
     /// The state of the acquisition of span `span` of `owner`'s registry, if it holds a slot.
     /// (The span is open: its slot stays its own meanwhile.)
-    pub(crate) fn find(&self, owner: usize, span: u64) -> Option<&AsyncOpWait> {
+    pub(crate) fn find(&self, owner: OpOwner, span: u64) -> Option<&AsyncOpWait> {
         self.candidates(span).find(|slot| {
             // Another registry's span of the same id may hold a slot too. Its slot can be given
             // back and claimed again between the two loads: the second look at the span says
             // whether the owner read belongs to it.
             slot.span.load(Acquire) == span
-                && slot.owner.load(Relaxed) == owner
+                && slot.owner.load(Relaxed) == owner.0
                 && slot.span.load(Acquire) == span
         })
     }
@@ -160,10 +173,10 @@ impl<const N: usize> AsyncOpTable<N> {
 
     /// Slots `owner` holds now (tests).
     #[cfg(test)]
-    pub(crate) fn held_by(&self, owner: usize) -> usize {
+    pub(crate) fn held_by(&self, owner: OpOwner) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.span.load(Relaxed) != 0 && s.owner.load(Relaxed) == owner)
+            .filter(|s| s.span.load(Relaxed) != 0 && s.owner.load(Relaxed) == owner.0)
             .count()
     }
 
@@ -197,23 +210,23 @@ mod tests {
         let table = AsyncOpTable::<16>::new();
         let site = site();
         let wait = table
-            .claim(1, 42, site, LockOp::Lock, 7)
+            .claim(OpOwner(1), 42, site, LockOp::Lock, 7)
             .expect("a free slot");
         wait.pending.store(true, Relaxed);
-        let found = table.find(1, 42).expect("found by span id");
+        let found = table.find(OpOwner(1), 42).expect("found by span id");
         assert!(ptr::eq(found, wait));
         assert!(ptr::eq(found.site(), site));
         assert_eq!(found.op(), LockOp::Lock);
         assert_eq!(found.created.load(Relaxed), 7);
         assert!(found.pending.load(Relaxed));
-        assert!(table.find(1, 43).is_none());
+        assert!(table.find(OpOwner(1), 43).is_none());
 
         table.release(wait);
-        assert!(table.find(1, 42).is_none());
+        assert!(table.find(OpOwner(1), 42).is_none());
         assert_eq!(table.taken(), 0);
         // Reused, its flags start clear.
         let again = table
-            .claim(1, 42, site, LockOp::Lock, 9)
+            .claim(OpOwner(1), 42, site, LockOp::Lock, 9)
             .expect("free again");
         assert!(!again.pending.load(Relaxed) && !again.ready.load(Relaxed));
     }
@@ -222,15 +235,19 @@ mod tests {
     fn the_same_span_id_of_two_registries_holds_two_slots() {
         let table = AsyncOpTable::<16>::new();
         let site = site();
-        let first = table.claim(1, 42, site, LockOp::Lock, 1).expect("room");
-        let second = table.claim(2, 42, site, LockOp::Write, 2).expect("room");
+        let first = table
+            .claim(OpOwner(1), 42, site, LockOp::Lock, 1)
+            .expect("room");
+        let second = table
+            .claim(OpOwner(2), 42, site, LockOp::Write, 2)
+            .expect("room");
         assert!(!ptr::eq(first, second));
-        assert!(ptr::eq(table.find(1, 42).expect("first"), first));
-        assert!(ptr::eq(table.find(2, 42).expect("second"), second));
-        assert!(table.find(3, 42).is_none());
+        assert!(ptr::eq(table.find(OpOwner(1), 42).expect("first"), first));
+        assert!(ptr::eq(table.find(OpOwner(2), 42).expect("second"), second));
+        assert!(table.find(OpOwner(3), 42).is_none());
         table.release(first);
-        assert!(table.find(1, 42).is_none());
-        assert!(ptr::eq(table.find(2, 42).expect("second"), second));
+        assert!(table.find(OpOwner(1), 42).is_none());
+        assert!(ptr::eq(table.find(OpOwner(2), 42).expect("second"), second));
     }
 
     #[test]
@@ -239,11 +256,15 @@ mod tests {
         let site = site();
         // Eight slots, eight probes: every span's neighbourhood is the whole table.
         let claimed: Vec<_> = (1..=8)
-            .map(|span| table.claim(1, span, site, LockOp::Lock, 1).expect("room"))
+            .map(|span| {
+                table
+                    .claim(OpOwner(1), span, site, LockOp::Lock, 1)
+                    .expect("room")
+            })
             .collect();
-        assert!(table.claim(1, 9, site, LockOp::Lock, 1).is_none());
+        assert!(table.claim(OpOwner(1), 9, site, LockOp::Lock, 1).is_none());
         for span in 1..=8 {
-            assert!(table.find(1, span).is_some(), "span {span}");
+            assert!(table.find(OpOwner(1), span).is_some(), "span {span}");
         }
         let outside = AsyncOpWait::unlisted(site, LockOp::Write, 3);
         table.release(&outside);
@@ -251,7 +272,7 @@ mod tests {
         assert_eq!(outside.op(), LockOp::Write);
 
         table.release(claimed[3]);
-        assert!(table.claim(1, 9, site, LockOp::Lock, 1).is_some());
+        assert!(table.claim(OpOwner(1), 9, site, LockOp::Lock, 1).is_some());
     }
 
     #[test]
@@ -265,9 +286,9 @@ mod tests {
                     for round in 0..1_000u64 {
                         let span = 1 + t * 1_000_000 + round;
                         let wait = table
-                            .claim(1, span, site, LockOp::Lock, span)
+                            .claim(OpOwner(1), span, site, LockOp::Lock, span)
                             .expect("room");
-                        let found = table.find(1, span).expect("own slot");
+                        let found = table.find(OpOwner(1), span).expect("own slot");
                         assert_eq!(found.created.load(Relaxed), span);
                         table.release(wait);
                     }

@@ -29,6 +29,7 @@ use crate::engine::histogram::this_threads_shard;
 use crate::engine::sites::{Site, SiteKey, TaskKind};
 use crate::engine::{stall, Engine};
 use crate::Guard;
+use async_ops::OpOwner;
 use fields::TaskFields;
 use poll_context::{PollEnd, PollKind};
 use scopes::Scope;
@@ -48,6 +49,8 @@ pub struct StallscopeLayer {
     /// registry extension, [`TaskSpan`]). Boxed: kept inline, its 2 KB made tracing-subscriber's
     /// dispatch of every callback a little dearer (158 instructions per tokio Mutex lock).
     tasks: Box<TaskTable>,
+    /// Whose slots in the table of acquisitions are this layer's.
+    ops_owner: OpOwner,
 }
 
 impl std::fmt::Debug for StallscopeLayer {
@@ -100,6 +103,7 @@ impl StallscopeLayer {
         StallscopeLayer {
             engine,
             tasks: Box::default(),
+            ops_owner: OpOwner::new(),
         }
     }
 
@@ -155,7 +159,7 @@ where
                 return;
             }
             "runtime.resource.async_op" => {
-                let class = match resources::new_async_op(&self.engine, attrs, id, &ctx) {
+                let class = match resources::new_async_op(self.ops_owner, attrs, id, &ctx) {
                     Some(op) => SpanClass::AsyncOp { op },
                     None => SpanClass::Internal,
                 };
@@ -163,7 +167,7 @@ where
                 return;
             }
             "runtime.resource.async_op.poll" => {
-                let class = op_poll_class(&self.engine, attrs, previous_op, &ctx);
+                let class = op_poll_class(self.ops_owner, attrs, previous_op, &ctx);
                 span_classes::remember_class(id.into_u64(), class);
                 return;
             }
@@ -300,7 +304,7 @@ where
             return span_classes::shared_span_closed(id.into_u64());
         }
         if span.metadata().name() == "runtime.resource.async_op" {
-            if let Some(op) = resources::tracked_async_op(&self.engine, &span) {
+            if let Some(op) = resources::tracked_async_op(self.ops_owner, &span) {
                 resources::close_async_op(&self.engine, op);
             }
             return;
@@ -369,7 +373,7 @@ impl StallscopeLayer {
                     // An acquisition polled on another thread than the one that began it
                     // (rare: its task moved between the two).
                     "runtime.resource.async_op.poll" => {
-                        let op = resources::tracked_op_of_poll(&self.engine, &span);
+                        let op = resources::tracked_op_of_poll(self.ops_owner, &span);
                         return scopes::enter(id.into_u64(), Scope::OpPoll(op));
                     }
                     _ if !poll_context::thread_is_measured() => return,
@@ -400,7 +404,7 @@ impl StallscopeLayer {
     ) where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
-        resources::on_event(&self.engine, kind, event, ctx)
+        resources::on_event(self.ops_owner, kind, event, ctx)
     }
 
     /// Any exit but the innermost kept scope's. Apart from [`Layer::on_exit`], so scope exits
@@ -587,7 +591,7 @@ pub(crate) fn current_task_site() -> Option<&'static Site> {
 /// events find the acquisition without asking for the current span (and the untracked ones,
 /// such as the semaphore's inside every tokio lock, are dropped at once).
 fn op_poll_class<S>(
-    engine: &Engine,
+    owner: OpOwner,
     attrs: &Attributes<'_>,
     previous_op: Option<u64>,
     ctx: &Context<'_, S>,
@@ -605,7 +609,7 @@ where
     let op = parent.and_then(|parent| match span_classes::class_of(parent) {
         Some(SpanClass::AsyncOp { op }) => Some(op),
         Some(_) => None,
-        None => resources::tracked_async_op_of(engine, parent, ctx),
+        None => resources::tracked_async_op_of(owner, parent, ctx),
     });
     SpanClass::OpPoll { op }
 }

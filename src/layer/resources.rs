@@ -25,7 +25,7 @@ use crate::clock;
 use crate::engine::locks::{LockKind, LockOp};
 use crate::engine::Engine;
 
-use super::async_ops::{AsyncOpWait, ASYNC_OPS};
+use super::async_ops::{AsyncOpWait, OpOwner, ASYNC_OPS};
 use super::lock_holds::{OpenHolds, TrackedLock};
 use super::scopes::{self, Scope};
 
@@ -176,11 +176,11 @@ pub(crate) fn lock_closed(lock: TrackedLock) {
 }
 
 /// The acquisition of a `runtime.resource.async_op.poll` span (its parent), if tracked.
-pub(crate) fn tracked_op_of_poll<S>(engine: &Engine, span: &SpanRef<'_, S>) -> Option<OpRef>
+pub(crate) fn tracked_op_of_poll<S>(owner: OpOwner, span: &SpanRef<'_, S>) -> Option<OpRef>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    tracked_async_op(engine, &span.parent()?)
+    tracked_async_op(owner, &span.parent()?)
 }
 
 /// The operation of a RwLock's async op, from its `source` (`RwLock::write_owned`, ...).
@@ -198,7 +198,7 @@ impl Visit for OpSource {
 /// A `runtime.resource.async_op` span was created in a lock's scope: an acquisition begins.
 /// Returns its state if it belongs to a tracked lock.
 pub(crate) fn new_async_op<S>(
-    engine: &Engine,
+    owner: OpOwner,
     attrs: &Attributes<'_>,
     id: &Id,
     ctx: &Context<'_, S>,
@@ -226,7 +226,7 @@ where
         kind => kind.operations()[0],
     };
     let created = clock::now_ns();
-    if let Some(wait) = ASYNC_OPS.claim(owner(engine), id.into_u64(), site, op, created) {
+    if let Some(wait) = ASYNC_OPS.claim(owner, id.into_u64(), site, op, created) {
         return Some(OpRef::new(wait));
     }
     let mut extensions = span.extensions_mut();
@@ -237,11 +237,11 @@ where
 }
 
 /// The acquisition of async-op span `span` if it belongs to a tracked lock.
-pub(crate) fn tracked_async_op<S>(engine: &Engine, span: &SpanRef<'_, S>) -> Option<OpRef>
+pub(crate) fn tracked_async_op<S>(owner: OpOwner, span: &SpanRef<'_, S>) -> Option<OpRef>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    if let Some(wait) = ASYNC_OPS.find(owner(engine), span.id().into_u64()) {
+    if let Some(wait) = ASYNC_OPS.find(owner, span.id().into_u64()) {
         return Some(OpRef::new(wait));
     }
     span_extension(span)
@@ -250,14 +250,14 @@ where
 /// The acquisition of the async-op span with id `span`, if tracked: found in the table
 /// without the registry.
 pub(crate) fn tracked_async_op_of<S>(
-    engine: &Engine,
+    owner: OpOwner,
     span: u64,
     ctx: &Context<'_, S>,
 ) -> Option<OpRef>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    match ASYNC_OPS.find(owner(engine), span) {
+    match ASYNC_OPS.find(owner, span) {
         Some(wait) => Some(OpRef::new(wait)),
         None => span_extension(&ctx.span(&Id::from_u64(span))?),
     }
@@ -269,11 +269,6 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     span.extensions().get::<AsyncOpWait>().map(OpRef::new)
-}
-
-/// The layer whose registry's span ids key its slots in [`ASYNC_OPS`].
-fn owner(engine: &Engine) -> usize {
-    engine as *const Engine as usize
 }
 
 /// A tracked async op span closes (this is its `on_close`): the acquisition ended, obtained or
@@ -373,7 +368,7 @@ fn classify_event(meta: &Metadata<'_>) -> EventKind {
 
 /// `runtime::resource::*` events of `kind` (not [`EventKind::Other`]): poll outcomes of
 /// acquisitions, lock state changes.
-pub(crate) fn on_event<S>(engine: &Engine, kind: EventKind, event: &Event<'_>, ctx: &Context<'_, S>)
+pub(crate) fn on_event<S>(owner: OpOwner, kind: EventKind, event: &Event<'_>, ctx: &Context<'_, S>)
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -392,12 +387,12 @@ where
             }
         }
         // No scope kept (or an unexpected one): ask the registry.
-        _ => on_event_looked_up(engine, kind, event, ctx),
+        _ => on_event_looked_up(owner, kind, event, ctx),
     }
 }
 
 #[cold]
-fn on_event_looked_up<S>(engine: &Engine, kind: EventKind, event: &Event<'_>, ctx: &Context<'_, S>)
+fn on_event_looked_up<S>(owner: OpOwner, kind: EventKind, event: &Event<'_>, ctx: &Context<'_, S>)
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -406,7 +401,7 @@ where
     };
     match kind {
         EventKind::PollOp => {
-            if let Some(op) = tracked_op_of_poll(engine, &current) {
+            if let Some(op) = tracked_op_of_poll(owner, &current) {
                 // SAFETY: the parent of the poll span entered now.
                 poll_outcome(event, unsafe { op.wait() });
             }
@@ -466,7 +461,7 @@ mod tests {
             .summary_on_drop(false)
             .build()
             .unwrap();
-        let owner = owner(&layer.engine);
+        let owner = layer.ops_owner;
         let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
