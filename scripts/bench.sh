@@ -8,6 +8,7 @@
 #
 #   scripts/bench.sh            # full sizes, 5 rounds (~10 minutes on 2 cores)
 #   ROUNDS=3 scripts/bench.sh --quick
+#   CONFIGS="unstable production production-10ms" WORKLOADS=mutex scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-5}
@@ -27,7 +28,16 @@ build unstable "--cfg tokio_unstable" ""
 build tracing "--cfg tokio_unstable" "--features tracing"
 
 bin() { echo "target/bench/$1/release/stallscope-bench"; }
-configs="bare:bare unstable:unstable unstable:empty-hooks unstable:production unstable:tokio-metrics tracing:idle-subscriber tracing:empty-layer tracing:full tracing:console"
+all_configs="bare:bare unstable:unstable unstable:empty-hooks unstable:production unstable:production-10ms unstable:tokio-metrics tracing:idle-subscriber tracing:empty-layer tracing:full tracing:console"
+# CONFIGS="unstable production production-10ms" picks configurations (bare is always run: the
+# ratios are to it).
+configs=$all_configs
+if [ -n "${CONFIGS:-}" ]; then
+  configs=""
+  for pair in $all_configs; do
+    case " bare $CONFIGS " in *" ${pair#*:} "*) configs="$configs $pair" ;; esac
+  done
+fi
 
 : > "$out"
 for workload in $workloads; do
@@ -53,7 +63,7 @@ for line in open(sys.argv[1]):
     key = (f["workload"], f["config"])
     runs[key].append(float(f["elapsed_ms"]))
     rss[key].append(int(f["peak_rss_kb"]))
-configs = ["bare", "unstable", "empty-hooks", "production", "tokio-metrics", "idle-subscriber", "empty-layer", "full", "console"]
+configs = ["bare", "unstable", "empty-hooks", "production", "production-10ms", "tokio-metrics", "idle-subscriber", "empty-layer", "full", "console"]
 workloads = []
 for w, _ in runs:
     if w not in workloads:
@@ -67,17 +77,21 @@ for w in workloads:
         if (w, c) not in runs:
             continue
         m = statistics.median(runs[(w, c)])
-        note = ""
-        if c == "empty-hooks":
-            note = f"x{m / statistics.median(runs[(w, 'unstable')]):.2f} vs unstable (tokio calling two hooks that do nothing)"
-        if c == "production":
-            note = (f"x{m / statistics.median(runs[(w, 'unstable')]):.2f} vs unstable (same build, no hooks), "
-                    f"x{m / statistics.median(runs[(w, 'empty-hooks')]):.2f} vs empty-hooks (stallscope's own cost)")
-        if c == "empty-layer":
-            note = f"x{m / statistics.median(runs[(w, 'idle-subscriber')]):.2f} vs idle-subscriber (composing any layer)"
-        if c == "full":
-            note = (f"x{m / statistics.median(runs[(w, 'idle-subscriber')]):.2f} vs idle-subscriber (target 1.15), "
-                    f"x{m / statistics.median(runs[(w, 'empty-layer')]):.2f} vs empty-layer (stallscope's own work)")
+        def vs(base, what):
+            if (w, base) not in runs:
+                return ""
+            return f"x{m / statistics.median(runs[(w, base)]):.2f} vs {base} ({what})"
+        notes = {
+            "empty-hooks": [vs("unstable", "tokio calling two hooks that do nothing")],
+            "production": [vs("unstable", "same build, no hooks"),
+                           vs("empty-hooks", "stallscope's own cost")],
+            "production-10ms": [vs("unstable", "same build, no hooks"),
+                                vs("production", "a 10 ms clock tick instead of 0.5 ms")],
+            "empty-layer": [vs("idle-subscriber", "composing any layer")],
+            "full": [vs("idle-subscriber", "target 1.15"),
+                     vs("empty-layer", "stallscope's own work")],
+        }
+        note = ", ".join(n for n in notes.get(c, []) if n)
         fastest = min(runs[(w, c)])
         print(f"{w:<10} {c:<16} {m:>10.1f} {m / bare:>7.2f} {fastest:>11.1f} {fastest / bare_fastest:>7.2f} "
               f"{max(rss[(w, c)]) / 1024:>12.1f}  {note}")

@@ -133,6 +133,26 @@ impl Builder {
         self
     }
 
+    /// How often the coarse clock that times polls, lock waits and holds advances (default
+    /// 0.5 ms, from 100 µs to 50 ms, at most half the slow-poll threshold). Polls under two
+    /// ticks are counted, not timed, and longer ones are timed to within a tick; a longer tick
+    /// wakes the clock's thread less often. One tick per process: the first instance built
+    /// fixes it, and a later one that asks for another says so in the log.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let layer = stallscope::Builder::new()
+    ///     .clock_tick(Duration::from_millis(5))
+    ///     .build()
+    ///     .expect("valid configuration");
+    /// # drop(layer);
+    /// ```
+    pub fn clock_tick(mut self, tick: Duration) -> Self {
+        self.config.clock_tick = tick;
+        self
+    }
+
     /// Validates the configuration, starts the exporters and returns the layer.
     pub fn build(self) -> Result<StallscopeLayer, Error> {
         let config = self.config;
@@ -156,6 +176,10 @@ impl Builder {
         zero("stack_sample_interval", config.stack_sample_interval)?;
         if config.max_sites == 0 || config.max_task_names_per_location == 0 {
             return Err(ConfigError::new("max_sites", "0", "a positive whole number").into());
+        }
+        if let Err(expected) = config.check_clock_tick() {
+            let tick = format!("{:?}", config.clock_tick);
+            return Err(ConfigError::new("clock_tick", &tick, &expected).into());
         }
 
         let mut notes = Vec::new();

@@ -1,11 +1,16 @@
 //! A coarse monotonic clock for timing polls in both modes: nanoseconds since the process's first use,
-//! advanced every [`TICK`] by the upkeep (watchdog) thread. Reading it is one relaxed load of a
+//! advanced every tick (0.5 ms unless configured, see [`fix_tick`]) by the upkeep (watchdog)
+//! thread. Reading it is one relaxed load of a
 //! read-mostly cache line and a bit test, against ~25-35 ns for `Instant::now()` on the
 //! machines we measured.
 //!
-//! Resolution: a poll shorter than [`FAST_POLL`] cannot be told apart from a zero-length one;
-//! it is counted, not timed. Hazards are polls of milliseconds to seconds, so this loses
+//! Resolution: a poll shorter than two ticks ([`fast_poll_ns`]) cannot be told apart from a
+//! zero-length one; it is counted, not timed. Hazards are polls of milliseconds to seconds, so this loses
 //! nothing that matters, and sub-millisecond detail is what full mode is for.
+//!
+//! **Tick.** One per process, fixed by the first stallscope instance. A longer tick means fewer
+//! wakeups of the upkeep thread under load (on a 2-vCPU VM, a lock convoy ran measurably
+//! faster with a 20 ms tick than with 0.5 ms) for a coarser resolution.
 //!
 //! **Idle.** A thread waking every 0.5 ms costs an idle process about 3% of a core (measured:
 //! ~1,700 wakeups a second, ~20 µs of CPU each on a VM). So when no poll has been in progress for
@@ -20,12 +25,13 @@ use std::sync::OnceLock;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-/// How often the clock advances while anything runs.
-const TICK: Duration = Duration::from_micros(500);
+use crate::config::DEFAULT_CLOCK_TICK;
 
-/// Polls whose coarse duration is under two ticks are "fast": counted, not timed.
-pub(crate) const FAST_POLL: Duration = Duration::from_millis(1);
-pub(crate) const FAST_POLL_NS: u64 = FAST_POLL.as_nanos() as u64;
+/// How often the clock advances while anything runs, in nanoseconds (see [`fix_tick`]).
+static TICK_NS: AtomicU64 = AtomicU64::new(DEFAULT_CLOCK_TICK.as_nanos() as u64);
+
+/// The tick the process's clock was given, once fixed.
+static FIXED_TICK: OnceLock<Duration> = OnceLock::new();
 
 /// The upkeep thread marks the clock idle after this long without a poll in progress.
 const IDLE_AFTER: Duration = Duration::from_millis(10);
@@ -40,6 +46,29 @@ const IDLE_LOOK: Duration = Duration::from_millis(100);
 const IDLE: u64 = 1 << 63;
 
 static CLOCK: CoarseClock = CoarseClock::new();
+
+/// Fixes the clock's tick for the whole process on the first call, and returns the tick in
+/// force: `requested` then, the first caller's afterwards (the clock, its thread and every
+/// fast-poll count are per process). Before any call the tick is the default.
+pub(crate) fn fix_tick(requested: Duration) -> Duration {
+    *FIXED_TICK.get_or_init(|| {
+        let ns = u64::try_from(requested.as_nanos()).unwrap_or(u64::MAX / 2);
+        TICK_NS.store(ns, Relaxed);
+        CLOCK.fast_poll_ns.store(ns.saturating_mul(2), Relaxed);
+        requested
+    })
+}
+
+/// Polls, waits and holds whose coarse duration is under this many nanoseconds are counted,
+/// not timed: two ticks.
+#[inline(always)]
+pub(crate) fn fast_poll_ns() -> u64 {
+    CLOCK.fast_poll_ns.load(Relaxed)
+}
+
+fn tick() -> Duration {
+    Duration::from_nanos(TICK_NS.load(Relaxed))
+}
 static ORIGIN: OnceLock<Instant> = OnceLock::new();
 
 /// The coarse time, never 0 (0 marks an idle worker slot); the precise time while the upkeep
@@ -65,6 +94,10 @@ pub(crate) fn is_idle(raw: u64) -> bool {
 /// The process's coarse clock: a time, and the thread that keeps it.
 struct CoarseClock {
     now: AtomicU64,
+    /// Durations whose coarse value is under two ticks are "fast": counted, not timed (a
+    /// coarse duration of one tick may be a poll of nanoseconds that straddled a tick). Beside
+    /// the time, so a hook that read the time reaches it without another address load.
+    fast_poll_ns: AtomicU64,
     upkeep: OnceLock<Thread>,
 }
 
@@ -72,6 +105,7 @@ impl CoarseClock {
     const fn new() -> Self {
         CoarseClock {
             now: AtomicU64::new(1),
+            fast_poll_ns: AtomicU64::new(2 * DEFAULT_CLOCK_TICK.as_nanos() as u64),
             upkeep: OnceLock::new(),
         }
     }
@@ -177,7 +211,8 @@ pub(crate) fn start_upkeep() {
 fn upkeep(clock: &CoarseClock) -> ! {
     // Known before this thread first marks the clock idle, so readers can wake it.
     let _ = clock.upkeep.set(std::thread::current());
-    let idle_after_ticks = (IDLE_AFTER.as_nanos() / TICK.as_nanos()) as u32;
+    let tick = tick();
+    let idle_after_ticks = (IDLE_AFTER.as_nanos() / tick.as_nanos()).max(1) as u32;
     let mut quiet_ticks = 0u32;
     loop {
         if clock.is_idle() {
@@ -188,7 +223,7 @@ fn upkeep(clock: &CoarseClock) -> ! {
             }
             quiet_ticks = 0;
         } else {
-            std::thread::sleep(TICK);
+            std::thread::sleep(tick);
         }
         let now = clock.advance();
         if look(now) {

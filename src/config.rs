@@ -16,6 +16,14 @@ pub const DEFAULT_HISTOGRAM_BOUNDS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0,
 ];
 
+/// Default tick of the coarse clock that times polls: polls under two ticks (1 ms) are counted,
+/// not timed.
+pub const DEFAULT_CLOCK_TICK: Duration = Duration::from_micros(500);
+
+/// The ticks [`Config::clock_tick`] accepts.
+pub const CLOCK_TICK_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_micros(100)..=Duration::from_millis(50);
+
 /// Default slow-poll threshold, the same as asyncio's `slow_callback_duration`.
 pub const DEFAULT_SLOW_POLL_THRESHOLD: Duration = Duration::from_millis(100);
 
@@ -46,6 +54,10 @@ pub struct Config {
     pub stack_sample_interval: Duration,
     /// Whether each stall over the threshold is also exported as an OTLP span (when OTLP runs).
     pub stall_spans: bool,
+    /// How often the coarse clock that times polls, lock waits and holds advances. Durations
+    /// under two ticks are counted, not timed; longer ones are timed to within a tick. One per
+    /// process: the first instance fixes it.
+    pub clock_tick: Duration,
 }
 
 /// The signal stack capture uses: one the runtime and common libraries leave alone.
@@ -98,6 +110,7 @@ impl Default for Config {
             stack_signal: StackSignal::DEFAULT,
             stack_sample_interval: Duration::from_secs(1),
             stall_spans: true,
+            clock_tick: DEFAULT_CLOCK_TICK,
         }
     }
 }
@@ -181,7 +194,28 @@ impl Config {
         if let Some(v) = var(lookup, vars::STALL_SPANS) {
             self.stall_spans = parse_bool(vars::STALL_SPANS, &v)?;
         }
+        if let Some(v) = var(lookup, vars::CLOCK_TICK) {
+            self.clock_tick = parse_duration(vars::CLOCK_TICK, &v)?;
+            if let Err(expected) = self.check_clock_tick() {
+                return Err(ConfigError::new(vars::CLOCK_TICK, &v, &expected));
+            }
+        }
         Ok(self)
+    }
+
+    /// The tick must lie in [`CLOCK_TICK_RANGE`], and two ticks (the shortest timed poll) must
+    /// not exceed the slow-poll threshold, or slow polls would be counted as fast ones.
+    pub(crate) fn check_clock_tick(&self) -> Result<(), String> {
+        if !CLOCK_TICK_RANGE.contains(&self.clock_tick) {
+            return Err("a duration from 100us to 50ms, such as 500us or 10ms".to_owned());
+        }
+        if self.clock_tick * 2 > self.slow_poll_threshold {
+            return Err(format!(
+                "at most half the slow-poll threshold ({:?}), so that slow polls are timed",
+                self.slow_poll_threshold
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -236,6 +270,8 @@ pub mod vars {
     pub const STALL_SPANS: &str = "STALLSCOPE_STALL_SPANS";
     /// `on`/`off`: compose console-subscriber in `init()`.
     pub const CONSOLE: &str = "STALLSCOPE_CONSOLE";
+    /// [`Config::clock_tick`](super::Config::clock_tick).
+    pub const CLOCK_TICK: &str = "STALLSCOPE_CLOCK_TICK";
 }
 
 /// A configuration value that cannot be used: names the variable (or builder method), the value
@@ -409,6 +445,43 @@ mod tests {
         let config = config.unwrap();
         assert!(!config.capture_stacks);
         assert_eq!(config.stack_sample_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn clock_ticks_are_checked_against_their_range_and_the_threshold() {
+        let tick = |pairs: &[(&str, &str)]| env(pairs).map(|c| c.clock_tick);
+        assert_eq!(tick(&[]).unwrap(), Duration::from_micros(500));
+        assert_eq!(
+            tick(&[("STALLSCOPE_CLOCK_TICK", "10ms")]).unwrap(),
+            Duration::from_millis(10)
+        );
+        for (bad, expected) in [
+            ("50us", "from 100us to 50ms"),
+            ("51ms", "from 100us to 50ms"),
+            ("fast", "a duration with a unit"),
+        ] {
+            let err = tick(&[("STALLSCOPE_CLOCK_TICK", bad)]).unwrap_err();
+            assert_eq!(err.variable(), "STALLSCOPE_CLOCK_TICK", "{bad}");
+            assert!(err.expected().contains(expected), "{bad}: {err}");
+        }
+        // Two ticks over the threshold would count slow polls as fast ones.
+        let err = tick(&[
+            ("STALLSCOPE_SLOW_POLL_THRESHOLD", "30ms"),
+            ("STALLSCOPE_CLOCK_TICK", "20ms"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable(), "STALLSCOPE_CLOCK_TICK");
+        assert!(
+            err.expected()
+                .contains("half the slow-poll threshold (30ms)"),
+            "{err}"
+        );
+        let err = crate::Builder::new()
+            .slow_poll_threshold(Duration::from_millis(30))
+            .clock_tick(Duration::from_millis(20))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("clock_tick"), "{err}");
     }
 
     #[test]

@@ -132,7 +132,8 @@ pub struct LockStats {
     pub held_across_await: u64,
     /// Time each contended acquisition waited.
     pub wait: HistogramSnapshot,
-    /// Time each guard was held (holds under 1 ms are counted, not timed).
+    /// Time each guard was held (holds under two clock ticks, 1 ms by default, are counted,
+    /// not timed).
     pub hold: HistogramSnapshot,
 }
 

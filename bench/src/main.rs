@@ -7,7 +7,7 @@
 //! | build | configurations |
 //! |---|---|
 //! | no cfg, no features | `bare` |
-//! | `--cfg tokio_unstable` | `unstable` (no hooks), `empty-hooks` (tokio calling two poll hooks that do nothing: the floor under production mode), `production` (stallscope's poll hooks; the `mutex` workload locks `stallscope::sync::tokio::Mutex`), `tokio-metrics` |
+//! | `--cfg tokio_unstable` | `unstable` (no hooks), `empty-hooks` (tokio calling two poll hooks that do nothing: the floor under production mode), `production` (stallscope's poll hooks; the `mutex` workload locks `stallscope::sync::tokio::Mutex`), `production-10ms` (the same with a 10 ms clock tick instead of 0.5 ms), `tokio-metrics` |
 //! | `--cfg tokio_unstable`, feature `tracing` | `idle-subscriber` (spans recorded by a bare registry), `empty-layer` (+ a layer that does nothing: the floor under full mode), `full` (+ stallscope's layer), `console` |
 
 use std::future::Future;
@@ -22,6 +22,8 @@ enum Config {
     Bare,
     Unstable,
     Production,
+    /// Production mode with a 10 ms clock tick: fewer wakeups, 20 ms resolution.
+    ProductionCoarse,
     EmptyHooks,
     TokioMetrics,
     IdleSubscriber,
@@ -36,6 +38,7 @@ impl Config {
             "bare" => Config::Bare,
             "unstable" => Config::Unstable,
             "production" => Config::Production,
+            "production-10ms" => Config::ProductionCoarse,
             "empty-hooks" => Config::EmptyHooks,
             "tokio-metrics" => Config::TokioMetrics,
             "idle-subscriber" => Config::IdleSubscriber,
@@ -46,14 +49,20 @@ impl Config {
         })
     }
 
+    fn is_production(self) -> bool {
+        matches!(self, Config::Production | Config::ProductionCoarse)
+    }
+
     fn available(self) -> bool {
         let unstable = cfg!(tokio_unstable);
         let tracing = cfg!(feature = "tracing");
         match self {
             Config::Bare => !unstable && !tracing,
-            Config::Unstable | Config::Production | Config::EmptyHooks | Config::TokioMetrics => {
-                unstable && !tracing
-            }
+            Config::Unstable
+            | Config::Production
+            | Config::ProductionCoarse
+            | Config::EmptyHooks
+            | Config::TokioMetrics => unstable && !tracing,
             Config::IdleSubscriber | Config::EmptyLayer | Config::Full | Config::Console => {
                 unstable && tracing
             }
@@ -180,7 +189,7 @@ macro_rules! mutex_workload {
 /// In the `production` configuration the lock is `stallscope::sync::tokio::Mutex`: what a
 /// production-mode user measuring their tokio locks runs.
 async fn mutex_workload(s: &Sizes, config: Config) -> u64 {
-    if config == Config::Production {
+    if config.is_production() {
         mutex_workload!(s, stallscope::sync::tokio::Mutex::named("bench", 0u64))
     } else {
         mutex_workload!(s, tokio::sync::Mutex::new(0u64))
@@ -239,7 +248,7 @@ fn peak_rss_kb() -> u64 {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: stallscope-bench <bare|unstable|empty-hooks|production|tokio-metrics|idle-subscriber|empty-layer|full|console> \
+        "usage: stallscope-bench <bare|unstable|empty-hooks|production|production-10ms|tokio-metrics|idle-subscriber|empty-layer|full|console> \
          <yield|yield-many|spawn|pingpong|mutex|http> [--quick] [--current-thread]"
     );
     std::process::exit(2);
@@ -277,8 +286,15 @@ fn main() {
     };
     builder.enable_all();
 
-    let quiet = || {
-        stallscope::Builder::new()
+    // The STALLSCOPE_* variables apply (a run with another tick, threshold or bounds).
+    let quiet = |tick: Option<Duration>| {
+        let builder = stallscope::Builder::from_env().expect("STALLSCOPE_* variables");
+        let builder = match tick {
+            Some(tick) => builder.clock_tick(tick),
+            None => builder,
+        };
+        builder
+            .otlp(stallscope::Toggle::Off)
             .report_slow_polls(false)
             .summary_on_drop(false)
             .build()
@@ -287,8 +303,9 @@ fn main() {
     let mut guard = None;
     match config {
         Config::Bare | Config::Unstable => {}
-        Config::Production => {
-            let layer = quiet();
+        Config::Production | Config::ProductionCoarse => {
+            let tick = (config == Config::ProductionCoarse).then_some(Duration::from_millis(10));
+            let layer = quiet(tick);
             layer.instrument_runtime(&mut builder);
             guard = Some(layer.guard());
         }
@@ -320,7 +337,7 @@ fn main() {
         }
         Config::Full => {
             use tracing_subscriber::prelude::*;
-            let layer = quiet();
+            let layer = quiet(None);
             guard = Some(layer.guard());
             tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
                 .unwrap();
@@ -383,7 +400,7 @@ fn main() {
             std::process::exit(4);
         }
     }
-    if let (Config::Production, "mutex", Some(guard)) = (config, workload.as_str(), &guard) {
+    if let (true, "mutex", Some(guard)) = (config.is_production(), workload.as_str(), &guard) {
         let locks: u64 = guard.snapshot().locks.iter().map(|l| l.acquisitions).sum();
         if locks < units {
             eprintln!("stallscope measured {locks} lock acquisitions, the workload made at least {units}: not measuring?");

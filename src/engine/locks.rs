@@ -182,7 +182,7 @@ pub(crate) struct LockSite {
     /// engine (an `Arc` shared by every thread).
     bounds: &'static Bounds,
     slow_threshold: Duration,
-    /// The bucket holding [`FAST_POLL`](crate::clock::FAST_POLL): where holds too short for the
+    /// The bucket holding [`fast_poll_ns`](crate::clock::fast_poll_ns): where holds too short for the
     /// coarse clock are counted.
     fast_bucket: usize,
     /// Acquisitions that obtained the lock without waiting, counted per thread shard. Those
@@ -208,7 +208,7 @@ impl LockSite {
     /// [`Engine::blocking_lock_wait`]: super::Engine::blocking_lock_wait
     ///
     /// A wait shorter than the coarse clock can time (under
-    /// [`FAST_POLL`](crate::clock::FAST_POLL)) is not handed to OpenTelemetry, as short holds
+    /// [`fast_poll_ns`](crate::clock::fast_poll_ns)) is not handed to OpenTelemetry, as short holds
     /// and polls are not: the SDK's histogram takes a lock per sample, and in a lock convoy
     /// every acquisition waits. `tokio.lock.contentions` counts them all.
     #[inline]
@@ -216,7 +216,7 @@ impl LockSite {
     pub(crate) fn record_wait(&self, op: LockOp, wait: Duration) -> bool {
         self.wait.record(self.bounds, wait);
         #[cfg(feature = "_otlp")]
-        if wait >= crate::clock::FAST_POLL {
+        if wait.as_nanos() >= u128::from(crate::clock::fast_poll_ns()) {
             if let Some(otel) = &self.otel {
                 otel.record_wait(op, wait);
             }
@@ -250,12 +250,12 @@ impl LockSite {
     }
 
     /// A guard was held `held_ns` (coarse clock). A hold shorter than the clock can time (under
-    /// [`FAST_POLL`](crate::clock::FAST_POLL)) is counted as a fast poll is: one atomic add
+    /// [`fast_poll_ns`](crate::clock::fast_poll_ns)) is counted as a fast poll is: one atomic add
     /// into this thread's shard.
     #[inline]
     #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
     pub(crate) fn record_hold(&self, op: LockOp, held_ns: u64) {
-        if held_ns < crate::clock::FAST_POLL_NS {
+        if held_ns < crate::clock::fast_poll_ns() {
             self.hold
                 .count_in_bucket(this_threads_shard(), self.fast_bucket, 1);
             return;
@@ -356,7 +356,7 @@ impl LockTable {
             hold: ShardedHistogram::new(bounds),
             bounds,
             slow_threshold: self.slow_threshold,
-            fast_bucket: bounds.bucket(crate::clock::FAST_POLL_NS),
+            fast_bucket: bounds.bucket(crate::clock::fast_poll_ns()),
             uncontended: ShardedCounter::default(),
             cancellations: AtomicU64::new(0),
             cancelled_wait: ShardedHistogram::new(bounds),

@@ -79,11 +79,20 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     pub(crate) fn new(config: Config) -> Arc<Engine> {
+        // Before any bucket for fast polls is chosen: they are the polls under two ticks.
+        let tick = crate::clock::fix_tick(config.clock_tick);
+        let mut notes = Vec::new();
+        if tick != config.clock_tick {
+            notes.push((
+                tracing::Level::WARN,
+                crate::report::tick_already_fixed(config.clock_tick, tick),
+            ));
+        }
         let bounds = Bounds::new(&config.histogram_bounds);
         let locks = LockTable::new(config.max_sites, &bounds, config.slow_poll_threshold);
         Arc::new(Engine {
-            fast_poll_bucket: bounds.bucket(crate::clock::FAST_POLL_NS),
-            startup_notes: std::sync::Mutex::new(Vec::new()),
+            fast_poll_bucket: bounds.bucket(crate::clock::fast_poll_ns()),
+            startup_notes: std::sync::Mutex::new(notes),
             startup_said: AtomicBool::new(false),
             bounds,
             sites: SiteTable::new(config.max_sites, config.max_task_names_per_location),
@@ -186,7 +195,7 @@ impl Engine {
         })
     }
 
-    /// `n` polls shorter than [`FAST_POLL`](crate::clock::FAST_POLL) by the coarse clock:
+    /// `n` polls shorter than [`fast_poll_ns`](crate::clock::fast_poll_ns) by the coarse clock:
     /// counted in the bucket holding that limit, not timed. The per-poll hot path of both modes.
     #[inline]
     pub(crate) fn count_fast_polls(&self, site: &Site, shard: usize, n: u64) {
@@ -199,7 +208,7 @@ impl Engine {
         site.busy.uncount_in_bucket(shard, self.fast_poll_bucket);
     }
 
-    /// One poll of at least `FAST_POLL`, timed to the coarse clock's tick; reported when slow.
+    /// One poll of at least `fast_poll_ns`, timed to the coarse clock's tick; reported when slow.
     #[cold]
     pub(crate) fn record_timed_poll(
         &self,

@@ -5,7 +5,7 @@
 //! The per-poll path is built to be left on. Before a poll: one compare in this thread's
 //! table of spawn locations, two stores into this thread's slot (site and start, for the
 //! watchdog) and one relaxed load of a coarse clock. After it: the clock again and, for a poll
-//! under [`clock::FAST_POLL`], a plain increment of this thread's counter for the location. No
+//! under [`clock::fast_poll_ns`] (two ticks), a plain increment of this thread's counter for the location. No
 //! allocation, no lock, no locked instruction, no shared cache line written by two workers, no
 //! syscall: about 56 instructions per poll inside both hooks (`scripts/hot-path-guard.sh`
 //! counts them; tokio's own dispatch of the hooks adds about 22). Counts reach the sites' histograms when a table
@@ -90,7 +90,7 @@ fn start_after_idle(slot: &WorkerSlot) {
     slot.start_ns.store(clock::now_ns(), Relaxed);
 }
 
-/// A poll ended: under [`clock::FAST_POLL`] it is counted in this thread's counter (a plain
+/// A poll ended: under [`clock::fast_poll_ns`] (two ticks) it is counted in this thread's counter (a plain
 /// load and store); longer, it is timed and recorded ([`Engine::record_timed_poll`]).
 #[inline]
 pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
@@ -104,7 +104,7 @@ pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
         // ended ours) and an idle clock's mark both give a large value, sorted out off the
         // fast path.
         let elapsed = clock::raw_ns().wrapping_sub(start);
-        if elapsed < clock::FAST_POLL_NS {
+        if elapsed < clock::fast_poll_ns() {
             counter.count_one();
             return;
         }
@@ -155,7 +155,7 @@ fn timed_poll(
     if clock::is_idle(start.wrapping_add(elapsed)) {
         // The clock went idle during the poll: the precise end.
         elapsed = clock::now_ns().wrapping_sub(start);
-        if elapsed < clock::FAST_POLL_NS {
+        if elapsed < clock::fast_poll_ns() {
             return counter.count_one();
         }
     }

@@ -198,7 +198,7 @@ fn start_after_idle(p: &ThreadPolls, depth: usize) {
 pub(crate) enum PollEnd {
     /// The span was not the innermost poll in progress on this thread.
     NotAPoll,
-    /// A poll of an async task at this site, shorter than [`clock::FAST_POLL_NS`]: counted by
+    /// A poll of an async task at this site, shorter than [`clock::fast_poll_ns`]: counted by
     /// [`end_poll`]'s `count_fast`, not timed (the per-poll path).
     Fast(&'static Site),
     /// Any other poll, at this depth of the thread's polls: timed, or a blocking job's run.
@@ -230,7 +230,8 @@ pub(crate) fn end_poll(span: u64, count_fast: impl FnOnce(&'static Site, usize))
             if p.spans_len.get() > poll.span_base {
                 p.spans_len.set(poll.span_base);
             }
-            let fast = matches!(poll.kind, PollKind::Async { .. }) && elapsed < clock::FAST_POLL_NS;
+            let fast =
+                matches!(poll.kind, PollKind::Async { .. }) && elapsed < clock::fast_poll_ns();
             p.last_fast_poll.set(if fast { span } else { 0 });
             if fast {
                 count_fast(poll.site, p.shard.get());

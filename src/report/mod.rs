@@ -544,6 +544,20 @@ pub(crate) fn warn_if_no_task_spans(engine: &Engine) -> bool {
     false
 }
 
+/// Said once at start-up by an instance whose clock tick was not applied: the process's clock
+/// ticks as the first instance asked.
+pub(crate) fn tick_already_fixed(
+    requested: std::time::Duration,
+    tick: std::time::Duration,
+) -> String {
+    format!(
+        "clock tick {requested:?} not applied: this process's clock already ticks every {tick:?} \
+         (the first stallscope instance fixes it for the whole process), so polls under {:?} are \
+         counted, not timed",
+        tick * 2
+    )
+}
+
 /// Said once at start-up when built without `--cfg tokio_unstable`.
 pub(crate) const WITHOUT_TOKIO_UNSTABLE: &str = "built without `--cfg tokio_unstable`: tokio emits no task \
     spans, so slow polls, per-task busy time and blocking-pool waits cannot be measured, and tokio-console \

@@ -43,12 +43,17 @@ pub enum Mode {
 /// The process's stallscope instance, built by the first call (later arguments are ignored),
 /// with the global subscriber set up for `mode`.
 pub fn stallscope(slow_poll_threshold: Duration, mode: Mode) -> &'static stallscope::Guard {
+    stallscope_from(
+        stallscope::Builder::new().slow_poll_threshold(slow_poll_threshold),
+        mode,
+    )
+}
+
+/// [`stallscope`] from a builder of the test's own.
+pub fn stallscope_from(builder: stallscope::Builder, mode: Mode) -> &'static stallscope::Guard {
     static GUARD: OnceLock<stallscope::Guard> = OnceLock::new();
     GUARD.get_or_init(|| {
-        let layer = stallscope::Builder::new()
-            .slow_poll_threshold(slow_poll_threshold)
-            .build()
-            .unwrap();
+        let layer = builder.build().unwrap();
         let guard = layer.guard();
         let registry = tracing_subscriber::registry().with(Capture);
         match mode {

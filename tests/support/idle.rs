@@ -8,7 +8,7 @@ use stallscope::sync::Mutex;
 
 /// Times the clock's thread has gone to sleep and woken up so far (Linux: its voluntary
 /// context switches).
-fn clock_thread_wakeups() -> u64 {
+pub fn clock_thread_wakeups() -> u64 {
     let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
     for task in tasks.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
