@@ -36,7 +36,7 @@ impl Histograms {
             ),
             lock_hold: histogram(
                 "tokio.lock.hold.duration",
-                "Time a guard was held (holds of 1 ms and longer), by lock and operation",
+                "Time a guard was held (holds of two clock ticks, 1 ms by default, and longer), by lock and operation",
             ),
             poll: histogram(
                 "tokio.task.poll.duration",
