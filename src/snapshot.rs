@@ -21,6 +21,9 @@ pub struct Snapshot {
     pub histogram_bounds: Vec<f64>,
     /// The slow-poll threshold in force.
     pub slow_threshold: Duration,
+    /// The tick of the coarse clock that timed everything here: polls, waits and holds under
+    /// two ticks are counted in the bucket holding two ticks, not timed.
+    pub clock_tick: Duration,
     /// Stacks of stalled workers captured and resolved so far.
     pub stall_stacks: u64,
 }

@@ -60,6 +60,7 @@ fn a_longer_tick_counts_short_polls_times_long_ones_and_wakes_less() {
             .find(|t| t.location.line == line)
             .unwrap_or_else(|| panic!("the task spawned at line {line}"))
     };
+    assert_eq!(snapshot.clock_tick, TICK);
     let bounds = &snapshot.histogram_bounds;
     let fast_bucket = bounds.iter().position(|b| *b >= 0.020).unwrap();
     let short = &site(short_site).polls;
@@ -84,6 +85,9 @@ fn a_longer_tick_counts_short_polls_times_long_ones_and_wakes_less() {
         live.iter().any(|r| r.contains("stall in progress")),
         "the clock's thread watched the stall while it ran: {live:?}"
     );
+
+    let said = reports_with("timing to a 10ms clock tick: polls, lock waits and holds under 20ms");
+    assert_eq!(said.len(), 1, "the tick is said at start-up: {said:?}");
 
     // A later instance cannot change the process's tick, and says so when it starts.
     let later = stallscope::Builder::new()

@@ -48,6 +48,8 @@ pub(crate) struct Engine {
     pub(crate) bounds: Bounds,
     /// Bucket that untimed fast polls are counted in.
     fast_poll_bucket: usize,
+    /// The process's clock tick, as fixed when this engine was made.
+    clock_tick: std::time::Duration,
     pub(crate) sites: SiteTable,
     pub(crate) locks: LockTable,
     pub(crate) runtimes: Runtimes,
@@ -87,11 +89,14 @@ impl Engine {
                 tracing::Level::WARN,
                 crate::report::tick_already_fixed(config.clock_tick, tick),
             ));
+        } else if tick != crate::config::DEFAULT_CLOCK_TICK {
+            notes.push((tracing::Level::INFO, crate::report::clock_tick(tick)));
         }
         let bounds = Bounds::new(&config.histogram_bounds);
         let locks = LockTable::new(config.max_sites, &bounds, config.slow_poll_threshold);
         Arc::new(Engine {
             fast_poll_bucket: bounds.bucket(crate::clock::fast_poll_ns()),
+            clock_tick: tick,
             startup_notes: std::sync::Mutex::new(notes),
             startup_said: AtomicBool::new(false),
             bounds,
@@ -509,6 +514,7 @@ impl Engine {
         let mut snapshot = Snapshot {
             histogram_bounds: self.bounds.seconds().to_vec(),
             slow_threshold: self.config.slow_poll_threshold,
+            clock_tick: self.clock_tick,
             stall_stacks: self.stall_stacks.load(Relaxed),
             ..Snapshot::default()
         };

@@ -544,6 +544,15 @@ pub(crate) fn warn_if_no_task_spans(engine: &Engine) -> bool {
     false
 }
 
+/// Said once at start-up when the clock's tick is not the default.
+pub(crate) fn clock_tick(tick: std::time::Duration) -> String {
+    format!(
+        "timing to a {tick:?} clock tick: polls, lock waits and holds under {:?} are counted, \
+         not timed, longer ones are timed to within {tick:?}",
+        tick * 2
+    )
+}
+
 /// Said once at start-up by an instance whose clock tick was not applied: the process's clock
 /// ticks as the first instance asked.
 pub(crate) fn tick_already_fixed(
