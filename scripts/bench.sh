@@ -3,8 +3,8 @@
 # alternating configurations round by round so the machine's drift hits all of them alike.
 # Prints median wall time, the ratio to bare tokio measured in the same run, the same for the
 # fastest run (interference only ever slows a run, and on a small VM some workloads fall into
-# two speed clusters from run to run, which can put two medians in different ones), and peak
-# RSS.
+# two speed clusters from run to run, which can put two medians in different ones), throughput
+# (polls, tasks, messages, locks or requests a second, by median) and peak RSS.
 #
 #   scripts/bench.sh            # full sizes, 5 rounds (~10 minutes on 2 cores)
 #   ROUNDS=3 scripts/bench.sh --quick
@@ -58,18 +58,28 @@ python3 - "$out" <<'PY'
 import sys, statistics, collections
 runs = collections.defaultdict(list)
 rss = collections.defaultdict(list)
+units = {}
+unit_names = {"yield": "polls", "yield-many": "polls", "spawn": "tasks", "pingpong": "messages",
+              "mutex": "locks", "http": "requests"}
+def rate(n, ms):
+    per_s = n / (ms / 1e3)
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if per_s >= scale:
+            return f"{per_s / scale:.2f}{suffix}"
+    return f"{per_s:.0f}"
 for line in open(sys.argv[1]):
     f = dict(kv.split("=", 1) for kv in line.split())
     key = (f["workload"], f["config"])
     runs[key].append(float(f["elapsed_ms"]))
     rss[key].append(int(f["peak_rss_kb"]))
+    units[f["workload"]] = int(f["units"])
 configs = ["bare", "unstable", "empty-hooks", "production", "production-10ms", "tokio-metrics", "idle-subscriber", "empty-layer", "full", "console"]
 workloads = []
 for w, _ in runs:
     if w not in workloads:
         workloads.append(w)
 print(f"{'workload':<10} {'config':<16} {'median ms':>10} {'x bare':>7} {'fastest ms':>11} {'x bare':>7} "
-      f"{'peak RSS MB':>12}  notes (ratios of medians)")
+      f"{'throughput (median)':>26} {'peak RSS MB':>12}  notes (ratios of medians)")
 for w in workloads:
     bare = statistics.median(runs[(w, "bare")])
     bare_fastest = min(runs[(w, "bare")])
@@ -93,6 +103,7 @@ for w in workloads:
         }
         note = ", ".join(n for n in notes.get(c, []) if n)
         fastest = min(runs[(w, c)])
+        throughput = f"{rate(units[w], m)} {unit_names.get(w, 'units')}/s"
         print(f"{w:<10} {c:<16} {m:>10.1f} {m / bare:>7.2f} {fastest:>11.1f} {fastest / bare_fastest:>7.2f} "
-              f"{max(rss[(w, c)]) / 1024:>12.1f}  {note}")
+              f"{throughput:>26} {max(rss[(w, c)]) / 1024:>12.1f}  {note}")
 PY
