@@ -1,12 +1,11 @@
-//! A coarse monotonic clock for timing polls in both modes: nanoseconds since the process's first use,
-//! advanced every tick (0.5 ms unless configured, see [`fix_tick`]) by the upkeep (watchdog)
-//! thread. Reading it is one relaxed load of a
-//! read-mostly cache line and a bit test, against ~25-35 ns for `Instant::now()` on the
-//! machines we measured.
+//! A coarse monotonic clock for timing polls in both modes: nanoseconds since the process's
+//! first use, advanced every tick (0.5 ms unless configured, see [`fix_tick`]) by the upkeep
+//! (watchdog) thread. Reading it is one relaxed load of a read-mostly cache line and a bit
+//! test, against ~25-35 ns for `Instant::now()` on the machines we measured.
 //!
 //! Resolution: a poll shorter than two ticks ([`fast_poll_ns`]) cannot be told apart from a
-//! zero-length one; it is counted, not timed. Hazards are polls of milliseconds to seconds, so this loses
-//! nothing that matters, and sub-millisecond detail is what full mode is for.
+//! zero-length one; it is counted, not timed. Hazards are polls of milliseconds to seconds, so
+//! this loses nothing that matters, and sub-millisecond detail is what full mode is for.
 //!
 //! **Tick.** One per process, fixed by the first stallscope instance. A longer tick means fewer
 //! wakeups of the upkeep thread under load (on a 2-vCPU VM, a lock convoy ran measurably
@@ -69,6 +68,7 @@ pub(crate) fn fast_poll_ns() -> u64 {
 fn tick() -> Duration {
     Duration::from_nanos(TICK_NS.load(Relaxed))
 }
+
 static ORIGIN: OnceLock<Instant> = OnceLock::new();
 
 /// The coarse time, never 0 (0 marks an idle worker slot); the precise time while the upkeep

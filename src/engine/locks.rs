@@ -182,8 +182,8 @@ pub(crate) struct LockSite {
     /// engine (an `Arc` shared by every thread).
     bounds: &'static Bounds,
     slow_threshold: Duration,
-    /// The bucket holding [`fast_poll_ns`](crate::clock::fast_poll_ns): where holds too short for the
-    /// coarse clock are counted.
+    /// The bucket holding [`fast_poll_ns`](crate::clock::fast_poll_ns): where holds too short
+    /// for the coarse clock are counted.
     fast_bucket: usize,
     /// Acquisitions that obtained the lock without waiting, counted per thread shard. Those
     /// that waited are the count of `wait`: a contended acquisition adds to one histogram only.
@@ -208,8 +208,8 @@ impl LockSite {
     /// [`Engine::blocking_lock_wait`]: super::Engine::blocking_lock_wait
     ///
     /// A wait shorter than the coarse clock can time (under
-    /// [`fast_poll_ns`](crate::clock::fast_poll_ns)) is not handed to OpenTelemetry, as short holds
-    /// and polls are not: the SDK's histogram takes a lock per sample, and in a lock convoy
+    /// [`fast_poll_ns`](crate::clock::fast_poll_ns)) is not handed to OpenTelemetry, as short
+    /// holds and polls are not: the SDK's histogram takes a lock per sample, and in a lock convoy
     /// every acquisition waits. `tokio.lock.contentions` counts them all.
     #[inline]
     #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
@@ -250,8 +250,8 @@ impl LockSite {
     }
 
     /// A guard was held `held_ns` (coarse clock). A hold shorter than the clock can time (under
-    /// [`fast_poll_ns`](crate::clock::fast_poll_ns)) is counted as a fast poll is: one atomic add
-    /// into this thread's shard.
+    /// [`fast_poll_ns`](crate::clock::fast_poll_ns)) is counted as a fast poll is: one atomic
+    /// add into this thread's shard.
     #[inline]
     #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
     pub(crate) fn record_hold(&self, op: LockOp, held_ns: u64) {

@@ -5,13 +5,14 @@
 //! The per-poll path is built to be left on. Before a poll: one compare in this thread's
 //! table of spawn locations, two stores into this thread's slot (site and start, for the
 //! watchdog) and one relaxed load of a coarse clock. After it: the clock again and, for a poll
-//! under [`clock::fast_poll_ns`] (two ticks), a plain increment of this thread's counter for the location. No
-//! allocation, no lock, no locked instruction, no shared cache line written by two workers, no
-//! syscall: about 56 instructions per poll inside both hooks (`scripts/hot-path-guard.sh`
-//! counts them; tokio's own dispatch of the hooks adds about 22). Counts reach the sites' histograms when a table
-//! entry is reused, when the worker parks and when it exits; snapshots add what is pending. A
-//! watchdog thread advances the clock and watches the slots, so a poll that is still running
-//! past the threshold is reported while it runs; it sleeps while no poll runs (see [`clock`]).
+//! under [`clock::fast_poll_ns`] (two ticks), a plain increment of this thread's counter for
+//! the location. No allocation, no lock, no locked instruction, no shared cache line written by
+//! two workers, no syscall: about 57 instructions per poll inside both hooks
+//! (`scripts/hot-path-guard.sh` counts them; tokio's own dispatch of the hooks adds about 22).
+//! Counts reach the sites' histograms when a table entry is reused, when the worker parks and
+//! when it exits; snapshots add what is pending. A watchdog thread advances the clock and
+//! watches the slots, so a poll that is still running past the threshold is reported while it
+//! runs; it sleeps while no poll runs (see [`clock`]).
 
 pub(crate) mod console_hint;
 pub(crate) mod slots;
@@ -90,8 +91,9 @@ fn start_after_idle(slot: &WorkerSlot) {
     slot.start_ns.store(clock::now_ns(), Relaxed);
 }
 
-/// A poll ended: under [`clock::fast_poll_ns`] (two ticks) it is counted in this thread's counter (a plain
-/// load and store); longer, it is timed and recorded ([`Engine::record_timed_poll`]).
+/// A poll ended: under [`clock::fast_poll_ns`] (two ticks) it is counted in this thread's
+/// counter (a plain load and store); longer, it is timed and recorded
+/// ([`Engine::record_timed_poll`]).
 #[inline]
 pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
     HOT.with(|hot| {
