@@ -26,10 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::DEFAULT_CLOCK_TICK;
 
-/// How often the clock advances while anything runs, in nanoseconds (see [`fix_tick`]).
-static TICK_NS: AtomicU64 = AtomicU64::new(DEFAULT_CLOCK_TICK.as_nanos() as u64);
-
-/// The tick the process's clock was given, once fixed.
+/// How often the clock advances while anything runs, once fixed (see [`fix_tick`]).
 static FIXED_TICK: OnceLock<Duration> = OnceLock::new();
 
 /// The upkeep thread marks the clock idle after this long without a poll in progress.
@@ -51,9 +48,8 @@ static CLOCK: CoarseClock = CoarseClock::new();
 /// fast-poll count are per process). Before any call the tick is the default.
 pub(crate) fn fix_tick(requested: Duration) -> Duration {
     *FIXED_TICK.get_or_init(|| {
-        let ns = u64::try_from(requested.as_nanos()).unwrap_or(u64::MAX / 2);
-        TICK_NS.store(ns, Relaxed);
-        CLOCK.fast_poll_ns.store(ns.saturating_mul(2), Relaxed);
+        let fast_poll_ns = u64::try_from((requested * 2).as_nanos()).unwrap_or(u64::MAX);
+        CLOCK.fast_poll_ns.store(fast_poll_ns, Relaxed);
         requested
     })
 }
@@ -66,7 +62,7 @@ pub(crate) fn fast_poll_ns() -> u64 {
 }
 
 fn tick() -> Duration {
-    Duration::from_nanos(TICK_NS.load(Relaxed))
+    FIXED_TICK.get().copied().unwrap_or(DEFAULT_CLOCK_TICK)
 }
 
 static ORIGIN: OnceLock<Instant> = OnceLock::new();
