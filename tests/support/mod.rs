@@ -9,4 +9,5 @@ pub mod examples;
 pub mod idle;
 pub mod log;
 pub mod otlp;
+pub mod tick;
 pub mod victoria;
