@@ -64,6 +64,17 @@ pub fn stallscope_from(builder: stallscope::Builder, mode: Mode) -> &'static sta
     })
 }
 
+/// A two-worker runtime measured by `guard` in `mode`: with its poll hooks in production mode,
+/// through tokio's task spans (the global subscriber) in full mode.
+pub fn runtime(guard: &stallscope::Guard, mode: Mode) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    if mode == Mode::Production {
+        guard.instrument_runtime(&mut builder);
+    }
+    builder.build().unwrap()
+}
+
 /// The captured reports containing `needle`.
 pub fn reports_with(needle: &str) -> Vec<String> {
     REPORTS

@@ -8,7 +8,7 @@ use stallscope::sync::Mutex;
 
 /// Times the clock's thread has gone to sleep and woken up so far (Linux: its voluntary
 /// context switches).
-pub fn clock_thread_wakeups() -> u64 {
+fn clock_thread_wakeups() -> u64 {
     let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
     for task in tasks.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
@@ -25,6 +25,17 @@ pub fn clock_thread_wakeups() -> u64 {
     panic!("no stallscope-watchdog thread");
 }
 
+/// Counts the clock thread's wakeups over `window`, starting after `settle`, on a thread of its
+/// own while the caller goes on.
+pub fn count_clock_wakeups(settle: Duration, window: Duration) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        std::thread::sleep(settle);
+        let before = clock_thread_wakeups();
+        std::thread::sleep(window);
+        clock_thread_wakeups() - before
+    })
+}
+
 /// Waits on a timer while the process idles, then stalls its worker for 400 ms: its second
 /// poll begins on an idle clock.
 async fn stall_after_idling() {
@@ -36,12 +47,7 @@ async fn stall_after_idling() {
 /// per process, and another test's polls would keep it awake).
 pub fn idle_then_timed(mode: Mode) {
     let guard = super::capture::stallscope(Duration::from_millis(100), mode);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(2).enable_all();
-    if mode == Mode::Production {
-        guard.instrument_runtime(&mut builder);
-    }
-    let runtime = builder.build().unwrap();
+    let runtime = super::capture::runtime(guard, mode);
     runtime.block_on(async {
         tokio::spawn(async {
             for _ in 0..100 {
@@ -52,12 +58,7 @@ pub fn idle_then_timed(mode: Mode) {
         .unwrap();
     });
 
-    let measure_idle = std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_millis(200));
-        let before = clock_thread_wakeups();
-        std::thread::sleep(Duration::from_millis(400));
-        clock_thread_wakeups() - before
-    });
+    let measure_idle = count_clock_wakeups(Duration::from_millis(200), Duration::from_millis(400));
     let site = line!() + 1;
     let task = runtime.spawn(stall_after_idling());
     runtime.block_on(task).unwrap();

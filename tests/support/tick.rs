@@ -5,19 +5,14 @@
 use std::time::Duration;
 
 use super::capture::{reports_with, stallscope_from, Mode};
-use super::idle::clock_thread_wakeups;
+use super::idle::count_clock_wakeups;
 
 const TICK: Duration = Duration::from_millis(10);
 
 /// The scenario, in either mode: its own test binary per mode (the tick is per process).
 pub fn counted_timed_and_woken(mode: Mode) {
     let guard = stallscope_from(stallscope::Builder::new().clock_tick(TICK), mode);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(2).enable_all();
-    if mode == Mode::Production {
-        guard.instrument_runtime(&mut builder);
-    }
-    let runtime = builder.build().unwrap();
+    let runtime = super::capture::runtime(guard, mode);
 
     // Polls of 2 ms: under two ticks, so counted in the bucket holding 20 ms, whether or not
     // a tick fell inside them.
@@ -31,12 +26,7 @@ pub fn counted_timed_and_woken(mode: Mode) {
     runtime.block_on(short).unwrap();
 
     // One poll of 600 ms, with the clock's thread's wakeups counted while it runs.
-    let wakeups = std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_millis(150));
-        let before = clock_thread_wakeups();
-        std::thread::sleep(Duration::from_millis(300));
-        clock_thread_wakeups() - before
-    });
+    let wakeups = count_clock_wakeups(Duration::from_millis(150), Duration::from_millis(300));
     let long_site = line!() + 1;
     let long = runtime.spawn(async { std::thread::sleep(Duration::from_millis(600)) });
     runtime.block_on(long).unwrap();
