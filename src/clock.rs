@@ -18,8 +18,21 @@
 //! reads the precise clock instead, clears the mark and wakes the thread: the first poll or
 //! lock operation after a quiet spell pays one `Instant::now()` and one wakeup, and every
 //! duration stays as exact as when the thread never slept.
+//!
+//! **Late ticks.** The upkeep thread is an ordinary thread: on a saturated machine the
+//! scheduler can leave it waiting for tens or hundreds of milliseconds. The clock then stands
+//! still, and a poll that began during that spell read the spell's first value as its start,
+//! which makes it look that much longer than it was. The upkeep thread records every spell
+//! longer than [`LATE_AFTER_TICKS`] ticks in a [`LateSpells`] ledger, and every duration that
+//! is timed (not counted) is read through [`at_least`]: a start read during a late spell
+//! counts from the spell's end. A slow poll is reported only when it was slow by that lower
+//! bound; a poll that only looked slow because the clock stood still is timed to what it can
+//! be shown to have lasted. Fast polls never look at the ledger.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    fence, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::OnceLock;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -42,6 +55,19 @@ const IDLE_LOOK: Duration = Duration::from_millis(100);
 const IDLE: u64 = 1 << 63;
 
 static CLOCK: CoarseClock = CoarseClock::new();
+
+/// A spell in which the clock did not advance for more than this many ticks is recorded as
+/// late: durations measured across it are confirmed through [`at_least`]. A shorter delay of
+/// the upkeep thread (one tick of scheduling slack is common under load) makes a duration read
+/// long by at most this many ticks, within the resolution the clock promises.
+const LATE_AFTER_TICKS: u32 = 4;
+
+/// Late spells kept: enough to look back over the longest stall on a machine where the upkeep
+/// thread is delayed hundreds of times a second; a start older than every spell kept is
+/// bounded by the oldest one (never overstated).
+const LATE_SPELLS: usize = 1024;
+
+static LATE: LateSpells = LateSpells::new();
 
 /// Fixes the clock's tick for the whole process on the first call, and returns the tick in
 /// force: `requested` then, the first caller's afterwards (the clock, its thread and every
@@ -85,6 +111,101 @@ pub(crate) fn raw_ns() -> u64 {
 #[inline(always)]
 pub(crate) fn is_idle(raw: u64) -> bool {
     raw & IDLE != 0
+}
+
+/// A duration measured on the clock from `start` to `end`, at least: `end - start`, except
+/// when `start` was read while the clock stood still in a late spell; then the poll (or wait)
+/// may have begun any time before the spell ended, and only `end - (end of the spell)` is
+/// certain. `end` needs no correction: a stale end only understates.
+///
+/// For every duration that is timed or compared with the threshold. Cost: one load while no
+/// spell was recorded since `start`, a short backwards walk otherwise.
+#[inline]
+pub(crate) fn at_least(start: u64, end: u64) -> u64 {
+    let measured = end.saturating_sub(start);
+    // Under two ticks it is counted, not timed: a correction could only shorten it.
+    if measured < fast_poll_ns() {
+        return measured;
+    }
+    confirmed(start, end)
+}
+
+#[cold]
+#[inline(never)]
+fn confirmed(start: u64, end: u64) -> u64 {
+    end.saturating_sub(LATE.start_bound(start))
+}
+
+/// One spell in which the clock stood still at `from` until the upkeep thread advanced it to
+/// `to`. `from` doubles as the entry's sequence: 0 while the upkeep thread rewrites the entry.
+struct LateSpell {
+    from: AtomicU64,
+    to: AtomicU64,
+}
+
+/// The clock's recent late spells, in the order they happened (a ring the upkeep thread alone
+/// writes; any thread reads it, lock-free).
+struct LateSpells {
+    spells: [LateSpell; LATE_SPELLS],
+    /// Spells recorded since the process started; the newest is at `(recorded - 1) % LATE_SPELLS`.
+    recorded: AtomicU64,
+}
+
+impl LateSpells {
+    const fn new() -> Self {
+        LateSpells {
+            spells: [const {
+                LateSpell {
+                    from: AtomicU64::new(0),
+                    to: AtomicU64::new(0),
+                }
+            }; LATE_SPELLS],
+            recorded: AtomicU64::new(0),
+        }
+    }
+
+    /// The clock stood at `from` until it was advanced to `to` (upkeep thread only).
+    fn record(&self, from: u64, to: u64) {
+        let n = self.recorded.load(Relaxed);
+        let spell = &self.spells[(n % LATE_SPELLS as u64) as usize];
+        // A reader that sees `from` unchanged around its read of `to` read this entry whole.
+        spell.from.store(0, Relaxed);
+        fence(Release);
+        spell.to.store(to, Relaxed);
+        spell.from.store(from, Release);
+        self.recorded.store(n + 1, Release);
+    }
+
+    /// The latest time at which a reading of `start` can have been taken: the end of the late
+    /// spell it was read in, `start` itself when it was read in no spell.
+    fn start_bound(&self, start: u64) -> u64 {
+        let recorded = self.recorded.load(Acquire);
+        let kept = recorded.saturating_sub(LATE_SPELLS as u64);
+        // Newest first: most durations are short, and the walk stops at the first spell that
+        // began at or before `start`.
+        let mut oldest_after_start = None;
+        for n in (kept..recorded).rev() {
+            let spell = &self.spells[(n % LATE_SPELLS as u64) as usize];
+            let from = spell.from.load(Acquire);
+            let to = spell.to.load(Relaxed);
+            fence(Acquire);
+            if from == 0 || spell.from.load(Relaxed) != from {
+                // Rewritten under us: spells this old are being overwritten.
+                return oldest_after_start.unwrap_or(start).max(start);
+            }
+            if from > start {
+                oldest_after_start = Some(from);
+                continue;
+            }
+            return if start < to { to } else { start };
+        }
+        if kept > 0 {
+            // Spells before the oldest kept one are forgotten; one may have held `start`, and
+            // it ended before the oldest kept one began.
+            return oldest_after_start.unwrap_or(start).max(start);
+        }
+        start
+    }
 }
 
 /// The process's coarse clock: a time, and the thread that keeps it.
@@ -197,7 +318,7 @@ pub(crate) fn start_upkeep() {
             .spawn(|| upkeep(&CLOCK));
         if let Err(e) = spawned {
             CLOCK.go_idle();
-            crate::report::no_clock_thread(&e);
+            crate::report::deferred::line(move || crate::report::no_clock_thread(&e));
         }
     });
 }
@@ -209,6 +330,7 @@ fn upkeep(clock: &CoarseClock) -> ! {
     let _ = clock.upkeep.set(std::thread::current());
     let tick = tick();
     let idle_after_ticks = (IDLE_AFTER.as_nanos() / tick.as_nanos()).max(1) as u32;
+    let late_after = u64::try_from((tick * LATE_AFTER_TICKS).as_nanos()).unwrap_or(u64::MAX);
     let mut quiet_ticks = 0u32;
     loop {
         if clock.is_idle() {
@@ -221,7 +343,7 @@ fn upkeep(clock: &CoarseClock) -> ! {
         } else {
             std::thread::sleep(tick);
         }
-        let now = clock.advance();
+        let now = advance_noting_late_spell(clock, late_after);
         if look(now) {
             quiet_ticks = 0;
             continue;
@@ -237,6 +359,18 @@ fn upkeep(clock: &CoarseClock) -> ! {
             }
         }
     }
+}
+
+/// Advances the clock (upkeep thread), and records the spell since its last advance as late if
+/// the clock stood still for longer than `late_after` nanoseconds while not idle (an idle
+/// clock's readers read the precise time, so nothing was read stale).
+fn advance_noting_late_spell(clock: &CoarseClock, late_after: u64) -> u64 {
+    let before = clock.now.load(Relaxed);
+    let now = clock.advance();
+    if !is_idle(before) && now.saturating_sub(before) > late_after {
+        LATE.record(before, now);
+    }
+    now
 }
 
 /// The upkeep thread's look after each tick: whether anything running needs the clock kept
@@ -332,5 +466,55 @@ mod tests {
         for reader in readers {
             reader.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_start_read_in_a_late_spell_counts_from_the_spells_end() {
+        let late = LateSpells::new();
+        assert_eq!(late.start_bound(1_000), 1_000, "no spell: the start stands");
+        // The clock stood at 10 ms until its thread advanced it to 300 ms.
+        late.record(10_000_000, 300_000_000);
+        assert_eq!(
+            late.start_bound(10_000_000),
+            300_000_000,
+            "a poll that read 10 ms may have begun at any time up to 300 ms"
+        );
+        assert_eq!(
+            late.start_bound(9_500_000),
+            9_500_000,
+            "read before the spell"
+        );
+        assert_eq!(late.start_bound(300_000_000), 300_000_000, "read after it");
+        late.record(400_000_000, 420_000_000);
+        assert_eq!(
+            late.start_bound(10_000_000),
+            300_000_000,
+            "found behind a newer spell"
+        );
+        assert_eq!(late.start_bound(350_000_000), 350_000_000);
+    }
+
+    #[test]
+    fn a_start_older_than_every_spell_kept_is_bounded_by_the_oldest_kept() {
+        let late = Box::new(LateSpells::new());
+        let ms = 1_000_000;
+        // Spell k: the clock stood at (10k + 1) ms until (10k + 5) ms.
+        for k in 0..(LATE_SPELLS as u64 + 10) {
+            late.record((10 * k + 1) * ms, (10 * k + 5) * ms);
+        }
+        // Spell 0 (1 ms to 5 ms) is forgotten: a start of 1 ms may have been read in it.
+        let oldest_kept_from = (10 * 10 + 1) * ms;
+        assert_eq!(late.start_bound(ms), oldest_kept_from, "never overstated");
+        let newest = 10 * (LATE_SPELLS as u64 + 9);
+        assert_eq!(late.start_bound((newest + 1) * ms), (newest + 5) * ms);
+        assert_eq!(late.start_bound((newest + 7) * ms), (newest + 7) * ms);
+    }
+
+    #[test]
+    fn durations_under_two_ticks_are_never_corrected_and_longer_ones_never_grow() {
+        let start = now_ns();
+        assert_eq!(at_least(start, start + 10), 10);
+        let long = at_least(start, start + 500_000_000);
+        assert!(long <= 500_000_000);
     }
 }

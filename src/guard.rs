@@ -36,6 +36,24 @@ impl Guard {
         self.engine.snapshot()
     }
 
+    /// Waits (up to 2 seconds) until every report found so far is written to the log.
+    ///
+    /// Reports are written by a background thread, never by the worker or the clock thread that
+    /// found them, so a stall's line reaches the log shortly after the stall ends (a slow poll
+    /// waits for its worker's stack, at most a second). Dropping the guard flushes them before
+    /// the summary; call this before reading the log at another moment (tests, or before
+    /// `std::process::exit`). Never call it inside a task: it blocks the thread. Returns whether
+    /// everything was written in time.
+    ///
+    /// ```
+    /// let layer = stallscope::Builder::new().build().unwrap();
+    /// let guard = layer.guard();
+    /// assert!(guard.flush_reports());
+    /// ```
+    pub fn flush_reports(&self) -> bool {
+        crate::report::deferred::flush(std::time::Duration::from_secs(2))
+    }
+
     /// Samples the runtime-wide metrics of `handle`'s runtime. Runtimes whose tasks stallscope
     /// sees are watched automatically in full mode; call this for others, or when built without
     /// `--cfg tokio_unstable`.

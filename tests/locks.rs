@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stallscope::sync::{Mutex, RwLock};
-use support::capture::{hold_elsewhere, Mode, REPORTS};
+use support::capture::{hold_elsewhere, reports_with, Mode};
 
 fn stallscope() -> &'static stallscope::Guard {
     support::capture::stallscope(Duration::from_millis(30), Mode::Production)
@@ -120,7 +120,7 @@ fn waiting_on_a_std_lock_inside_a_task_is_reported_as_blocking_the_worker() {
 
     let stats = lock_stats("shared-state");
     assert_eq!(stats.blocking_waits, 1, "{stats:?}");
-    let reports = REPORTS.lock().unwrap();
+    let reports = reports_with("");
     let report = reports
         .iter()
         .find(|r| r.contains("blocking lock wait") && r.contains("\"shared-state\""))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stallscope::sync::parking_lot::{Mutex, RwLock};
-use support::capture::{hold_elsewhere, Mode, REPORTS};
+use support::capture::{hold_elsewhere, reports_with, Mode};
 
 fn stallscope() -> &'static stallscope::Guard {
     support::capture::stallscope(Duration::from_millis(30), Mode::Production)
@@ -130,7 +130,7 @@ fn waiting_on_a_parking_lot_mutex_inside_a_task_blocks_the_worker() {
     holder.join().unwrap();
 
     assert_eq!(lock_stats("pl-shared").blocking_waits, 1);
-    let reports = REPORTS.lock().unwrap();
+    let reports = reports_with("");
     assert!(
         reports.iter().any(|r| r.contains("blocking lock wait")
             && r.contains(r#"parking_lot::Mutex "pl-shared""#)

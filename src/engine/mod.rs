@@ -26,8 +26,11 @@ use histogram::Bounds;
 use locks::{LockKind, LockOp, LockSite, LockTable};
 use runtimes::Runtimes;
 use sites::{BlockedIn, Site, SiteKey, SiteTable, TaskKind};
-use stall::{Stall, StallKind, TraceParent};
+use stall::{StackKey, Stall, StallKind, TraceParent};
 use starvation::Starvation;
+
+/// How long the guard's drop waits for reports still on their way to the log.
+const SHUTDOWN_REPORTS_WAIT: Duration = Duration::from_secs(2);
 
 /// A stalled worker's stack, resolved: what the report and exporters say of it.
 #[derive(Clone, Debug, Default)]
@@ -44,6 +47,8 @@ pub(crate) struct StallStack {
 
 /// Shared state of one stallscope instance; the layer and the guard hold it.
 pub(crate) struct Engine {
+    /// This engine, for handing it to the reporter thread with a report.
+    me: std::sync::Weak<Engine>,
     pub(crate) config: Config,
     pub(crate) bounds: Bounds,
     /// Bucket that untimed fast polls are counted in.
@@ -94,7 +99,8 @@ impl Engine {
         }
         let bounds = Bounds::new(&config.histogram_bounds);
         let locks = LockTable::new(config.max_sites, &bounds, config.slow_poll_threshold);
-        Arc::new(Engine {
+        Arc::new_cyclic(|me| Engine {
+            me: me.clone(),
             fast_poll_bucket: bounds.bucket(crate::clock::fast_poll_ns()),
             clock_tick: tick,
             startup_notes: std::sync::Mutex::new(notes),
@@ -129,16 +135,19 @@ impl Engine {
         if self.startup_said.load(Relaxed) || self.startup_said.swap(true, Relaxed) {
             return;
         }
-        // Taken out of the lock before logging: logging may dispatch back into us.
+        // Taken out of the lock before logging: logging may dispatch back into us. Written by
+        // the reporter: this may run on a worker's first poll.
         let notes =
             std::mem::take(&mut *self.startup_notes.lock().unwrap_or_else(|e| e.into_inner()));
-        for (level, note) in &notes {
-            if *level == tracing::Level::WARN {
-                tracing::warn!(target: "stallscope", "{note}");
-            } else {
-                tracing::info!(target: "stallscope", "{note}");
+        report::deferred::line(move || {
+            for (level, note) in &notes {
+                if *level == tracing::Level::WARN {
+                    tracing::warn!(target: "stallscope", "{note}");
+                } else {
+                    tracing::info!(target: "stallscope", "{note}");
+                }
             }
-        }
+        });
     }
 
     /// Samples `handle`'s runtime from now on (once per runtime).
@@ -214,12 +223,13 @@ impl Engine {
     }
 
     /// One poll of at least `fast_poll_ns`, timed to the coarse clock's tick; reported when slow.
+    /// `stack_of` names the poll when the watchdog asked its worker for a stack while it ran.
     #[cold]
     pub(crate) fn record_timed_poll(
         &self,
         site: &'static Site,
         shard: usize,
-        start_ns: u64,
+        stack_of: Option<StackKey>,
         elapsed_ns: u64,
         task_id: impl FnOnce() -> u64,
         culprit: Option<Culprit>,
@@ -235,11 +245,8 @@ impl Engine {
             if let Some(mut stall) = self.stall(StallKind::SlowPoll, site, duration) {
                 stall.task_id = Some(task_id());
                 stall.span = culprit.map(|c| c.meta);
-                // Where the watchdog found this poll blocked, if it captured its stack.
-                if let Some(blocked) = site.blocked_in(Some(start_ns)) {
-                    stall.blocked_in = Some(blocked.frame);
-                    stall.stack = Some(blocked.stack);
-                }
+                // The report waits for this worker's own stack, if one was asked for.
+                stall.stack_of = stack_of;
                 stall.parent = culprit
                     .and_then(|c| c.trace_parent)
                     .or_else(|| self.trace_parent(None));
@@ -282,10 +289,21 @@ impl Engine {
         }
     }
 
-    /// Hands a stall at or over the threshold to every sink: the log report (rate-limited) and
-    /// the OTLP sink, which exports it as a span (rate-limited, never blocks). Call it on the
-    /// thread that stalled, right when the stall ends.
+    /// Hands a stall at or over the threshold to every sink, through the reporter thread (see
+    /// [`report::deferred`]): nothing here waits on the log's writer or an exporter. Call it on
+    /// the thread that stalled, right when the stall ends.
     pub(crate) fn emit_stall(&self, stall: Stall) {
+        if let Some(engine) = self.me.upgrade() {
+            report::deferred::send(report::deferred::Job::Stall {
+                engine,
+                stall: Box::new(stall),
+            });
+        }
+    }
+
+    /// [`Engine::emit_stall`], on the reporter thread: the log report (rate-limited) and the
+    /// OTLP sink, which exports it as a span (rate-limited, never blocks).
+    pub(crate) fn emit_stall_now(&self, stall: Stall) {
         if self.config.report_slow_polls {
             match stall.kind {
                 StallKind::SlowPoll => report::slow_poll(&self.limiter, &stall),
@@ -306,20 +324,29 @@ impl Engine {
 
     /// The watchdog saw a poll running past the threshold.
     #[cfg(tokio_unstable)]
-    pub(crate) fn report_stall_in_progress(&self, site: &Site, thread: &str, elapsed: Duration) {
+    pub(crate) fn report_stall_in_progress(
+        &self,
+        site: &'static Site,
+        thread: String,
+        elapsed: Duration,
+    ) {
+        let Some(engine) = self.me.upgrade() else {
+            return;
+        };
         if self.config.report_slow_polls {
-            report::stall_in_progress(&self.limiter, site, thread, elapsed, &self.config);
+            report::deferred::line(move || {
+                report::stall_in_progress(&engine.limiter, site, &thread, elapsed, &engine.config)
+            });
         }
     }
 
-    /// A stack captured while a poll of `site` that started at coarse `stall_start` was
-    /// stalled, `elapsed` into it: reported, and kept for the slow-poll line and the summary.
+    /// A stack captured while a poll of `site` was stalled, `elapsed` into it: reported, and
+    /// kept for the summary (on the reporter thread).
     #[cfg_attr(not(all(tokio_unstable, feature = "stacks")), allow(dead_code))]
     pub(crate) fn report_stall_stack(
         &self,
         site: &Site,
         thread: &str,
-        stall_start: u64,
         elapsed: Duration,
         sample: u32,
         stack: &StallStack,
@@ -328,8 +355,6 @@ impl Engine {
         if let Some(frame) = &stack.culprit {
             *site.blocked_in.lock().unwrap_or_else(|e| e.into_inner()) = Some(BlockedIn {
                 frame: frame.clone(),
-                stack: stack.full.clone(),
-                stall_start,
             });
         }
         #[cfg(tokio_unstable)]
@@ -422,9 +447,9 @@ impl Engine {
 
     /// A poll of a task at `task` ended with a guard of `lock` still held: reported once per lock.
     #[cold]
-    pub(crate) fn guard_held_across_await(&self, lock: &LockSite, task: &Site) {
+    pub(crate) fn guard_held_across_await(&self, lock: &'static LockSite, task: &'static Site) {
         if lock.held_across_await.fetch_add(1, Relaxed) == 0 && self.config.report_slow_polls {
-            report::guard_held_across_await(lock, task);
+            report::deferred::line(move || report::guard_held_across_await(lock, task));
         }
     }
 
@@ -538,7 +563,7 @@ impl Engine {
                         .unwrap_or_else(|| site.busy.snapshot()),
                     slow_polls: slow_count,
                     slow_poll_time: slow_time,
-                    blocked_in: site.blocked_in(None).map(|b| b.frame),
+                    blocked_in: site.blocked_in().map(|b| b.frame),
                 }),
                 TaskKind::Blocking => snapshot.blocking.push(BlockingSiteStats {
                     location,
@@ -587,6 +612,9 @@ impl Engine {
         }
         self.say_startup_notes();
         self.runtimes.stop_sampler();
+        // Reports still on their way (a stall waiting for its stack among them) come before
+        // the summary, and the stacks they resolved are in it.
+        report::deferred::flush(SHUTDOWN_REPORTS_WAIT);
         if self.config.summary_on_drop {
             report::summary(&self.snapshot());
         }

@@ -69,25 +69,19 @@ pub(crate) struct Site {
     pub(crate) otel: Option<crate::export::otlp::SiteInstruments>,
 }
 
-/// The user's innermost frame in a stack captured during a stall.
+/// The user's innermost frame in a stack captured during a stall of the site, for the summary
+/// (each slow-poll report carries its own worker's stack, see `report::deferred`).
 #[derive(Clone, Debug)]
 pub(crate) struct BlockedIn {
     /// `function (file:line)`.
     pub(crate) frame: String,
-    /// The whole stack, one frame per line.
-    pub(crate) stack: String,
-    /// Coarse start of the stalled poll the stack was taken in.
-    pub(crate) stall_start: u64,
 }
 
 impl Site {
-    /// Where the stall that started at coarse time `stall_start` was blocked, if its stack was
-    /// captured and resolved; `None` asks for the latest stall of the site.
-    pub(crate) fn blocked_in(&self, stall_start: Option<u64>) -> Option<BlockedIn> {
+    /// Where the latest stall of the site whose stack was captured and resolved was blocked.
+    pub(crate) fn blocked_in(&self) -> Option<BlockedIn> {
         let note = self.blocked_in.lock().unwrap_or_else(|e| e.into_inner());
-        note.as_ref()
-            .filter(|b| stall_start.is_none_or(|s| s == b.stall_start))
-            .cloned()
+        note.clone()
     }
 }
 

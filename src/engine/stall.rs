@@ -47,6 +47,15 @@ pub(crate) struct TraceParent {
     pub(crate) sampled: bool,
 }
 
+/// Names one stalled poll for pairing it with its own worker's stack: the worker slot it ran
+/// in and its start on the clock (two workers never share a slot; one worker's polls never
+/// share a start, since a poll ends before the next begins and the clock only moves on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct StackKey {
+    pub(crate) slot: usize,
+    pub(crate) start: u64,
+}
+
 /// One stall at or over the threshold, as every sink sees it.
 #[derive(Clone, Debug)]
 #[cfg_attr(not(feature = "_otlp"), allow(dead_code))]
@@ -76,6 +85,9 @@ pub(crate) struct Stall {
     pub(crate) stack: Option<String>,
     /// The innermost frame of the application's own code in that stack, `function (file:line)`.
     pub(crate) blocked_in: Option<String>,
+    /// Slow poll: the watchdog asked the stalled worker for its stack while this poll ran; the
+    /// report waits for that stack (filled into `stack` and `blocked_in`).
+    pub(crate) stack_of: Option<StackKey>,
 }
 
 impl Stall {
@@ -106,6 +118,7 @@ impl Stall {
             parent: None,
             stack: None,
             blocked_in: None,
+            stack_of: None,
         }
     }
 

@@ -154,12 +154,16 @@ fn timed_poll(
         // A nested runtime's poll on this thread ended ours: its time is unknown.
         return;
     }
-    if clock::is_idle(start.wrapping_add(elapsed)) {
+    let mut end = start.wrapping_add(elapsed);
+    if clock::is_idle(end) {
         // The clock went idle during the poll: the precise end.
-        elapsed = clock::now_ns().wrapping_sub(start);
-        if elapsed < clock::fast_poll_ns() {
-            return counter.count_one();
-        }
+        end = clock::now_ns();
+    }
+    // A start read while the clock stood still (its thread not scheduled) is bounded by the
+    // spell's end: a poll is timed to what it can be shown to have lasted.
+    elapsed = clock::at_least(start, end);
+    if elapsed < clock::fast_poll_ns() {
+        return counter.count_one();
     }
     let Some(site) = counter.site() else {
         return;
@@ -167,7 +171,7 @@ fn timed_poll(
     engine.record_timed_poll(
         site,
         slot.shard.load(Relaxed),
-        start,
+        slot.stack_of(start),
         elapsed,
         || meta.id().to_string().parse().unwrap_or(0),
         None,
@@ -204,7 +208,7 @@ fn first_poll_on_thread(hot: &Hot, engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
         return;
     }
     engine.say_startup_notes();
-    watchdog::start();
+    watchdog::start(engine);
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         Engine::watch_runtime(engine, &handle);
     }

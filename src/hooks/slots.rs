@@ -24,6 +24,9 @@ pub(crate) struct WorkerSlot {
     pub(crate) site: AtomicPtr<Site>,
     /// `start_ns` of the poll the watchdog last reported as a live stall: one report per stall.
     pub(crate) reported_start: AtomicU64,
+    /// `start_ns` of the poll whose stack the watchdog asked this worker for: its slow-poll
+    /// report waits for that stack.
+    pub(crate) stack_for: AtomicU64,
     /// The owner's fast-poll counters.
     pub(crate) counters: PollCounters,
     /// Odd while the owner moves counts from its counters to the histograms: a reader that
@@ -139,6 +142,15 @@ impl WorkerSlot {
         self.publishing.store(seq + 2, Release);
     }
 
+    /// The poll that began at `start` in this slot, if the watchdog asked for its stack while
+    /// it ran (read by the owner as the poll ends).
+    pub(crate) fn stack_of(&self, start: u64) -> Option<crate::engine::stall::StackKey> {
+        (self.stack_for.load(Relaxed) == start).then_some(crate::engine::stall::StackKey {
+            slot: self.index,
+            start,
+        })
+    }
+
     /// The engine and thread name of the slot's owner.
     pub(crate) fn owner(&self) -> Option<(Option<std::sync::Arc<Engine>>, String)> {
         let owner = self.owner.lock().unwrap_or_else(|e| e.into_inner());
@@ -196,6 +208,7 @@ fn at_or_new(index: usize) -> &'static WorkerSlot {
         start_ns: AtomicU64::new(0),
         site: AtomicPtr::new(ptr::null_mut()),
         reported_start: AtomicU64::new(0),
+        stack_for: AtomicU64::new(0),
         counters: PollCounters([UNUSED; COUNTERS]),
         publishing: AtomicU64::new(0),
         shard: std::sync::atomic::AtomicUsize::new(0),
@@ -259,7 +272,7 @@ fn claim(engine: &std::sync::Arc<Engine>) -> Option<&'static WorkerSlot> {
             .is_ok()
     });
     let Some(slot) = slot else {
-        crate::report::out_of_worker_slots(MAX_SLOTS);
+        crate::report::deferred::line(|| crate::report::out_of_worker_slots(MAX_SLOTS));
         return None;
     };
     *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(Owner {
@@ -270,6 +283,7 @@ fn claim(engine: &std::sync::Arc<Engine>) -> Option<&'static WorkerSlot> {
             .unwrap_or_else(|| format!("{:?}", std::thread::current().id())),
     });
     slot.reported_start.store(0, Relaxed);
+    slot.stack_for.store(0, Relaxed);
     // A previous owner published what it counted when its thread exited; its sites may
     // belong to another stallscope instance, so every counter starts unused.
     for counter in &slot.counters.0 {

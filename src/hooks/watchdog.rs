@@ -13,9 +13,12 @@ use crate::engine::sites::Site;
 /// Slots are looked at once the poll is at least this old, before taking the owner lock.
 const LOOK_AFTER: Duration = Duration::from_millis(10);
 
-/// Watching starts with the clock's upkeep thread.
-pub(crate) fn start() {
+/// Watching starts with the clock's upkeep thread; the reporter thread, which writes what the
+/// watchdog finds, starts with it, and resolves a first stack to have the symbolizer warm.
+pub(crate) fn start(engine: &crate::engine::Engine) {
     clock::start_upkeep();
+    crate::report::deferred::start();
+    stacks::warm_up(engine);
 }
 
 /// One look at every worker slot (called by the clock's upkeep thread each tick). Returns
@@ -39,7 +42,9 @@ pub(crate) fn scan(now: u64) -> bool {
             let Some((Some(engine), thread)) = slot.owner() else {
                 continue;
             };
-            let elapsed = Duration::from_nanos(now - start);
+            // Not `now - start`: a start read while the clock stood still may be a late
+            // spell's first value; only the time since the spell ended is certain.
+            let elapsed = Duration::from_nanos(clock::at_least(start, now));
             if elapsed < engine.config.slow_poll_threshold {
                 continue;
             }
@@ -52,7 +57,7 @@ pub(crate) fn scan(now: u64) -> bool {
             let site: &'static Site = unsafe { &*site };
             slot.reported_start.store(start, Relaxed);
             stalled += 1;
-            engine.report_stall_in_progress(site, &thread, elapsed);
+            engine.report_stall_in_progress(site, thread.clone(), elapsed);
             console_hint::latest_stall(site, elapsed, None);
             stacks::stall_began(&engine, index, site, thread, start, now);
         }

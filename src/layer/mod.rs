@@ -531,7 +531,7 @@ impl StallscopeLayer {
                 self.engine.record_timed_poll(
                     poll.site,
                     ended.shard,
-                    poll.start,
+                    ended.stack_of,
                     elapsed,
                     || task_id,
                     culprit,
@@ -568,7 +568,7 @@ impl StallscopeLayer {
         }
         #[cfg(tokio_unstable)]
         {
-            crate::hooks::watchdog::start();
+            crate::hooks::watchdog::start(&self.engine);
             let slot = crate::hooks::slots::claim_for_this_thread(&self.engine);
             poll_context::set_thread(this_threads_shard(), slot);
         }

@@ -56,6 +56,8 @@ pub(crate) struct EndedPoll {
     depth: usize,
     /// This thread's histogram shard.
     pub(crate) shard: usize,
+    /// The poll, when the watchdog asked its worker for a stack while it ran.
+    pub(crate) stack_of: Option<crate::engine::stall::StackKey>,
 }
 
 /// This thread's polls in progress. Cells, not a `RefCell`: every access is a few plain loads
@@ -249,17 +251,30 @@ pub(crate) fn ended_poll(depth: usize) -> Option<EndedPoll> {
     POLLS
         .try_with(|p| {
             let poll = p.polls[depth].get()?;
-            let mut elapsed = p.ended_elapsed.get();
-            if clock::is_idle(elapsed) {
+            let elapsed = p.ended_elapsed.get();
+            let end = if clock::is_idle(elapsed) {
                 // The clock went idle during the poll: the precise end. (A poll that turns out
                 // fast is timed rather than counted: the same in the histogram.)
-                elapsed = clock::now_ns().saturating_sub(poll.start);
-            }
+                clock::now_ns()
+            } else {
+                poll.start.saturating_add(elapsed)
+            };
+            // A start read while the clock stood still is bounded by the spell's end.
+            let elapsed = clock::at_least(poll.start, end);
+            // Only a task's outermost poll on a thread is in the worker's slot.
+            #[cfg(tokio_unstable)]
+            let stack_of = match (depth, p.slot.get(), poll.kind) {
+                (0, Some(slot), PollKind::Async { .. }) => slot.stack_of(poll.start),
+                _ => None,
+            };
+            #[cfg(not(tokio_unstable))]
+            let stack_of = None;
             Some(EndedPoll {
                 poll,
                 elapsed,
                 depth,
                 shard: p.shard.get(),
+                stack_of,
             })
         })
         .ok()

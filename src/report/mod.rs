@@ -4,6 +4,8 @@
 //! One WARN per slow poll (rate-limited so a pathological loop cannot flood the log), one per
 //! long blocking-queue wait, and a summary of the worst offenders when the guard drops.
 
+pub(crate) mod deferred;
+
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 

@@ -266,7 +266,7 @@ impl Drop for Hold {
         if site.kind.blocks_thread() {
             note_released();
         }
-        site.record_hold(self.op, clock::now_ns().saturating_sub(self.since));
+        site.record_hold(self.op, clock::at_least(self.since, clock::now_ns()));
     }
 }
 
@@ -302,7 +302,7 @@ impl Wait {
 #[inline]
 fn waited(site: &'static LockSite, op: LockOp, started: u64) -> Hold {
     let now = clock::now_ns();
-    let waited = Duration::from_nanos(now.saturating_sub(started));
+    let waited = Duration::from_nanos(clock::at_least(started, now));
     if site.record_wait(op, waited) {
         if let Some(engine) = default_engine() {
             engine.blocking_lock_wait(site, op, waited);
@@ -319,7 +319,7 @@ impl Drop for Wait {
 
 /// A wait that began at `started` (coarse clock) was given up now: recorded as cancelled.
 fn gave_up(site: &'static LockSite, op: LockOp, started: u64) {
-    let waited = Duration::from_nanos(clock::now_ns().saturating_sub(started));
+    let waited = Duration::from_nanos(clock::at_least(started, clock::now_ns()));
     site.record_cancelled_wait(op, waited);
 }
 

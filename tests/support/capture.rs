@@ -49,9 +49,11 @@ pub fn stallscope(slow_poll_threshold: Duration, mode: Mode) -> &'static stallsc
     )
 }
 
+/// The process's instance, once built.
+static GUARD: OnceLock<stallscope::Guard> = OnceLock::new();
+
 /// [`stallscope`] from a builder of the test's own.
 pub fn stallscope_from(builder: stallscope::Builder, mode: Mode) -> &'static stallscope::Guard {
-    static GUARD: OnceLock<stallscope::Guard> = OnceLock::new();
     GUARD.get_or_init(|| {
         let layer = builder.build().unwrap();
         let guard = layer.guard();
@@ -75,8 +77,12 @@ pub fn runtime(guard: &stallscope::Guard, mode: Mode) -> tokio::runtime::Runtime
     builder.build().unwrap()
 }
 
-/// The captured reports containing `needle`.
+/// The captured reports containing `needle`, once every report found so far is written (a
+/// background thread writes them).
 pub fn reports_with(needle: &str) -> Vec<String> {
+    if let Some(guard) = GUARD.get() {
+        assert!(guard.flush_reports(), "reports not written within 2 s");
+    }
     REPORTS
         .lock()
         .unwrap()

@@ -14,7 +14,7 @@
 //! so one thread never runs two captures at once and an abandoned request is never written.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, AtomicUsize};
 
 use crate::hooks::slots::MAX_SLOTS;
 
@@ -29,6 +29,10 @@ const DONE: u8 = 3;
 struct Buffer {
     /// Kernel thread id of the slot's owner; 0 while the slot is free.
     tid: AtomicI32,
+    /// The coarse start of the stalled poll the capture is for: a handler that runs after
+    /// that poll ended (the signal came late) captures nothing, so a stack is never blamed on
+    /// a poll it was not taken in.
+    poll_start: AtomicU64,
     state: AtomicU8,
     len: AtomicUsize,
     frames: [AtomicUsize; MAX_FRAMES],
@@ -37,6 +41,7 @@ struct Buffer {
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY: Buffer = Buffer {
     tid: AtomicI32::new(0),
+    poll_start: AtomicU64::new(0),
     state: AtomicU8::new(IDLE),
     len: AtomicUsize::new(0),
     frames: [const { AtomicUsize::new(0) }; MAX_FRAMES],
@@ -151,9 +156,10 @@ pub(crate) fn handler_still_installed() -> bool {
     ours
 }
 
-/// Asks the owner of slot `index` to capture its stack. False when a capture of that slot is
-/// still pending, the slot has no owner, or the signal could not be sent.
-pub(crate) fn request(index: usize) -> bool {
+/// Asks the owner of slot `index` to capture its stack while it still runs the poll that began
+/// at `poll_start`. False when a capture of that slot is still pending, the slot has no owner,
+/// or the signal could not be sent.
+pub(crate) fn request(index: usize, poll_start: u64) -> bool {
     let signal = SIGNAL.load(Relaxed);
     let buffer = &BUFFERS[index];
     let tid = buffer.tid.load(Relaxed);
@@ -167,6 +173,7 @@ pub(crate) fn request(index: usize) -> bool {
     {
         return false;
     }
+    buffer.poll_start.store(poll_start, Relaxed);
     // SAFETY: tgkill with our own pid and a thread id of this process.
     let sent = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, signal) } == 0;
     if !sent {
@@ -219,12 +226,27 @@ extern "C" fn on_signal(
     // SAFETY: errno is thread-local; restored so the interrupted code never sees our syscall's.
     let errno = unsafe { *libc::__errno_location() };
     let tid = current_tid();
-    if let Some(buffer) = BUFFERS.iter().find(|b| b.tid.load(Relaxed) == tid) {
+    if let Some((index, buffer)) = BUFFERS
+        .iter()
+        .enumerate()
+        .find(|(_, b)| b.tid.load(Relaxed) == tid)
+    {
         if buffer
             .state
             .compare_exchange(REQUESTED, CAPTURING, Acquire, Relaxed)
             .is_ok()
         {
+            // The poll the stack was asked for has ended: this thread is elsewhere now. An
+            // empty capture tells the watchdog so. (A static load: signal-safe.)
+            let same_poll = crate::hooks::slots::at(index)
+                .is_some_and(|slot| slot.start_ns.load(Relaxed) == buffer.poll_start.load(Relaxed));
+            if !same_poll {
+                buffer.len.store(0, Relaxed);
+                buffer.state.store(DONE, Release);
+                // SAFETY: as below.
+                unsafe { *libc::__errno_location() = errno };
+                return;
+            }
             let mut len = 0;
             // SAFETY: the CAPTURING state gives this thread the buffer alone; the callback
             // only stores into it. No other walk runs on this thread (the signal is masked

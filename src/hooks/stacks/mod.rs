@@ -1,7 +1,8 @@
 //! Which line is blocking the runtime right now: when the watchdog finds a poll running past
 //! the threshold, it has the stalled worker capture its own stack (a directed signal, see
-//! [`capture`]), and again every sampling interval while the stall lasts. The symbolizer thread
-//! resolves the frames (see [`symbolize`]) and the engine reports the user's innermost frame.
+//! [`capture`]), and again every sampling interval while the stall lasts. The reporter thread
+//! resolves the frames (see [`symbolize`]), reports the user's innermost frame, and pairs the
+//! stack with the stall's own slow-poll report (see `report::deferred`).
 //!
 //! Linux on x86_64 and aarch64 (libgcc's unwinder steps through the kernel's signal frame on
 //! both). Elsewhere, or with `STALLSCOPE_STACKS=off`, stalls are still reported live, without
@@ -22,7 +23,7 @@ mod capture;
 ))]
 pub(crate) mod symbolize;
 
-pub(crate) use sampler::{set_owner, stall_began, tick};
+pub(crate) use sampler::{set_owner, stall_began, tick, warm_up};
 
 #[cfg(all(
     feature = "stacks",
@@ -32,15 +33,16 @@ pub(crate) use sampler::{set_owner, stall_began, tick};
 mod sampler {
     use std::cell::RefCell;
     use std::sync::atomic::Ordering::Relaxed;
-    use std::sync::mpsc::{sync_channel, SyncSender};
-    use std::sync::{Arc, OnceLock, Weak};
+    use std::sync::{Arc, Weak};
     use std::time::Duration;
 
     use super::capture::{self, Status};
     use super::symbolize::Stack;
     use crate::engine::sites::Site;
+    use crate::engine::stall::StackKey;
     use crate::engine::Engine;
     use crate::hooks::slots::{self, MAX_SLOTS};
+    use crate::report::deferred::{self, Job, ResolvedStack};
 
     /// A stall's samples at most (one at the threshold, then one per interval).
     const MAX_SAMPLES_PER_STALL: u32 = 10;
@@ -48,9 +50,6 @@ mod sampler {
     /// A thread that has not run the handler by then has the signal blocked or sits in an
     /// uninterruptible wait: the request is dropped and the report goes without a stack.
     const CAPTURE_TIMEOUT_NS: u64 = 250_000_000;
-
-    /// Captures waiting for the symbolizer; beyond this they are dropped (bounded memory).
-    const SYMBOLIZER_QUEUE: usize = 16;
 
     /// What the watchdog knows about a stall it asked a stack of.
     struct Stall {
@@ -66,14 +65,6 @@ mod sampler {
         samples: u32,
         last_request: u64,
         pending_since: Option<u64>,
-    }
-
-    struct Job {
-        stall: Stall,
-        /// How long the poll had run when the stack was taken.
-        elapsed: Duration,
-        sample: u32,
-        frames: Vec<usize>,
     }
 
     thread_local! {
@@ -107,15 +98,28 @@ mod sampler {
                 last_request: now,
                 pending_since: None,
             });
-            request(w[index].as_mut().expect("just set"), index, now);
+            let watched = w[index].as_mut().expect("just set");
+            // Said before the signal goes: the stalled poll's report, whenever it ends, waits
+            // for this stack.
+            let slot = slots::at(index);
+            if let Some(slot) = slot {
+                slot.stack_for.store(start, Relaxed);
+            }
+            if !request(watched, index, now) {
+                if let Some(slot) = slot {
+                    slot.stack_for.store(0, Relaxed);
+                }
+            }
         });
     }
 
-    fn request(watched: &mut Watched, index: usize, now: u64) {
-        if still_ours() && capture::request(index) {
+    fn request(watched: &mut Watched, index: usize, now: u64) -> bool {
+        let sent = still_ours() && capture::request(index, watched.stall.start);
+        if sent {
             watched.pending_since = Some(now);
             watched.last_request = now;
         }
+        sent
     }
 
     /// Once per tick: hand finished captures to the symbolizer, time out stuck ones, and
@@ -129,30 +133,37 @@ mod sampler {
                 let running = slots::at(index)
                     .is_some_and(|s| s.start_ns.load(Relaxed) == watched.stall.start);
                 if let Some(since) = watched.pending_since {
+                    let key = StackKey {
+                        slot: index,
+                        start: watched.stall.start,
+                    };
                     match capture::take(index) {
+                        // Empty: the handler ran after the poll had ended.
+                        Status::Done(frames) if frames.is_empty() => {
+                            watched.pending_since = None;
+                            deferred::send(Job::NoStack(key));
+                        }
                         Status::Done(frames) => {
                             watched.pending_since = None;
                             watched.samples += 1;
                             let elapsed = Duration::from_nanos(since - watched.stall.start);
-                            symbolize_later(Job {
-                                stall: Stall {
-                                    engine: watched.stall.engine.clone(),
-                                    thread: watched.stall.thread.clone(),
-                                    ..watched.stall
-                                },
-                                elapsed,
-                                sample: watched.samples,
-                                frames,
-                            });
+                            resolve_later(&watched.stall, key, elapsed, watched.samples, frames);
                         }
                         Status::Pending if now - since > CAPTURE_TIMEOUT_NS => {
                             if capture::abandon(index) {
                                 watched.pending_since = None;
-                                crate::report::stack_capture_timed_out(&watched.stall.thread);
+                                deferred::send(Job::NoStack(key));
+                                let thread = watched.stall.thread.clone();
+                                deferred::line(move || {
+                                    crate::report::stack_capture_timed_out(&thread)
+                                });
                             }
                         }
                         Status::Pending => continue,
-                        Status::Idle => watched.pending_since = None,
+                        Status::Idle => {
+                            watched.pending_since = None;
+                            deferred::send(Job::NoStack(key));
+                        }
                     }
                 }
                 if !running {
@@ -183,7 +194,8 @@ mod sampler {
         match capture::install(signal) {
             Ok(_) => true,
             Err(e) => {
-                crate::report::stacks_unavailable(&e.to_string());
+                let why = e.to_string();
+                deferred::line(move || crate::report::stacks_unavailable(&why));
                 false
             }
         }
@@ -195,40 +207,52 @@ mod sampler {
         if capture::handler_still_installed() {
             return true;
         }
-        crate::report::stacks_unavailable(
-            "another handler replaced stallscope's for the stack signal; \
-             stack capture is off from now on",
-        );
+        deferred::line(|| {
+            crate::report::stacks_unavailable(
+                "another handler replaced stallscope's for the stack signal; \
+                 stack capture is off from now on",
+            )
+        });
         false
     }
 
-    fn symbolize_later(job: Job) {
-        static QUEUE: OnceLock<Option<SyncSender<Job>>> = OnceLock::new();
-        let queue = QUEUE.get_or_init(|| {
-            let (tx, rx) = sync_channel::<Job>(SYMBOLIZER_QUEUE);
-            std::thread::Builder::new()
-                .name("stallscope-symbolizer".into())
-                .spawn(move || {
-                    for job in rx {
-                        let stack = Stack::resolve(&job.frames);
-                        if let Some(engine) = job.stall.engine.upgrade() {
-                            engine.report_stall_stack(
-                                job.stall.site,
-                                &job.stall.thread,
-                                job.stall.start,
-                                job.elapsed,
-                                job.sample,
-                                &(&stack).into(),
-                            );
-                        }
-                    }
+    /// Hands a capture of the stall `key` to the reporter thread, which resolves it (reading
+    /// debug info takes time and allocates), reports it, and attaches it to the stall's report.
+    fn resolve_later(
+        stall: &Stall,
+        key: StackKey,
+        elapsed: Duration,
+        sample: u32,
+        frames: Vec<usize>,
+    ) {
+        let engine = stall.engine.clone();
+        let (site, thread) = (stall.site, stall.thread.clone());
+        deferred::send(Job::Stack {
+            key,
+            resolve: Box::new(move || {
+                let stack: crate::engine::StallStack = (&Stack::resolve(&frames)).into();
+                if let Some(engine) = engine.upgrade() {
+                    engine.report_stall_stack(site, &thread, elapsed, sample, &stack);
+                }
+                Some(ResolvedStack {
+                    blocked_in: stack.culprit,
+                    full: stack.full,
                 })
-                .ok()
-                .map(|_| tx)
+            }),
         });
-        if let Some(queue) = queue {
-            // Full: the symbolizer is behind; this sample is dropped rather than queued.
-            let _ = queue.try_send(job);
+    }
+
+    /// Loads the program's debug info on the reporter thread now, so the first stall's stack
+    /// is resolved in milliseconds, before its slow poll ends, instead of the 100-250 ms a
+    /// cold symbolizer takes (once per process; only when `engine` captures stacks).
+    pub(crate) fn warm_up(engine: &Engine) {
+        static WARMED: std::sync::Once = std::sync::Once::new();
+        if engine.config.capture_stacks {
+            WARMED.call_once(|| {
+                deferred::line(|| {
+                    let _ = Stack::resolve(&[warm_up as *const () as usize]);
+                })
+            });
         }
     }
 
@@ -258,10 +282,12 @@ mod sampler {
         _now: u64,
     ) {
         if engine.config.capture_stacks {
-            crate::report::stacks_unavailable(if cfg!(feature = "stacks") {
-                "stack capture needs Linux on x86_64 or aarch64"
-            } else {
-                "stallscope was built without its `stacks` feature"
+            crate::report::deferred::line(|| {
+                crate::report::stacks_unavailable(if cfg!(feature = "stacks") {
+                    "stack capture needs Linux on x86_64 or aarch64"
+                } else {
+                    "stallscope was built without its `stacks` feature"
+                })
             });
         }
     }
@@ -269,6 +295,8 @@ mod sampler {
     pub(crate) fn tick(_now: u64) -> bool {
         false
     }
+
+    pub(crate) fn warm_up(_engine: &Engine) {}
 
     pub(crate) fn set_owner(_index: usize, _owned: bool) {}
 }
