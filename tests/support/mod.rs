@@ -7,6 +7,7 @@ pub mod capture;
 pub mod console;
 pub mod examples;
 pub mod idle;
+pub mod late_clock;
 pub mod log;
 pub mod otlp;
 pub mod tick;
