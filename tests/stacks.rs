@@ -258,6 +258,58 @@ fn many_short_stalls_with_captures_keep_memory_bounded() {
     );
 }
 
+/// Two workers stall at once, in tasks spawned at one place (as a server's connection tasks
+/// are): one sleeping in `hold_and_sleep`, the other spinning in `spin_elsewhere`. Each
+/// slow-poll line names its own worker's blocking function, never the other's, in each of
+/// five rounds (the crossed blame this guards against came and went from run to run).
+fn check_two_simultaneous_stalls(scenario: &str) {
+    let text = run_child(scenario, Duration::from_secs(60), |t| {
+        t.contains("child done")
+    });
+    // The child says which task ran which function: "task 12 runs hold_and_sleep".
+    let runs: std::collections::HashMap<String, &str> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("task ")? + 5..];
+            let (id, function) = rest.split_once(" runs ")?;
+            Some((id.to_owned(), function.trim()))
+        })
+        .collect();
+    let slow: Vec<&str> = text.lines().filter(|l| l.contains("slow poll")).collect();
+    assert_eq!(
+        slow.len(),
+        10,
+        "two slow polls a round, five rounds:\n{text}"
+    );
+    for line in slow {
+        let id = line
+            .split_once("task.id=")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .unwrap_or_else(|| panic!("a task id: {line}"));
+        let function = runs
+            .get(id)
+            .unwrap_or_else(|| panic!("task {id} said what it runs:\n{text}"));
+        let blocked_in = line
+            .split_once("blocked_in=")
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("no blocked_in: {line}"));
+        assert!(
+            blocked_in.contains(&format!("stacks::{function}")),
+            "task {id} ran {function}, its slow poll says: {line}"
+        );
+    }
+}
+
+#[test]
+fn two_simultaneous_stalls_are_each_blamed_on_their_own_line_in_production_mode() {
+    check_two_simultaneous_stalls("two_stalls");
+}
+
+#[test]
+fn two_simultaneous_stalls_are_each_blamed_on_their_own_line_in_full_mode() {
+    check_two_simultaneous_stalls("two_stalls_full");
+}
+
 // ---- the child side -------------------------------------------------------------------------
 
 #[test]
@@ -265,11 +317,23 @@ fn child() {
     let Ok(scenario) = std::env::var(CHILD) else {
         return;
     };
+    if scenario == "two_stalls_full" {
+        two_stalls_full();
+        eprintln!("child done");
+        std::process::exit(0);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
     match scenario.as_str() {
+        "two_stalls" => {
+            let (guard, runtime) =
+                production_runtime(Duration::from_millis(100), Duration::from_secs(1));
+            two_stalls(&runtime);
+            drop(runtime);
+            drop(guard);
+        }
         "deadlock" => deadlock(),
         "host_handler" => host_handler(),
         "syscalls" => syscalls(),
@@ -295,6 +359,70 @@ fn production_runtime(
     builder.worker_threads(2);
     stallscope.instrument_runtime(&mut builder);
     (guard, builder.enable_all().build().unwrap())
+}
+
+#[inline(never)]
+fn hold_and_sleep() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[inline(never)]
+fn spin_elsewhere() {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < Duration::from_millis(300) {
+        x = std::hint::black_box(x.wrapping_mul(7).wrapping_add(1));
+    }
+}
+
+/// Five rounds of two tasks, spawned at one line, stalling two workers at once.
+fn two_stalls(runtime: &tokio::runtime::Runtime) {
+    for _ in 0..5 {
+        let stalls: [(&str, fn()); 2] = [
+            ("hold_and_sleep", hold_and_sleep),
+            ("spin_elsewhere", spin_elsewhere),
+        ];
+        let tasks: Vec<_> = stalls
+            .into_iter()
+            .map(|(name, stall)| {
+                runtime.spawn(async move {
+                    eprintln!("task {} runs {name}", tokio::task::id());
+                    stall();
+                })
+            })
+            .collect();
+        for task in tasks {
+            runtime.block_on(task).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn two_stalls_full() {
+    use tracing_subscriber::prelude::*;
+    let layer = stallscope::Builder::new()
+        .slow_poll_threshold(Duration::from_millis(100))
+        .summary_on_drop(false)
+        .build()
+        .unwrap();
+    let guard = layer.guard();
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    two_stalls(&runtime);
+    drop(runtime);
+    drop(guard);
 }
 
 #[inline(never)]

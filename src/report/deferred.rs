@@ -71,6 +71,8 @@ pub(crate) enum Job {
 
 struct Node {
     job: Job,
+    /// When the report was handed over: the time it is rate-limited at.
+    at: Instant,
     next: *mut Node,
 }
 
@@ -120,6 +122,7 @@ pub(crate) fn send(job: Job) {
     }
     let node = Box::into_raw(Box::new(Node {
         job,
+        at: Instant::now(),
         next: ptr::null_mut(),
     }));
     let mut head = HEAD.load(Relaxed);
@@ -169,15 +172,31 @@ fn run_inline(job: Job) {
     }
 }
 
+thread_local! {
+    /// While the reporter handles a job: when it was handed over.
+    static HANDED_OVER_AT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// When the report being written happened: the time it was handed to the reporter, or now
+/// for one written where it happened. Reports are rate-limited by this time, not by when the
+/// reporter gets to them (a burst written late is not a burst that happened).
+pub(crate) fn happened_at() -> Instant {
+    HANDED_OVER_AT
+        .try_with(std::cell::Cell::get)
+        .ok()
+        .flatten()
+        .unwrap_or_else(Instant::now)
+}
+
 /// Takes every queued job, oldest first.
-fn take_all() -> Vec<Job> {
+fn take_all() -> Vec<(Job, Instant)> {
     let mut node = HEAD.swap(ptr::null_mut(), Acquire);
     let mut jobs = Vec::new();
     while !node.is_null() {
         // SAFETY: the swap gave this thread the whole list; each node was leaked by `send`.
         let boxed = unsafe { Box::from_raw(node) };
         node = boxed.next;
-        jobs.push(boxed.job);
+        jobs.push((boxed.job, boxed.at));
     }
     QUEUED.fetch_sub(jobs.len(), Relaxed);
     jobs.reverse();
@@ -189,7 +208,8 @@ fn run() {
     loop {
         let jobs = take_all();
         let idle = jobs.is_empty();
-        for job in jobs {
+        for (job, at) in jobs {
+            HANDED_OVER_AT.with(|t| t.set(Some(at)));
             reporter.handle(job);
         }
         reporter.release_overdue(Instant::now());
@@ -207,6 +227,8 @@ struct Waiting {
     engine: Arc<Engine>,
     stall: Box<Stall>,
     key: StackKey,
+    /// When the stall was handed over (it is rate-limited at that time).
+    at: Instant,
     until: Instant,
 }
 
@@ -239,6 +261,7 @@ impl Reporter {
                     engine,
                     stall,
                     key,
+                    at: happened_at(),
                     until: Instant::now() + STACK_WAIT,
                 }),
                 key => {
@@ -281,12 +304,15 @@ impl Reporter {
     fn release(&mut self, key: StackKey) {
         let (ready, rest): (Vec<_>, Vec<_>) = self.waiting.drain(..).partition(|w| w.key == key);
         self.waiting = rest;
+        let handling = happened_at();
         for mut waiting in ready {
             if let Some(stack) = self.take_stack(key) {
                 attach(&mut waiting.stall, stack);
             }
+            HANDED_OVER_AT.with(|t| t.set(Some(waiting.at)));
             waiting.engine.emit_stall_now(*waiting.stall);
         }
+        HANDED_OVER_AT.with(|t| t.set(Some(handling)));
     }
 
     /// Stalls whose stack did not come in time go without it.

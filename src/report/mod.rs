@@ -61,7 +61,9 @@ impl RateLimiter {
 
     /// `Some(lines suppressed since the last allowed one)` when a line may be written.
     pub(crate) fn allow(&self) -> Option<u64> {
-        let now = self.origin.elapsed().as_secs();
+        let now = deferred::happened_at()
+            .saturating_duration_since(self.origin)
+            .as_secs();
         if self.window.swap(now, Relaxed) != now {
             self.in_window.store(0, Relaxed);
         }
