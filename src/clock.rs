@@ -24,8 +24,8 @@
 //! still, and a poll that began during that spell read the spell's first value as its start,
 //! which makes it look that much longer than it was. The upkeep thread records every spell
 //! longer than [`LATE_AFTER_TICKS`] ticks in a [`LateSpells`] ledger, and every duration that
-//! is timed (not counted) is read through [`at_least`]: a start read during a late spell
-//! counts from the spell's end. A slow poll is reported only when it was slow by that lower
+//! is compared with the threshold is read through [`at_least`]: a start read during a late
+//! spell counts from the spell's end. A slow poll is reported only when it was slow by that lower
 //! bound; a poll that only looked slow because the clock stood still is timed to what it can
 //! be shown to have lasted. Fast polls never look at the ledger.
 
@@ -118,8 +118,10 @@ pub(crate) fn is_idle(raw: u64) -> bool {
 /// may have begun any time before the spell ended, and only `end - (end of the spell)` is
 /// certain. `end` needs no correction: a stale end only understates.
 ///
-/// For every duration that is timed or compared with the threshold. Cost: one load while no
-/// spell was recorded since `start`, a short backwards walk otherwise.
+/// For every duration that is compared with the threshold, and recorded beside durations that
+/// are (polls, lock waits), so that no histogram holds a value its report denies. Lock holds,
+/// never reported, are timed as read. Cost: nothing under two ticks, one load while no spell
+/// was recorded since `start`, a short backwards walk otherwise.
 #[inline]
 pub(crate) fn at_least(start: u64, end: u64) -> u64 {
     let measured = end.saturating_sub(start);

@@ -36,7 +36,7 @@ impl Guard {
         self.engine.snapshot()
     }
 
-    /// Waits (up to 2 seconds) until every report found so far is written to the log.
+    /// Waits (up to 5 seconds) until every report found so far is written to the log.
     ///
     /// Reports are written by a background thread, never by the worker or the clock thread that
     /// found them, so a stall's line reaches the log shortly after the stall ends (a slow poll
@@ -51,7 +51,7 @@ impl Guard {
     /// assert!(guard.flush_reports());
     /// ```
     pub fn flush_reports(&self) -> bool {
-        crate::report::deferred::flush(std::time::Duration::from_secs(2))
+        crate::report::deferred::flush(crate::engine::SHUTDOWN_REPORTS_WAIT)
     }
 
     /// Samples the runtime-wide metrics of `handle`'s runtime. Runtimes whose tasks stallscope

@@ -30,7 +30,9 @@ use stall::{StackKey, Stall, StallKind, TraceParent};
 use starvation::Starvation;
 
 /// How long the guard's drop waits for reports still on their way to the log.
-const SHUTDOWN_REPORTS_WAIT: Duration = Duration::from_secs(2);
+/// The first stack of a process can take a second or more to resolve (a large binary's debug
+/// info, read once), and the log's writer may be slow.
+pub(crate) const SHUTDOWN_REPORTS_WAIT: Duration = Duration::from_secs(5);
 
 /// A stalled worker's stack, resolved: what the report and exporters say of it.
 #[derive(Clone, Debug, Default)]

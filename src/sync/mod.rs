@@ -266,7 +266,7 @@ impl Drop for Hold {
         if site.kind.blocks_thread() {
             note_released();
         }
-        site.record_hold(self.op, clock::at_least(self.since, clock::now_ns()));
+        site.record_hold(self.op, clock::now_ns().saturating_sub(self.since));
     }
 }
 

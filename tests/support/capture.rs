@@ -81,7 +81,7 @@ pub fn runtime(guard: &stallscope::Guard, mode: Mode) -> tokio::runtime::Runtime
 /// background thread writes them).
 pub fn reports_with(needle: &str) -> Vec<String> {
     if let Some(guard) = GUARD.get() {
-        assert!(guard.flush_reports(), "reports not written within 2 s");
+        assert!(guard.flush_reports(), "reports not written within 5 s");
     }
     REPORTS
         .lock()
