@@ -291,11 +291,10 @@ impl Engine {
                 StallKind::SlowPoll => report::slow_poll(&self.limiter, &stall),
                 StallKind::LockWait => report::blocking_lock_wait(&self.limiter, &stall),
                 // Reported per starvation episode, not per job.
-                StallKind::BlockingQueueWait => self.starvation.slow_wait(
-                    stall.duration,
-                    &self.sites,
-                    &self.runtimes.snapshot(),
-                ),
+                StallKind::BlockingQueueWait => {
+                    self.starvation
+                        .slow_wait(stall.duration, &self.sites, &self.runtimes)
+                }
             }
         }
         #[cfg(feature = "_otlp")]
