@@ -332,7 +332,7 @@ impl Engine {
             });
         }
         #[cfg(tokio_unstable)]
-        crate::hooks::console_hint::latest_stall(site, elapsed, stack.culprit.as_deref());
+        crate::hooks::console_hint::stack_resolved(site, stall_start, stack.culprit.as_deref());
         if self.config.report_slow_polls {
             report::stall_stack(&self.limiter, site, thread, elapsed, sample, stack);
         }
