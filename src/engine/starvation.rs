@@ -141,7 +141,8 @@ impl Starvation {
                 } else {
                     crate::report::starvation_ended(&EpisodeEnd {
                         lasted: e.began.elapsed(),
-                        waits_measured: (waits_measured(sites) - e.waits_measured_before)
+                        waits_measured: waits_measured(sites)
+                            .saturating_sub(e.waits_measured_before)
                             .max(e.slow_waits),
                         slow_waits: e.slow_waits,
                         longest_wait: e.longest_wait,

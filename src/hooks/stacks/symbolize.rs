@@ -296,6 +296,7 @@ pub(crate) struct Frame {
     /// Relative to the crate that owns it (see [`display_path`]).
     pub(crate) file: Option<String>,
     pub(crate) line: Option<u32>,
+    /// Judged from the full path, before it is shortened for printing.
     pub(crate) file_owner: FileOwner,
 }
 
@@ -378,7 +379,7 @@ impl Stack {
             .iter()
             .rposition(|g| g.iter().any(|f| f.function.contains(HANDLER_SYMBOL)));
         let Some(handler) = handler else {
-            return Stack::learned(groups.into_iter().flatten().collect());
+            return Stack::noting_library_crates(groups.into_iter().flatten().collect());
         };
         let mut interrupted = handler + 1;
         if groups
@@ -394,11 +395,11 @@ impl Stack {
             frames.extend(resolve_ip(ip + 1));
         }
         frames.extend(groups.into_iter().skip(interrupted + 1).flatten());
-        Stack::learned(frames)
+        Stack::noting_library_crates(frames)
     }
 
     /// `frames` as a stack, after noting the library crates their files show.
-    fn learned(frames: Vec<Frame>) -> Stack {
+    fn noting_library_crates(frames: Vec<Frame>) -> Stack {
         let mut seen = crates_with_library_files()
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -586,7 +587,7 @@ mod tests {
     fn a_crate_seen_in_the_registry_is_a_library_also_where_no_file_is_known() {
         let query = "blocking_store_9f1c::Connection::query";
         assert!(frame(query, None).is_user_code(), "not known yet");
-        Stack::learned(vec![frame(
+        Stack::noting_library_crates(vec![frame(
             query,
             Some("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/blocking_store_9f1c-0.3.1/src/lib.rs"),
         )]);
@@ -596,7 +597,7 @@ mod tests {
         assert_eq!(stack.culprit().unwrap().function, "app::orders::load");
         // A trait's default method in a registry file runs for the application's type: that
         // says nothing of the application's crate.
-        Stack::learned(vec![frame(
+        Stack::noting_library_crates(vec![frame(
             "<app_2b7e::Order as blocking_store_9f1c::Row>::decode",
             Some("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/blocking_store_9f1c-0.3.1/src/row.rs"),
         )]);
