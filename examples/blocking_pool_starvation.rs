@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Flags: `--fixed`; `--production` (poll hooks and `stallscope::task::spawn_blocking` instead
-//! of tokio's task spans); `--jobs N` (8); `--pool N` (2); `--job-ms MS` (1000); `--keep-running`
+//! of tokio's task spans); `--tokio-spawn-blocking` (tokio's own `spawn_blocking`, not the
+//! drop-in: production mode then sees the pool's queue but not each job's wait); `--jobs N`
+//! (8); `--pool N` (2); `--job-ms MS` (1000); `--keep-running`
 //! (or `STALLSCOPE_KEEP_RUNNING=1`) repeats until Ctrl-C. In a real service the fix is one of:
 //! size the pool (`Builder::max_blocking_threads`), bound concurrency with a `Semaphore` so
 //! queued work waits in async code instead of occupying the pool, or use an async API.
@@ -24,6 +26,7 @@ use tracing::{info, instrument, warn};
 struct Args {
     fixed: bool,
     production: bool,
+    tokio_spawn_blocking: bool,
     jobs: usize,
     pool: usize,
     job: Duration,
@@ -34,6 +37,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         fixed: false,
         production: false,
+        tokio_spawn_blocking: false,
         jobs: 8,
         pool: 2,
         job: Duration::from_millis(1000),
@@ -51,13 +55,15 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--fixed" => args.fixed = true,
             "--production" => args.production = true,
+            "--tokio-spawn-blocking" => args.tokio_spawn_blocking = true,
             "--keep-running" => args.keep_running = true,
             "--jobs" => args.jobs = number("--jobs", it.next())? as usize,
             "--pool" => args.pool = number("--pool", it.next())? as usize,
             "--job-ms" => args.job = Duration::from_millis(number("--job-ms", it.next())?),
             other => {
                 return Err(format!(
-                "unknown argument {other:?}; use --fixed, --production, --jobs, --pool, --job-ms, --keep-running"
+                "unknown argument {other:?}; use --fixed, --production, --tokio-spawn-blocking, --jobs, --pool, \
+                 --job-ms, --keep-running"
             ))
             }
         }
@@ -71,17 +77,21 @@ fn upload_blocking(job: Duration) {
 }
 
 /// One request: hands its blocking upload to the pool and awaits it.
-#[instrument(skip(job))]
-async fn handle_upload(request: usize, job: Duration) -> Duration {
+#[instrument(skip(job, tokio_spawn_blocking))]
+async fn handle_upload(request: usize, job: Duration, tokio_spawn_blocking: bool) -> Duration {
     let queued = Instant::now();
-    // stallscope's drop-in measures the queue wait in production mode; in full mode it is
-    // tokio's own spawn_blocking, which tokio's task spans already show.
-    let waited = stallscope::task::spawn_blocking(move || {
+    let upload = move || {
         let waited = queued.elapsed();
         upload_blocking(job);
         waited
-    })
-    .await
+    };
+    // stallscope's drop-in measures the queue wait in production mode; in full mode it is
+    // tokio's own spawn_blocking, which tokio's task spans already show.
+    let waited = if tokio_spawn_blocking {
+        tokio::task::spawn_blocking(upload).await
+    } else {
+        stallscope::task::spawn_blocking(upload).await
+    }
     .expect("upload job");
     info!(
         request,
@@ -93,7 +103,7 @@ async fn handle_upload(request: usize, job: Duration) -> Duration {
 async fn scenario(args: &Args) {
     let started = Instant::now();
     let requests: Vec<_> = (0..args.jobs)
-        .map(|request| tokio::spawn(handle_upload(request, args.job)))
+        .map(|request| tokio::spawn(handle_upload(request, args.job, args.tokio_spawn_blocking)))
         .collect();
     let mut longest = Duration::ZERO;
     for request in requests {

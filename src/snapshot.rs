@@ -177,6 +177,8 @@ pub struct RuntimeStats {
     pub blocking_queue_depth_peak: usize,
     /// Blocking-pool threads, idle or busy, excluding the runtime's workers (`tokio_unstable`).
     pub blocking_threads: usize,
+    /// Most blocking-pool threads sampled (`tokio_unstable`).
+    pub blocking_threads_peak: usize,
     /// Idle blocking-pool threads (`tokio_unstable`).
     pub idle_blocking_threads: usize,
 }

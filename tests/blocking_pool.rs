@@ -1,5 +1,6 @@
 //! Blocking-pool starvation: per-job queue waits per call site, the pool gauges, the episode
-//! report, all from the scenario example run as a user runs it, exported to VictoriaMetrics.
+//! report, all from the scenario example run as a user runs it, exported to VictoriaMetrics;
+//! and the episode's lines in the log, whose numbers must tell one story.
 
 mod support;
 
@@ -114,7 +115,7 @@ fn check_waves(service: &str, mode: &[&str]) {
         .filter(|l| l.contains("blocking pool starved"))
         .collect();
     assert_eq!(began.len(), 1, "once per episode:\n{stderr}");
-    assert!(began[0].contains("2/2 pool threads busy"), "{}", began[0]);
+    assert!(began[0].contains("2 of 2 threads busy"), "{}", began[0]);
     assert!(
         began[0].contains("examples/blocking_pool_starvation.rs:"),
         "{}",
@@ -156,5 +157,129 @@ fn a_pool_sized_for_the_load_has_no_waits() {
         ),
         6.0,
         "every job started at once"
+    );
+}
+
+/// The example's log when run with `args` and no exporter.
+fn log_of(args: &[&str], sample_interval: Option<&str>) -> String {
+    let mut command = examples::command("blocking_pool_starvation");
+    command.args(args);
+    if let Some(interval) = sample_interval {
+        command.env("STALLSCOPE_SAMPLE_INTERVAL", interval);
+    }
+    let output = command.output_within(Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}
+
+/// The number just before `suffix` in `line` (`"47 jobs queued"`, `" jobs queued"` -> 47).
+fn number_before(line: &str, suffix: &str) -> u64 {
+    let end = line
+        .find(suffix)
+        .unwrap_or_else(|| panic!("{suffix:?} in {line}"));
+    let digits = line[..end]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("a number before {suffix:?} in {line}"))
+}
+
+fn check_one_moment(mode: &[&str]) {
+    // 20 jobs of 300 ms on 2 threads, the sampler at its default 1 s: the first slow wait
+    // (300 ms in) begins the episode before any sample of the pool.
+    let mut args = vec!["--jobs", "20", "--pool", "2", "--job-ms", "300"];
+    args.extend_from_slice(mode);
+    let stderr = log_of(&args, None);
+    let began = stderr
+        .lines()
+        .find(|l| l.contains("blocking pool starved"))
+        .unwrap_or_else(|| panic!("no episode:\n{stderr}"));
+    assert!(began.contains("a spawn_blocking job waited"), "{began}");
+    // tokio's gauges, read when the call sites were: both threads busy, the rest queued.
+    assert!(began.contains("2 of 2 threads busy"), "{began}");
+    let pool_queued = number_before(began, " jobs queued, ");
+    assert!((12..=18).contains(&pool_queued), "{began}");
+    // The call sites' counts say whose they are, and agree (or say why not).
+    let site_queued = number_before(began, " jobs). Size the pool");
+    assert!(
+        began.contains("By call site (jobs stallscope saw spawned"),
+        "{began}"
+    );
+    assert!(
+        site_queued <= pool_queued || began.contains("more than tokio's gauges show"),
+        "{began}"
+    );
+}
+
+#[test]
+fn the_starvation_line_reads_the_pool_and_its_call_sites_at_one_moment() {
+    check_one_moment(&[]);
+}
+
+#[test]
+fn the_starvation_line_reads_the_pool_and_its_call_sites_at_one_moment_in_production_mode() {
+    check_one_moment(&["--production"]);
+}
+
+#[test]
+fn production_mode_with_tokios_own_spawn_blocking_says_what_it_knows_and_what_it_does_not() {
+    let stderr = log_of(
+        &[
+            "--production",
+            "--tokio-spawn-blocking",
+            "--jobs",
+            "8",
+            "--pool",
+            "2",
+            "--job-ms",
+            "300",
+        ],
+        Some("50ms"),
+    );
+    let line = |needle: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} line:\n{stderr}"))
+    };
+    let says = |line: &str, parts: &[&str]| {
+        for part in parts {
+            assert!(line.contains(part), "{part:?} in: {line}");
+        }
+    };
+    says(
+        line("blocking pool starved"),
+        &[
+            "2 of 2 threads busy",
+            "not known",
+            "stallscope::task::spawn_blocking",
+        ],
+    );
+    // No per-job wait was measured: none is printed as a zero.
+    let ended = line("blocking pool starvation over");
+    says(
+        ended,
+        &[
+            "how long its jobs waited is not known",
+            "stallscope::task::spawn_blocking",
+            "up to 6 jobs queued, 2 threads at most",
+        ],
+    );
+    assert!(
+        !ended.contains("0 jobs waited")
+            && !ended.contains("longest")
+            && !ended.contains("slow_waits"),
+        "{ended}"
+    );
+    // The summary has the pool, as far as it is known.
+    says(
+        line("summary: blocking pool:"),
+        &[
+            "up to 6 jobs queued, 2 threads at most",
+            "how long jobs waited is not known",
+        ],
     );
 }

@@ -111,3 +111,54 @@ fn the_console_shows_the_stalled_worker_and_its_blocking_line_live() {
         attribute(&seen, "stalled_task")
     );
 }
+
+#[test]
+fn the_console_follows_a_stall_while_it_lasts() {
+    let port = examples::free_port();
+    // A 2 s sleep on the only worker; the threshold is 100 ms.
+    let _scenario = start("blocking_in_async", &["--variant", "sleep"], port);
+    let is_stalls = |s: &Seen, id: &u64| {
+        s.resource_types
+            .get(id)
+            .is_some_and(|t| t == "WorkerStalls")
+    };
+    // Every state of the resource the console published: (stall_ms, stalled_workers).
+    let states = |s: &Seen| -> Vec<(Option<u64>, Option<String>)> {
+        s.resource_states
+            .iter()
+            .filter(|(_, id, _)| is_stalls(s, id))
+            .map(|(_, _, attributes)| {
+                (
+                    attributes.get("stall_ms").and_then(|v| v.parse().ok()),
+                    attributes.get("stalled_workers").cloned(),
+                )
+            })
+            .collect()
+    };
+    let late_in_the_stall = |s: &Seen| {
+        states(s)
+            .iter()
+            .any(|(ms, workers)| ms.is_some_and(|ms| ms >= 1500) && workers.as_deref() == Some("1"))
+    };
+    let seen = watch(port, Duration::from_secs(25), late_in_the_stall);
+    let states = states(&seen);
+    // The duration so far follows the stall, past the value it had when found (100 ms) and
+    // when its stack was sampled again (1.1 s).
+    assert!(
+        late_in_the_stall(&seen),
+        "no state 1.5 s into the stall with the worker counted: {states:?}"
+    );
+    // Whenever the duration grew, the stalled worker was counted in the same state.
+    for pair in states.windows(2) {
+        let [(before, _), (after, workers)] = pair else {
+            unreachable!()
+        };
+        if after.is_some_and(|a| before.is_none_or(|b| a > b)) {
+            assert_eq!(
+                workers.as_deref(),
+                Some("1"),
+                "stall_ms grew to {after:?} with stalled_workers {workers:?}: {states:?}"
+            );
+        }
+    }
+}

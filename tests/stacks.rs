@@ -117,6 +117,34 @@ fn stacks_can_be_switched_off() {
     assert!(!stderr.contains("stall stack"), "{stderr}");
 }
 
+#[test]
+fn stack_paths_read_the_same_whatever_the_working_directory() {
+    // Run from elsewhere, the example's file still prints from its crate's directory.
+    let output = examples::command("blocking_in_async")
+        .args(["--production", "--variant", "sleep"])
+        .current_dir(std::env::temp_dir())
+        .output_within(Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("stall stack:") && l.contains("is blocked in"))
+        .unwrap_or_else(|| panic!("no stack naming the culprit:\n{stderr}"));
+    let sleep_at = format!(
+        " (examples/blocking_in_async.rs:{})",
+        example_line("std::thread::sleep(BLOCKING_SLEEP)")
+    );
+    assert!(
+        line.contains("is blocked in blocking_in_async::slow_operation")
+            && line.contains(&sleep_at),
+        "the culprit at{sleep_at}: {line}"
+    );
+    assert!(
+        !line.contains(env!("CARGO_MANIFEST_DIR")),
+        "no path depends on the working directory: {line}"
+    );
+}
+
 /// Runs this test binary's `child` test with `scenario`, reading its stderr until `done` says
 /// so or `timeout` passes; then kills it. Returns what it printed.
 fn run_child(scenario: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {

@@ -196,6 +196,11 @@ impl AtomicHistogram {
         Duration::from_nanos(self.sum_ns.load(Relaxed))
     }
 
+    /// Number of samples (without copying the buckets).
+    pub(crate) fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
     pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         HistogramSnapshot {

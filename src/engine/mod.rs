@@ -311,11 +311,10 @@ impl Engine {
                 StallKind::SlowPoll => report::slow_poll(&self.limiter, &stall),
                 StallKind::LockWait => report::blocking_lock_wait(&self.limiter, &stall),
                 // Reported per starvation episode, not per job.
-                StallKind::BlockingQueueWait => self.starvation.slow_wait(
-                    stall.duration,
-                    &self.sites,
-                    &self.runtimes.snapshot(),
-                ),
+                StallKind::BlockingQueueWait => {
+                    self.starvation
+                        .slow_wait(stall.duration, &self.sites, &self.runtimes)
+                }
             }
         }
         #[cfg(feature = "_otlp")]
@@ -342,13 +341,14 @@ impl Engine {
         }
     }
 
-    /// A stack captured while a poll of `site` was stalled, `elapsed` into it: reported, and
-    /// kept for the summary (on the reporter thread).
+    /// A stack captured while a poll of `site` that began at coarse `stall_start` was stalled,
+    /// `elapsed` into it: reported, and kept for the summary (on the reporter thread).
     #[cfg_attr(not(all(tokio_unstable, feature = "stacks")), allow(dead_code))]
     pub(crate) fn report_stall_stack(
         &self,
         site: &Site,
         thread: &str,
+        stall_start: u64,
         elapsed: Duration,
         sample: u32,
         stack: &StallStack,
@@ -360,7 +360,7 @@ impl Engine {
             });
         }
         #[cfg(tokio_unstable)]
-        crate::hooks::console_hint::latest_stall(site, elapsed, stack.culprit.as_deref());
+        crate::hooks::console_hint::stack_resolved(site, stall_start, stack.culprit.as_deref());
         if self.config.report_slow_polls {
             report::stall_stack(&self.limiter, site, thread, elapsed, sample, stack);
         }

@@ -28,6 +28,16 @@ pub(crate) fn watched_in_process() -> usize {
 /// This many runtimes at once is flagged as a runtime per thread (or per request).
 const MANY_RUNTIMES: usize = 4;
 
+/// Blocking-pool gauges at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BlockingPool {
+    /// Jobs waiting for a thread.
+    pub(crate) queue_depth: usize,
+    pub(crate) busy_threads: usize,
+    /// Threads the pool has now, busy or idle (not the runtime's workers).
+    pub(crate) threads: usize,
+}
+
 /// Latest interval and running totals of one runtime.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RuntimeSample {
@@ -38,6 +48,10 @@ pub(crate) struct WatchedRuntime {
     pub(crate) label: String,
     #[cfg(tokio_unstable)]
     id: tokio::runtime::Id,
+    /// tokio's live gauges, for a reading of the blocking pool at one moment (see
+    /// [`Runtimes::blocking_pools_now`]).
+    #[cfg(tokio_unstable)]
+    metrics: tokio::runtime::RuntimeMetrics,
     intervals: Mutex<RuntimeIntervals>,
     pub(crate) sample: Mutex<RuntimeSample>,
     /// The blocking pool as a tokio-console resource, created by the sampler thread.
@@ -126,6 +140,7 @@ impl WatchedRuntime {
             st.blocking_threads = m.blocking_threads_count;
             st.idle_blocking_threads = m.idle_blocking_threads_count;
             st.blocking_queue_depth_peak = st.blocking_queue_depth_peak.max(m.blocking_queue_depth);
+            st.blocking_threads_peak = st.blocking_threads_peak.max(m.blocking_threads_count);
         }
     }
 }
@@ -168,6 +183,8 @@ impl Runtimes {
             label,
             #[cfg(tokio_unstable)]
             id: handle.id(),
+            #[cfg(tokio_unstable)]
+            metrics: handle.metrics(),
             intervals: Mutex::new(RuntimeMonitor::new(handle).intervals()),
             sample: Mutex::new(RuntimeSample::default()),
             #[cfg(tokio_unstable)]
@@ -255,6 +272,42 @@ impl Runtimes {
             .clone()
     }
 
+    /// The blocking pools of every watched runtime, summed, read now from tokio's gauges (not
+    /// from the last sample, which may be an interval old or precede the pool's first thread):
+    /// read at the same moment as the call sites' counts, the two tell one story. The peaks
+    /// the samples keep take these readings in too, so the summary never says less than an
+    /// episode's report did. `None` while no runtime is watched, and without
+    /// `--cfg tokio_unstable` (tokio has no blocking-pool gauges then).
+    pub(crate) fn blocking_pools_now(&self) -> Option<BlockingPool> {
+        #[cfg(tokio_unstable)]
+        {
+            let watched = self.watched();
+            if watched.is_empty() {
+                return None;
+            }
+            let mut total = BlockingPool::default();
+            for runtime in &watched {
+                let m = &runtime.metrics;
+                let threads = m.num_blocking_threads();
+                let pool = BlockingPool {
+                    queue_depth: m.blocking_queue_depth(),
+                    busy_threads: threads.saturating_sub(m.num_idle_blocking_threads()),
+                    threads,
+                };
+                let mut sample = runtime.sample.lock().unwrap_or_else(|e| e.into_inner());
+                let st = &mut sample.stats;
+                st.blocking_queue_depth_peak = st.blocking_queue_depth_peak.max(pool.queue_depth);
+                st.blocking_threads_peak = st.blocking_threads_peak.max(pool.threads);
+                total.queue_depth += pool.queue_depth;
+                total.busy_threads += pool.busy_threads;
+                total.threads += pool.threads;
+            }
+            Some(total)
+        }
+        #[cfg(not(tokio_unstable))]
+        None
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<RuntimeStats> {
         self.watched()
             .iter()
@@ -286,9 +339,7 @@ fn sampler_loop(engine: Weak<Engine>, interval: Duration, stop: &AtomicBool) {
         engine.runtimes.sample_all();
         engine.runtimes.publish_to_console();
         if engine.config.report_slow_polls {
-            engine
-                .starvation
-                .sample(&engine.sites, &engine.runtimes.snapshot());
+            engine.starvation.sample(&engine.sites, &engine.runtimes);
         }
         if !warned_no_spans {
             warned_no_spans = crate::report::warn_if_no_task_spans(&engine);

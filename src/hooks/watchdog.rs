@@ -58,11 +58,11 @@ pub(crate) fn scan(now: u64) -> bool {
             slot.reported_start.store(start, Relaxed);
             stalled += 1;
             engine.report_stall_in_progress(site, thread.clone(), elapsed);
-            console_hint::latest_stall(site, elapsed, None);
+            console_hint::stall_began(index, site, start);
             stacks::stall_began(&engine, index, site, thread, start, now);
         }
     }
-    console_hint::stalled_workers(stalled);
+    console_hint::scanned(now, stalled);
     let watching = stacks::tick(now);
     polling || watching
 }

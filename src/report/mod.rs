@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use tracing::Metadata;
 
 use crate::engine::locks::LockSite;
+use crate::engine::runtimes::BlockingPool;
 use crate::engine::sites::Site;
 use crate::engine::stall::{Stall, TraceParent};
-use crate::engine::starvation::PoolState;
+use crate::engine::starvation::{EpisodeEnd, PoolState};
 use crate::engine::Engine;
 use crate::snapshot::Snapshot;
 
@@ -133,6 +134,49 @@ fn list_sites(sites: &[(&'static Site, i64)], what: &str) -> String {
         .join(", ")
 }
 
+/// Why per-job queue waits may be missing: production mode sees only the drop-in's jobs.
+const UNMEASURED_JOBS: &str = "production mode measures only jobs spawned with \
+    stallscope::task::spawn_blocking, not tokio::task::spawn_blocking";
+
+/// `N jobs queued, B of T threads busy` from tokio's gauges, or that they are unknown.
+fn describe_pool(pool: Option<BlockingPool>) -> String {
+    match pool {
+        Some(p) => format!(
+            "{} jobs queued, {} of {} threads busy (tokio's gauges)",
+            p.queue_depth, p.busy_threads, p.threads
+        ),
+        None => {
+            "queue and threads unknown (tokio's blocking-pool gauges need --cfg tokio_unstable \
+                 and a runtime stallscope watches)"
+                .to_owned()
+        }
+    }
+}
+
+/// The call sites' counts, said to be stallscope's, with a word where they exceed tokio's.
+fn describe_sites(state: &PoolState) -> String {
+    if state.occupying.is_empty() && state.waiting.is_empty() {
+        return format!("Which call sites these jobs come from is not known: {UNMEASURED_JOBS}");
+    }
+    let mut sites = format!(
+        "By call site (jobs stallscope saw spawned, counted at the same moment): running: {}; \
+         queued: {}",
+        list_sites(&state.occupying, "jobs"),
+        list_sites(&state.waiting, "jobs"),
+    );
+    let exceeds = state.pool.is_some_and(|p| {
+        state.queued_at_sites() > p.queue_depth as i64
+            || state.running_at_sites() > p.busy_threads as i64
+    });
+    if exceeds {
+        sites.push_str(
+            " (more than tokio's gauges show: some of these jobs are on runtimes stallscope does \
+             not watch, or were being handed to a thread)",
+        );
+    }
+    sites
+}
+
 /// Once per starvation episode, when it begins.
 pub(crate) fn starvation_began(state: &PoolState, wait: Option<Duration>) {
     let trigger = match wait {
@@ -141,34 +185,94 @@ pub(crate) fn starvation_began(state: &PoolState, wait: Option<Duration>) {
     };
     tracing::warn!(
         target: "stallscope",
-        queue_depth = state.queue_depth,
-        busy_threads = state.busy_threads,
-        threads = state.threads,
-        "blocking pool starved: {trigger}; {} jobs queued, {}/{} pool threads busy. Occupying the pool: {}. \
-         Waiting: {}. Size the pool (Builder::max_blocking_threads), bound concurrency with a Semaphore, \
-         or use an async API for the long jobs",
-        state.queue_depth,
-        state.busy_threads,
-        state.threads,
-        list_sites(&state.occupying, "running"),
-        list_sites(&state.waiting, "queued"),
+        queue_depth = state.pool.map(|p| p.queue_depth),
+        busy_threads = state.pool.map(|p| p.busy_threads),
+        threads = state.pool.map(|p| p.threads),
+        "blocking pool starved: {trigger}; the pool now: {}. {}. Size the pool \
+         (Builder::max_blocking_threads), bound concurrency with a Semaphore, or use an async API \
+         for the long jobs",
+        describe_pool(state.pool),
+        describe_sites(state),
     );
 }
 
 /// Once per starvation episode, when the queue has drained.
-pub(crate) fn starvation_ended(
-    lasted: Duration,
-    slow_waits: u64,
-    longest: Duration,
-    peak_depth: usize,
-) {
+pub(crate) fn starvation_ended(end: &EpisodeEnd) {
+    let waits = match end.waits_measured {
+        0 => format!("how long its jobs waited is not known ({UNMEASURED_JOBS})"),
+        n if end.slow_waits == 0 => {
+            format!("none of the {n} jobs measured at their call sites waited over the threshold")
+        }
+        n => format!(
+            "{} of the {n} jobs measured at their call sites waited over the threshold, longest {:.3?}",
+            end.slow_waits, end.longest_wait
+        ),
+    };
+    let peak = match end.peak {
+        Some(p) => format!(
+            "up to {} jobs queued, {} threads at most (tokio's gauges)",
+            p.queue_depth, p.threads
+        ),
+        None => "queue depth unknown".to_owned(),
+    };
+    let measured = end.waits_measured > 0;
     tracing::info!(
         target: "stallscope",
-        slow_waits,
-        longest_wait_ms = ms(longest),
-        peak_queue_depth = peak_depth,
-        "blocking pool starvation over after {lasted:.3?}: {slow_waits} jobs waited over the threshold, \
-         longest {longest:.3?}, up to {peak_depth} jobs queued",
+        jobs_measured = end.waits_measured,
+        slow_waits = measured.then_some(end.slow_waits),
+        longest_wait_ms = (end.slow_waits > 0).then(|| ms(end.longest_wait)),
+        peak_queue_depth = end.peak.map(|p| p.queue_depth),
+        "blocking pool starvation over after {:.3?}: {waits}; {peak}",
+        end.lasted,
+    );
+}
+
+/// The blocking pools, for the summary, when jobs ever queued: what tokio's gauges showed
+/// and whether per-job waits were measured (the worst sites follow in their own lines).
+fn blocking_pool_summary(snapshot: &Snapshot) {
+    let queued: Vec<_> = snapshot
+        .runtimes
+        .iter()
+        .filter(|r| r.blocking_queue_depth_peak > 0)
+        .collect();
+    let slow_waits: u64 = snapshot.blocking.iter().map(|b| b.slow_queue_waits).sum();
+    if queued.is_empty() && slow_waits == 0 {
+        return;
+    }
+    let pools = if queued.is_empty() {
+        "no queue seen by tokio's gauges".to_owned()
+    } else {
+        let several = snapshot.runtimes.len() > 1;
+        queued
+            .iter()
+            .map(|r| {
+                let runtime = if several {
+                    format!("runtime {}: ", r.runtime)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{runtime}up to {} jobs queued, {} threads at most",
+                    r.blocking_queue_depth_peak, r.blocking_threads_peak
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+            + " (tokio's gauges)"
+    };
+    let jobs: u64 = snapshot.blocking.iter().map(|b| b.queue_wait.count).sum();
+    let waits = if jobs == 0 {
+        format!("how long jobs waited is not known ({UNMEASURED_JOBS})")
+    } else {
+        let sites = match snapshot.blocking.len() {
+            1 => "1 call site".to_owned(),
+            n => format!("{n} call sites"),
+        };
+        format!("{slow_waits} of the {jobs} jobs measured at {sites} waited over the threshold")
+    };
+    tracing::warn!(
+        target: "stallscope",
+        "summary: blocking pool: {pools}; {waits}"
     );
 }
 
@@ -431,6 +535,7 @@ pub(crate) fn summary(snapshot: &Snapshot) {
     }
     lock_summary(snapshot);
     runtime_summary(snapshot);
+    blocking_pool_summary(snapshot);
     let mut waits: Vec<_> = snapshot
         .blocking
         .iter()

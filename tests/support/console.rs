@@ -25,6 +25,8 @@ pub fn start(example: &str, args: &[&str], port: u16) -> Running {
         .arg("--keep-running")
         .env("TOKIO_CONSOLE_BIND", format!("127.0.0.1:{port}"))
         .env("STALLSCOPE_SAMPLE_INTERVAL", "50ms")
+        // Ten looks a second (a user's console looks once), to see values as they change.
+        .env("TOKIO_CONSOLE_PUBLISH_INTERVAL", "100ms")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -46,6 +48,11 @@ pub struct Seen {
     pub resource_attributes: BTreeMap<(u64, String), Vec<String>>,
     /// Metadata id -> field names, to resolve fields sent by index.
     pub field_names: HashMap<u64, Vec<String>>,
+    /// Every stats update of a resource, in order: (when it arrived, resource id, its attributes
+    /// then). The
+    /// console sends all of a resource's attributes in each update, so each entry is the
+    /// state a console user saw at that moment.
+    pub resource_states: Vec<(Instant, u64, BTreeMap<String, String>)>,
 }
 
 impl Seen {
@@ -135,6 +142,7 @@ pub fn watch(port: u16, timeout: Duration, done: impl Fn(&Seen) -> bool) -> Seen
                     }
                 }
                 for (id, stats) in resources.stats_update {
+                    let mut state = BTreeMap::new();
                     for attribute in stats.attributes {
                         let Some(field) = attribute.field else {
                             continue;
@@ -149,11 +157,13 @@ pub fn watch(port: u16, timeout: Duration, done: impl Fn(&Seen) -> bool) -> Seen
                             Some(Value::BoolVal(v)) => v.to_string(),
                             None => continue,
                         };
+                        state.insert(name.clone(), value.clone());
                         let values = seen.resource_attributes.entry((id, name)).or_default();
                         if values.last() != Some(&value) {
                             values.push(value);
                         }
                     }
+                    seen.resource_states.push((Instant::now(), id, state));
                 }
             }
             if done(&seen) {

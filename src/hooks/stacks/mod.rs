@@ -232,7 +232,7 @@ mod sampler {
             resolve: Box::new(move || {
                 let stack: crate::engine::StallStack = (&Stack::resolve(&frames)).into();
                 if let Some(engine) = engine.upgrade() {
-                    engine.report_stall_stack(site, &thread, elapsed, sample, &stack);
+                    engine.report_stall_stack(site, &thread, key.start, elapsed, sample, &stack);
                 }
                 Some(ResolvedStack {
                     blocked_in: stack.culprit,
