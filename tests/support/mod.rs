@@ -9,5 +9,6 @@ pub mod examples;
 pub mod idle;
 pub mod log;
 pub mod otlp;
+pub mod service;
 pub mod tick;
 pub mod victoria;
