@@ -10,5 +10,6 @@ pub mod idle;
 pub mod late_clock;
 pub mod log;
 pub mod otlp;
+pub mod service;
 pub mod tick;
 pub mod victoria;
