@@ -44,6 +44,7 @@ pub(crate) struct StallStack {
     /// The innermost frames down to a few callers of the culprit, `" <- "`-separated.
     pub(crate) summary: String,
     /// Every frame, one per line (exported whole with the stall's span).
+    #[cfg_attr(not(all(tokio_unstable, feature = "stacks")), allow(dead_code))]
     pub(crate) full: String,
 }
 
@@ -361,6 +362,8 @@ impl Engine {
         }
         #[cfg(tokio_unstable)]
         crate::hooks::console_hint::stack_resolved(site, stall_start, stack.culprit.as_deref());
+        #[cfg(not(tokio_unstable))]
+        let _ = stall_start;
         if self.config.report_slow_polls {
             report::stall_stack(&self.limiter, site, thread, elapsed, sample, stack);
         }

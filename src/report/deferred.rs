@@ -47,6 +47,8 @@ pub(crate) struct ResolvedStack {
 }
 
 /// One thing for the reporter to do.
+// Stacks are captured only with `tokio_unstable` and the `stacks` feature.
+#[cfg_attr(not(all(tokio_unstable, feature = "stacks")), allow(dead_code))]
 pub(crate) enum Job {
     /// A report line (or a few), written as is.
     Line(Box<dyn FnOnce() + Send>),
