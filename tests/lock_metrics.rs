@@ -169,7 +169,9 @@ fn assert_waited(what: &str, (count, sum): (f64, f64), truth: Duration, nominal_
 
 #[test]
 fn lock_waits_and_holds_reach_the_database_by_site_kind_operation_and_outcome() {
-    let vm = VictoriaMetrics::start();
+    let Some(vm) = VictoriaMetrics::start() else {
+        return;
+    };
     std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", vm.otlp_endpoint());
     std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
     std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "60000");

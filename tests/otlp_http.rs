@@ -20,7 +20,9 @@ fn value(vm: &VictoriaMetrics, promql: &str) -> f64 {
 
 #[test]
 fn the_final_flush_delivers_the_poll_histogram_with_its_attributes() {
-    let vm = VictoriaMetrics::start();
+    let Some(vm) = VictoriaMetrics::start() else {
+        return;
+    };
     // A one-minute interval: everything below arrives through the flush when the guard drops.
     let output = examples::command("blocking_in_async")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", vm.otlp_endpoint())
