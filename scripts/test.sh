@@ -16,6 +16,12 @@ export STALLSCOPE_REQUIRE_VICTORIA_METRICS=1
 step "stack files: docker compose config, promtool check config, dashboards against Grafana's schema"
 scripts/check-stack.sh
 
+step "the declared rust-version covers the dependency graph (default, otlp, console)"
+scripts/check-msrv.py
+
+step "README and docs: every relative link and #anchor resolves"
+scripts/check-links.py
+
 step "cargo fmt --check"
 cargo fmt --check
 
@@ -36,3 +42,15 @@ scripts/full-mode-guard.sh
 
 step "without --cfg tokio_unstable: builds, says what is unavailable, keeps runtime metrics"
 scripts/check-without-tokio-unstable.sh
+
+step "every feature alone and none, warnings denied (cargo hack; _otlp is the private base of the OTLP features)"
+command -v cargo-hack >/dev/null || cargo install cargo-hack --locked
+RUSTFLAGS="--cfg tokio_unstable -D warnings" \
+  cargo hack check --each-feature --no-dev-deps --exclude-features _otlp --target-dir target/features
+
+step "cargo doc as docs.rs builds it, warnings denied"
+RUSTDOCFLAGS="--cfg docsrs --cfg tokio_unstable -D warnings" \
+  cargo doc --no-deps --all-features --target-dir target/doc-check
+
+step "the package: library, docs and licenses only; cargo publish --dry-run without warnings"
+scripts/check-package.sh
