@@ -1,4 +1,5 @@
-# The three scenario examples, for the `examples` profile of docker-compose.yml:
+# The examples (three scenarios and the README's drop-in snippet), for the `examples` profile of
+# docker-compose.yml:
 #
 #   docker compose --profile examples up -d --build
 #
@@ -14,6 +15,7 @@ FROM debian:trixie-slim
 COPY --from=build /src/target/release/examples/blocking_in_async \
     /src/target/release/examples/blocking_pool_starvation \
     /src/target/release/examples/threads_with_runtimes \
+    /src/target/release/examples/drop_in \
     /usr/local/bin/
 ENV RUST_LOG=info \
     NO_COLOR=1 \

@@ -114,7 +114,11 @@ fn check_waves(service: &str, mode: &[&str]) {
         .filter(|l| l.contains("blocking pool starved"))
         .collect();
     assert_eq!(began.len(), 1, "once per episode:\n{stderr}");
-    assert!(began[0].contains("2/2 pool threads busy"), "{}", began[0]);
+    assert!(
+        began[0].contains("busy_threads=2 threads=2"),
+        "{}",
+        began[0]
+    );
     assert!(
         began[0].contains("examples/blocking_pool_starvation.rs:"),
         "{}",
@@ -131,7 +135,9 @@ fn check_waves(service: &str, mode: &[&str]) {
         "{stderr}"
     );
     assert!(
-        stderr.contains("4 of 6 jobs waited over the threshold"),
+        stderr.contains(
+            "summary: blocking-pool queue wait #1 at examples/blocking_pool_starvation.rs:"
+        ) && stderr.contains("slow_waits=4 jobs=6"),
         "summary:\n{stderr}"
     );
     // Long blocking runs are expected: they are not reported as slow polls.

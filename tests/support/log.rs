@@ -8,3 +8,8 @@ pub fn number_field(line: &str, key: &str) -> f64 {
         .parse()
         .expect("number")
 }
+
+/// The lines of `log` that contain `needle`.
+pub fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(needle)).collect()
+}
