@@ -1,4 +1,5 @@
-# The examples, for the `examples` profile of docker-compose.yml:
+# The examples (three scenarios, the service, and the README's drop-in snippet), for the
+# `examples` profile of docker-compose.yml:
 #
 #   docker compose --profile examples up -d --build
 #
@@ -15,6 +16,7 @@ COPY --from=build /src/target/release/examples/blocking_in_async \
     /src/target/release/examples/blocking_pool_starvation \
     /src/target/release/examples/threads_with_runtimes \
     /src/target/release/examples/service \
+    /src/target/release/examples/drop_in \
     /usr/local/bin/
 ENV RUST_LOG=info \
     NO_COLOR=1 \

@@ -214,7 +214,8 @@ fn start_otlp(
     engine: &std::sync::Arc<Engine>,
     toggle: Toggle,
     lookup: &dyn Fn(&str) -> Option<String>,
-    notes: &mut Vec<(tracing::Level, String)>,
+    // Where exports go is part of the start-up line, said when measuring starts.
+    _notes: &mut Vec<(tracing::Level, String)>,
 ) -> Result<(), Error> {
     use crate::export::otlp::{settings::OtlpSettings, OtlpExporter};
     let Some(settings) = OtlpSettings::resolve(toggle, engine.config.stall_spans, lookup)? else {
@@ -225,10 +226,6 @@ fn start_otlp(
         settings,
         &engine.config.histogram_bounds,
     )?;
-    notes.push((
-        tracing::Level::INFO,
-        format!("exporting {}", exporter.describe()),
-    ));
     let _ = engine.otlp.set(exporter);
     Ok(())
 }

@@ -7,7 +7,9 @@ use crate::snapshot::Snapshot;
 
 /// Keeps stallscope's exporters running; dropping it logs the summary of the worst offenders
 /// and flushes every exporter (bounded by the export timeout), so nothing recorded before exit
-/// is lost. Hold it in `main` (`let _guard = ...;`, not `let _ = ...;`, which drops at once).
+/// is lost. Hold it in `main` (`let _guard = ...;`, not `let _ = ...;`, which drops at once, nor
+/// in a set-up function that returns). A guard dropped before anything was measured, while
+/// stallscope goes on measuring, is said once in the log (`guard dropped early`).
 ///
 /// ```
 /// let layer = stallscope::Builder::new().build().unwrap();

@@ -1,56 +1,33 @@
 //! One call for applications without a subscriber: fmt to stderr, tokio-console, stallscope,
-//! and OTLP when configured.
+//! and OTLP when configured; and the pieces of it an application with its own subscriber
+//! composes next to [`layer()`](crate::layer()): [`log_filter`] and [`console_layer`].
 
+use tracing::Subscriber;
 use tracing_subscriber::prelude::*;
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
 
 use crate::config::{parse_bool, vars, ConfigError};
 use crate::{Builder, Error, Guard};
 
-/// Installs the global subscriber: `fmt` to stderr (filtered by `RUST_LOG`, default `info`),
-/// the tokio-console layer (feature `console`, unless `STALLSCOPE_CONSOLE=off`), and the
-/// stallscope layer configured from the environment, exporting OTLP when an
-/// `OTEL_EXPORTER_OTLP_*ENDPOINT` is set.
+/// Installs the global subscriber: `fmt` to stderr (filtered by [`log_filter`]: `RUST_LOG`,
+/// default `info`), the tokio-console layer ([`console_layer`]), and the stallscope layer
+/// configured from the environment, exporting OTLP when an `OTEL_EXPORTER_OTLP_*ENDPOINT` is
+/// set.
 ///
 /// Returns the [`Guard`] to keep until the end of `main`; any configuration error names the
 /// variable and the expected form.
 pub fn try_init() -> Result<Guard, Error> {
     let layer = Builder::from_env()?.build()?;
     let guard = layer.guard();
-    let log_filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
-            .map_err(|e| {
-                ConfigError::new(
-                    "RUST_LOG",
-                    &directives,
-                    &format!("tracing-subscriber filter directives ({e})"),
-                )
-            })?,
-        _ => EnvFilter::new("info"),
-    };
     // A per-layer filter on fmt only: a global filter would hide tokio's TRACE-level task spans
     // from stallscope and the console.
     let fmt_layer = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi_enabled())
-        .with_filter(log_filter);
-    let registry = tracing_subscriber::registry();
-
-    #[cfg(feature = "console")]
-    let console = match std::env::var(vars::CONSOLE) {
-        Ok(v) if !parse_bool(vars::CONSOLE, &v)? => None,
-        _ => crate::export::console::layer()?,
-    };
-    #[cfg(not(feature = "console"))]
-    let console: Option<tracing_subscriber::layer::Identity> = {
-        if let Ok(v) = std::env::var(vars::CONSOLE) {
-            parse_bool(vars::CONSOLE, &v)?;
-        }
-        None
-    };
-
-    registry
-        .with(console)
+        .with_filter(try_log_filter()?);
+    tracing_subscriber::registry()
+        .with(try_console_layer()?)
         .with(layer)
         .with(fmt_layer)
         .try_init()
@@ -61,6 +38,84 @@ pub fn try_init() -> Result<Guard, Error> {
 /// [`try_init`], panicking with the error's message (which names the bad variable).
 pub fn init() -> Guard {
     try_init().unwrap_or_else(|e| panic!("stallscope: {e}"))
+}
+
+/// The filter for your fmt layer: `RUST_LOG`'s directives, or `info` when it is unset or
+/// empty, so stallscope's start-up line, its WARN lines and the summary show by default
+/// (`EnvFilter::from_default_env()` shows only ERROR without `RUST_LOG`). Put it on the fmt
+/// layer (`fmt::layer().with_filter(stallscope::log_filter())`), not on the registry: a global
+/// filter hides tokio's task spans from stallscope.
+///
+/// # Panics
+///
+/// When `RUST_LOG` holds directives tracing-subscriber cannot parse, naming the variable.
+pub fn log_filter() -> EnvFilter {
+    try_log_filter().unwrap_or_else(|e| panic!("stallscope: {e}"))
+}
+
+fn try_log_filter() -> Result<EnvFilter, ConfigError> {
+    match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => {
+            EnvFilter::try_new(&directives).map_err(|e| {
+                ConfigError::new(
+                    "RUST_LOG",
+                    &directives,
+                    &format!("tracing-subscriber filter directives ({e})"),
+                )
+            })
+        }
+        _ => Ok(EnvFilter::new("info")),
+    }
+}
+
+/// tokio-console's layer, to compose next to [`layer()`](crate::layer()) in full mode: with
+/// feature `console`, console-subscriber's layer with its gRPC server started (configured by
+/// its `TOKIO_CONSOLE_*` variables, default bind `127.0.0.1:6669`); `None`, a layer that does
+/// nothing, without the feature, with `STALLSCOPE_CONSOLE=off`, or when built without
+/// `--cfg tokio_unstable`. The feature turns tokio's `tracing` feature on: leave it out of
+/// production mode's build.
+///
+/// ```
+/// use tracing_subscriber::prelude::*;
+///
+/// let stallscope = stallscope::layer();
+/// let _guard = stallscope.guard();
+/// let subscriber = tracing_subscriber::registry()
+///     .with(stallscope)
+///     .with(stallscope::console_layer());
+/// # drop(subscriber);
+/// ```
+///
+/// # Panics
+///
+/// On a bad `STALLSCOPE_CONSOLE` or `TOKIO_CONSOLE_BIND`, naming the variable.
+pub fn console_layer<S>() -> Option<impl Layer<S>>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    try_console_layer().unwrap_or_else(|e| panic!("stallscope: {e}"))
+}
+
+#[cfg(feature = "console")]
+fn try_console_layer<S>() -> Result<Option<impl Layer<S>>, ConfigError>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    match std::env::var(vars::CONSOLE) {
+        Ok(v) if !parse_bool(vars::CONSOLE, &v)? => Ok(None),
+        _ => crate::export::console::layer(),
+    }
+}
+
+#[cfg(not(feature = "console"))]
+fn try_console_layer<S>() -> Result<Option<impl Layer<S>>, ConfigError>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    if let Ok(v) = std::env::var(vars::CONSOLE) {
+        parse_bool(vars::CONSOLE, &v)?;
+    }
+    Ok(None::<tracing_subscriber::layer::Identity>)
 }
 
 fn ansi_enabled() -> bool {

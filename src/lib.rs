@@ -25,12 +25,36 @@
 //! ```
 //! use tracing_subscriber::prelude::*;
 //!
-//! let layer = stallscope::layer();
-//! let _guard = layer.guard(); // logs the summary and flushes exporters when dropped
+//! let stallscope = stallscope::layer(); // configured from STALLSCOPE_* and OTEL_*
+//! let _guard = stallscope.guard(); // in main: logs the summary and flushes exporters at exit
 //! tracing_subscriber::registry()
-//!     .with(layer)
-//!     .with(tracing_subscriber::fmt::layer())
+//!     .with(stallscope)
+//!     .with(stallscope::console_layer()) // tokio-console, with feature `console`
+//!     .with(tracing_subscriber::fmt::layer().with_filter(stallscope::log_filter())) // RUST_LOG, default info
 //!     .init();
+//! ```
+//!
+//! [`log_filter`] shows stallscope's lines when `RUST_LOG` is unset (where
+//! `EnvFilter::from_default_env()` shows only ERROR), and sits on the fmt layer: a filter on the
+//! whole registry hides tokio's task spans from stallscope. Keep the [`Guard`] for the program's
+//! whole life: dropped early (a guard local to a set-up function, or `let _ = ...`), it logs the
+//! summary before anything ran, and stallscope says so once it measures.
+//!
+//! # Production mode
+//!
+//! Without tokio's `tracing` feature, stallscope measures through poll hooks on a runtime you
+//! build (`--cfg tokio_unstable` still needed); only runtimes built this way are measured, and
+//! stallscope says so when it finds one that is not. Leave feature `console` out of this build:
+//! it turns tokio's `tracing` feature back on.
+//!
+//! ```
+//! let stallscope = stallscope::Builder::from_env()?.build()?;
+//! let _guard = stallscope.guard();
+//! let mut builder = tokio::runtime::Builder::new_multi_thread();
+//! stallscope.instrument_runtime(&mut builder);
+//! let runtime = builder.enable_all().build()?;
+//! # drop(runtime);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Or let stallscope set everything up
@@ -66,7 +90,7 @@ pub use builder::Builder;
 pub use config::{ConfigError, StackSignal, Toggle};
 pub use engine::locks::LockKind;
 pub use guard::Guard;
-pub use init::{init, try_init};
+pub use init::{console_layer, init, log_filter, try_init};
 pub use layer::StallscopeLayer;
 pub use snapshot::Snapshot;
 

@@ -44,6 +44,8 @@ where
         return tokio::task::spawn_blocking(f);
     };
     let location = std::panic::Location::caller();
+    #[cfg(tokio_unstable)]
+    engine.check_runtime_measured(|| format!("stallscope::task::spawn_blocking at {location}"));
     let site = engine.site(&SiteKey {
         kind: TaskKind::Blocking,
         file: location.file(),

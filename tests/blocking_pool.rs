@@ -134,7 +134,9 @@ fn check_waves(service: &str, mode: &[&str]) {
         "{stderr}"
     );
     assert!(
-        stderr.contains("4 of 6 jobs waited over the threshold"),
+        stderr.contains(
+            "summary: blocking-pool queue wait #1 at examples/blocking_pool_starvation.rs:"
+        ) && stderr.contains("slow_waits=4 jobs=6"),
         "summary:\n{stderr}"
     );
     // Long blocking runs are expected: they are not reported as slow polls.

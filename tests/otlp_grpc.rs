@@ -60,7 +60,10 @@ fn grpc_export_carries_the_poll_histogram_with_its_attributes_and_resource() {
         "service.name=grpc-test,deployment.environment=ci",
     );
     let stderr = &run.stderr;
-    assert!(stderr.contains("exporting OTLP metrics (grpc)"), "{stderr}");
+    assert!(
+        stderr.contains("exporting=\"OTLP metrics (grpc)"),
+        "{stderr}"
+    );
     assert!(
         !run.metrics.is_empty(),
         "the final flush arrived over gRPC:\n{stderr}"

@@ -32,7 +32,7 @@ fn the_final_flush_delivers_the_poll_histogram_with_its_attributes() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
-        stderr.contains("exporting OTLP metrics (http/protobuf)"),
+        stderr.contains("exporting=\"OTLP metrics (http/protobuf)"),
         "{stderr}"
     );
 

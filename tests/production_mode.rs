@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::examples::{self, OutputWithin};
-use support::log::number_field;
+use support::log::{lines_with, number_field};
 
 /// Seconds since midnight of a fmt timestamp (`2026-11-24T07:48:13.344093Z ...`).
 fn timestamp(line: &str) -> f64 {
@@ -91,4 +91,21 @@ fn the_fixed_version_has_no_stalls_in_production_mode_either() {
     assert!(!stderr.contains("slow poll:"), "{stderr}");
     assert!(!stderr.contains("stall in progress"), "{stderr}");
     assert!(stderr.contains("summary: no slow polls"), "{stderr}");
+}
+
+#[test]
+fn production_mode_says_once_at_start_up_that_it_measures_and_how() {
+    let stderr = run(&["--production", "--fixed"]);
+    let started = lines_with(
+        &stderr,
+        "INFO stallscope: measuring in production mode (poll hooks on runtime ",
+    );
+    assert_eq!(started.len(), 1, "{stderr}");
+    // This build has feature `console` (dev-dependencies): the line says what it costs here.
+    assert!(
+        started[0].contains("console=\"feature `console` turns tokio's `tracing` feature on"),
+        "{}",
+        started[0]
+    );
+    assert!(!stderr.contains("measuring in full mode"), "{stderr}");
 }

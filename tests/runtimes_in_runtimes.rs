@@ -54,7 +54,7 @@ fn block_on_of_another_runtime_inside_a_task_is_reported_with_both_runtimes() {
         report.contains(&format!(
             "spawned at tests/runtimes_in_runtimes.rs:{task_line}:"
         )) && report.contains(&format!("on runtime {outer_id} called block_on at tests/runtimes_in_runtimes.rs:{block_on_line}:"))
-            && report.contains(&format!("on runtime {inner_id};")),
+            && report.contains(&format!("on runtime {inner_id} ")),
         "{report}"
     );
 }

@@ -40,7 +40,7 @@ fn check_blocking_scenario(mode: &[&str]) {
     );
     let sleep_site = format!("{}:", examples::spawn_site("slow_sleep"));
     let first_sample = position(&|l: &str| {
-        l.contains("stall stack:") && l.contains(&sleep_site) && l.contains("(sample 1)")
+        l.contains("stall stack:") && l.contains(&sleep_site) && l.contains(" sample=1 ")
     })
     .unwrap_or_else(|| panic!("no stack of the sleeping task:\n{stderr}"));
     let line = lines[first_sample];

@@ -61,20 +61,22 @@ fn two_and_five_runtimes_are_told_apart_and_the_std_lock_blocks_workers() {
     );
     assert!(!two.contains(block_on_site), "{two}");
     assert!(
-        two.contains("summary: 2 tokio runtimes ran: runtime "),
+        two.contains("summary: 2 tokio runtimes ran runtimes=2 each=\"runtime "),
         "{two}"
     );
     assert!(
-        five.contains("summary: 5 tokio runtimes ran: runtime "),
+        five.contains("summary: 5 tokio runtimes ran runtimes=5 each=\"runtime "),
         "{five}"
     );
     // Five threads holding the std lock 40 ms each: workers wait past the 100 ms threshold,
     // and the report says on which runtime.
     assert!(
-        five.contains(r#"blocking lock wait: a tokio worker on runtime "#)
-            && five.contains(
-                r#"std::sync::Mutex "counter" (created at examples/threads_with_runtimes.rs:"#
-            ),
+        five.lines()
+            .any(|l| l.contains("blocking lock wait: a tokio worker")
+                && l.contains(
+                    r#"std::sync::Mutex "counter" (created at examples/threads_with_runtimes.rs:"#
+                )
+                && l.contains(" runtime=")),
         "{five}"
     );
     assert!(

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::report::{self, Culprit, RateLimiter};
+use crate::report::{self, Culprit, Measuring, RateLimiter};
 use crate::snapshot::{BlockingSiteStats, Snapshot, SpawnLocation, TaskSiteStats};
 use histogram::Bounds;
 use locks::{LockKind, LockOp, LockSite, LockTable};
@@ -48,6 +48,41 @@ pub(crate) struct StallStack {
     pub(crate) full: String,
 }
 
+/// Production mode's view of the process's runtimes: which run some instance's poll hooks.
+#[cfg(tokio_unstable)]
+#[derive(Debug)]
+struct HookedRuntimes {
+    hooked: std::collections::VecDeque<tokio::runtime::Id>,
+    /// Runtimes found polling tasks without the hooks, already reported.
+    reported_unhooked: std::collections::VecDeque<tokio::runtime::Id>,
+}
+
+/// Runtimes remembered in each list of [`HookedRuntimes`]: a process that builds a runtime per
+/// request must not grow them for days. The oldest are forgotten first; a forgotten runtime
+/// still running is at worst reported once more.
+#[cfg(tokio_unstable)]
+const RUNTIMES_REMEMBERED: usize = 1024;
+
+/// Remembers `runtime` in `list`, forgetting the oldest beyond [`RUNTIMES_REMEMBERED`].
+#[cfg(tokio_unstable)]
+fn remember(
+    list: &mut std::collections::VecDeque<tokio::runtime::Id>,
+    runtime: tokio::runtime::Id,
+) {
+    if list.len() >= RUNTIMES_REMEMBERED {
+        list.pop_front();
+    }
+    list.push_back(runtime);
+}
+
+/// Process-wide: a runtime another instance hooks is measured (by that one), and one without
+/// hooks is reported once however many instances notice.
+#[cfg(tokio_unstable)]
+static HOOKED_RUNTIMES: std::sync::Mutex<HookedRuntimes> = std::sync::Mutex::new(HookedRuntimes {
+    hooked: std::collections::VecDeque::new(),
+    reported_unhooked: std::collections::VecDeque::new(),
+});
+
 /// Shared state of one stallscope instance; the layer and the guard hold it.
 pub(crate) struct Engine {
     /// This engine, for handing it to the reporter thread with a report.
@@ -73,6 +108,12 @@ pub(crate) struct Engine {
     /// `on_new_span`/`on_event`); the flag is set before logging, which may re-enter us.
     startup_notes: std::sync::Mutex<Vec<(tracing::Level, String)>>,
     startup_said: AtomicBool,
+    /// The start-up line (the mode, once measuring starts) was said.
+    measuring_said: AtomicBool,
+    /// The guard dropped before anything was measured: measuring after that means it was
+    /// dropped early (a guard local to a set-up function), which is said once.
+    dropped_before_measuring: AtomicBool,
+    early_drop_said: AtomicBool,
     /// Production mode's poll hooks are installed on some runtime.
     pub(crate) hooks_installed: AtomicBool,
     #[cfg(feature = "_otlp")]
@@ -108,6 +149,9 @@ impl Engine {
             clock_tick: tick,
             startup_notes: std::sync::Mutex::new(notes),
             startup_said: AtomicBool::new(false),
+            measuring_said: AtomicBool::new(false),
+            dropped_before_measuring: AtomicBool::new(false),
+            early_drop_said: AtomicBool::new(false),
             bounds,
             sites: SiteTable::new(config.max_sites, config.max_task_names_per_location),
             locks,
@@ -153,8 +197,33 @@ impl Engine {
         });
     }
 
+    /// Says once how this instance measures (the start-up line), then the start-up notes: called
+    /// where measuring starts, a source's first poll on a thread.
+    #[cold]
+    pub(crate) fn measuring_started(&self, how: Measuring) {
+        if !self.measuring_said.swap(true, Relaxed) {
+            // Written by the reporter thread: this runs on a worker's first poll.
+            if let Some(engine) = self.me.upgrade() {
+                report::deferred::line(move || report::measuring(&engine, &how));
+            }
+        }
+        self.say_startup_notes();
+    }
+
+    /// Something is being measured: if the guard was dropped before anything was, say once that
+    /// it was dropped early. Called from paths every measured program takes soon (a source's
+    /// first poll on each thread, timed polls, new locks, blocking jobs), never per poll.
+    #[inline]
+    fn note_measuring(&self) {
+        if self.dropped_before_measuring.load(Relaxed) && !self.early_drop_said.swap(true, Relaxed)
+        {
+            report::deferred::line(report::guard_dropped_early);
+        }
+    }
+
     /// Samples `handle`'s runtime from now on (once per runtime).
     pub(crate) fn watch_runtime(engine: &Arc<Engine>, handle: &tokio::runtime::Handle) {
+        engine.note_measuring();
         if engine.is_shut_down() {
             return;
         }
@@ -193,6 +262,57 @@ impl Engine {
             }
             builder
         }
+    }
+
+    /// Production mode: the poll hooks ran on a worker of `runtime`, so its tasks are measured.
+    #[cfg(tokio_unstable)]
+    pub(crate) fn runtime_hooked(runtime: tokio::runtime::Id) {
+        let mut runtimes = HOOKED_RUNTIMES.lock().unwrap_or_else(|e| e.into_inner());
+        if !runtimes.hooked.contains(&runtime) {
+            remember(&mut runtimes.hooked, runtime);
+        }
+    }
+
+    /// Production mode, called where stallscope runs on a runtime's thread outside the poll
+    /// hooks (a drop-in, a lock wait): a runtime whose workers polled tasks without ever
+    /// running the hooks was built without `instrument_runtime`, and its tasks go unmeasured;
+    /// said once per runtime, naming what `seen_from` describes.
+    #[cfg(tokio_unstable)]
+    pub(crate) fn check_runtime_measured(&self, seen_from: impl FnOnce() -> String) {
+        if !self.hooks_installed.load(Relaxed) || crate::hooks::current_task_site().is_some() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let metrics = handle.metrics();
+            let polled = (0..metrics.num_workers()).any(|w| metrics.worker_poll_count(w) > 0);
+            self.check_measured(handle.id(), polled, seen_from);
+        }
+    }
+
+    /// [`Engine::check_runtime_measured`] for `runtime`, whose workers have `polled` tasks or
+    /// not: until they have there is no telling (a runtime with hooks registers at its first
+    /// poll).
+    #[cfg(tokio_unstable)]
+    #[cold]
+    pub(crate) fn check_measured(
+        &self,
+        runtime: tokio::runtime::Id,
+        polled: bool,
+        seen_from: impl FnOnce() -> String,
+    ) {
+        {
+            let mut runtimes = HOOKED_RUNTIMES.lock().unwrap_or_else(|e| e.into_inner());
+            if !polled
+                || runtimes.hooked.contains(&runtime)
+                || runtimes.reported_unhooked.contains(&runtime)
+            {
+                return;
+            }
+            remember(&mut runtimes.reported_unhooked, runtime);
+        }
+        // Written by the reporter thread: this runs on the runtime's own threads.
+        let (runtime, seen_from) = (runtime.to_string(), seen_from());
+        report::deferred::line(move || report::runtime_not_measured(&runtime, &seen_from));
     }
 
     /// The site for a newly spawned task or job; counts the spawn.
@@ -237,6 +357,7 @@ impl Engine {
         task_id: impl FnOnce() -> u64,
         culprit: Option<Culprit>,
     ) {
+        self.note_measuring();
         site.busy.record_in_shard(shard, &self.bounds, elapsed_ns);
         let duration = Duration::from_nanos(elapsed_ns);
         #[cfg(feature = "_otlp")]
@@ -395,6 +516,7 @@ impl Engine {
         column: u32,
         name: Option<&'static str>,
     ) -> &'static LockSite {
+        self.note_measuring();
         crate::clock::start_upkeep();
         self.locks
             .intern(kind, file, line, column, name, &|_site: &mut LockSite| {
@@ -420,6 +542,12 @@ impl Engine {
         let task = crate::layer::current_task_site();
         #[cfg(tokio_unstable)]
         let task = task.or_else(crate::hooks::current_task_site);
+        #[cfg(tokio_unstable)]
+        if task.is_none() {
+            self.check_runtime_measured(|| {
+                format!("a {wait:.3?} wait for the {}", site.describe())
+            });
+        }
         if let Some(task) = task {
             site.blocking_waits.fetch_add(1, Relaxed);
             if let Some(mut stall) = self.stall(StallKind::LockWait, task, wait) {
@@ -467,6 +595,7 @@ impl Engine {
         wait: Duration,
         describe: impl FnOnce(&mut Stall),
     ) {
+        self.note_measuring();
         site.queue_wait.record(&self.bounds, wait);
         #[cfg(feature = "_otlp")]
         if let Some(otel) = &site.otel {
@@ -620,8 +749,14 @@ impl Engine {
         // Reports still on their way (a stall waiting for its stack among them) come before
         // the summary, and the stacks they resolved are in it.
         report::deferred::flush(SHUTDOWN_REPORTS_WAIT);
+        let snapshot = self.snapshot();
+        let measured_nothing = snapshot.tasks.iter().all(|t| t.polls.count == 0)
+            && snapshot.blocking.iter().all(|b| b.jobs_spawned == 0)
+            && snapshot.locks.iter().all(|l| l.acquisitions == 0);
+        self.dropped_before_measuring
+            .store(measured_nothing, Relaxed);
         if self.config.summary_on_drop {
-            report::summary(&self.snapshot());
+            report::summary(&snapshot);
         }
         #[cfg(feature = "_otlp")]
         if let Some(otlp) = self.otlp.get() {

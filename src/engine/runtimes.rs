@@ -47,7 +47,7 @@ pub(crate) struct RuntimeSample {
 pub(crate) struct WatchedRuntime {
     pub(crate) label: String,
     #[cfg(tokio_unstable)]
-    id: tokio::runtime::Id,
+    pub(crate) id: tokio::runtime::Id,
     /// tokio's live gauges, for a reading of the blocking pool at one moment (see
     /// [`Runtimes::blocking_pools_now`]).
     #[cfg(tokio_unstable)]
@@ -343,6 +343,19 @@ fn sampler_loop(engine: Weak<Engine>, interval: Duration, stop: &AtomicBool) {
         }
         if !warned_no_spans {
             warned_no_spans = crate::report::warn_if_no_task_spans(&engine);
+        }
+        #[cfg(tokio_unstable)]
+        if engine.hooks_installed.load(Relaxed) {
+            for runtime in engine.runtimes.watched() {
+                let polled = runtime
+                    .sample
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stats
+                    .worker_polls
+                    > 0;
+                engine.check_measured(runtime.id, polled, || "the runtime sampler".to_owned());
+            }
         }
     }
 }

@@ -207,9 +207,12 @@ fn first_poll_on_thread(hot: &Hot, engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
     if hot.unmeasured.get() {
         return;
     }
-    engine.say_startup_notes();
     watchdog::start(engine);
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        Engine::runtime_hooked(handle.id());
+        engine.measuring_started(crate::report::Measuring::PollHooks {
+            runtime: handle.id().to_string(),
+        });
         Engine::watch_runtime(engine, &handle);
     }
     match slots::claim_for_this_thread(engine) {

@@ -470,6 +470,8 @@ impl StallscopeLayer {
             }
             TaskKind::Blocking => {
                 if !task.started.swap(true, Relaxed) {
+                    self.engine
+                        .measuring_started(crate::report::Measuring::TaskSpans);
                     task.site.queued.fetch_sub(1, Relaxed);
                     task.site.running.fetch_add(1, Relaxed);
                     self.engine
@@ -563,6 +565,8 @@ impl StallscopeLayer {
     /// and start the watchdog, so a poll still running past the threshold is reported live.
     #[cold]
     fn first_poll_on_thread(&self) {
+        self.engine
+            .measuring_started(crate::report::Measuring::TaskSpans);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             Engine::watch_runtime(&self.engine, &handle);
         }

@@ -3,10 +3,17 @@
 //!
 //! One WARN per slow poll (rate-limited so a pathological loop cannot flood the log), one per
 //! long blocking-queue wait, and a summary of the worst offenders when the guard drops.
+//!
+//! Every line is read in plain text and in JSON, so each has one shape: a short message that
+//! says what happened, where and for how long, in words; the details as fields, each once (the
+//! stack only in `stack`). The fields naming the subject (`spawned_at`, `task.name`,
+//! `blocked_in`, `lock`, `block_on_at`) and the measures (`duration_ms`, ...) stay fields too,
+//! under the names log queries use. The advice for a kind of report rides on the first report
+//! of that kind in the process, as `hint`.
 
 pub(crate) mod deferred;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tracing::Metadata;
@@ -77,48 +84,96 @@ impl RateLimiter {
     }
 }
 
-fn suppressed_note(n: u64) -> String {
-    if n == 0 {
-        String::new()
-    } else {
-        format!(" ({n} earlier report lines suppressed by the rate limit)")
+/// The `suppressed` field: report lines the rate limit dropped since the last one written.
+fn suppressed(n: u64) -> Option<u64> {
+    (n > 0).then_some(n)
+}
+
+/// The advice for one kind of report: given with the first report of that kind in the process
+/// (field `hint`), since it reads the same every time.
+struct Hint {
+    text: &'static str,
+    given: AtomicBool,
+}
+
+impl Hint {
+    const fn new(text: &'static str) -> Self {
+        Hint {
+            text,
+            given: AtomicBool::new(false),
+        }
+    }
+
+    /// The text, the first time only.
+    fn once(&self) -> Option<&'static str> {
+        (!self.given.load(Relaxed) && !self.given.swap(true, Relaxed)).then_some(self.text)
+    }
+}
+
+/// Slow polls, and stalls reported while they run: the same hazard.
+static BLOCKING_IN_ASYNC: Hint = Hint::new(
+    "every other task on that worker waits while the poll runs: move the synchronous call \
+     (std::thread::sleep, CPU-bound work, blocking I/O, a std Mutex) to spawn_blocking or use its \
+     async form",
+);
+static BLOCKING_LOCK_WAIT: Hint = Hint::new(
+    "every other task on that worker waited too: shorten the critical section, use tokio::sync \
+     for locks held across .await, or use message passing or atomics",
+);
+static HELD_ACROSS_AWAIT: Hint = Hint::new(
+    "anything else that locks it blocks its thread until this task runs again: drop the guard \
+     before the .await, or use tokio::sync::Mutex (reported once per lock)",
+);
+static RUNTIME_PER_THREAD: Hint = Hint::new(
+    "a runtime is built per thread or per iteration (the asyncio.run-per-thread mistake): each \
+     has its own workers, timers and blocking pool, their tasks cannot balance across them, and \
+     they block each other through shared std locks. Build one runtime, share its Handle \
+     (Handle::spawn, Handle::block_on), and use tokio::sync or atomics for shared state \
+     (reported once per call site)",
+);
+static NESTED_BLOCK_ON: Hint = Hint::new(
+    "the task and its thread wait until that future completes: await the future in the task \
+     instead, or spawn it on the other runtime (Handle::spawn) and await the JoinHandle \
+     (reported once per call site)",
+);
+static STARVATION: Hint = Hint::new(
+    "size the pool (Builder::max_blocking_threads), bound concurrency with a Semaphore, or use \
+     an async API for the long jobs",
+);
+static RUNTIMES: Hint = Hint::new(
+    "metrics carry tokio.runtime.id; unless they are isolated on purpose, one shared runtime \
+     balances the work across its workers",
+);
+
+/// `task "name" spawned at file:line:col`, or `a task spawned at ...` for an unnamed one.
+fn describe_task(site: &Site) -> String {
+    match site.task_name {
+        Some(name) => format!("task {name:?} spawned at {}", site.location),
+        None => format!("a task spawned at {}", site.location),
     }
 }
 
 /// One slow poll (a [`Stall`] of kind `SlowPoll`).
 pub(crate) fn slow_poll(limiter: &RateLimiter, stall: &Stall) {
-    let Some(suppressed) = limiter.allow() else {
+    let Some(suppressed_lines) = limiter.allow() else {
         return;
     };
-    let (site, duration) = (stall.site, stall.duration);
-    let task_id = stall.task_id.unwrap_or_default();
-    let span = stall.span.map(describe_span).unwrap_or_else(|| "-".into());
-    let blocked_in = &stall.blocked_in;
-    let mut inside = stall
-        .span
-        .map(|meta| format!(", inside span {}", describe_span(meta)))
-        .unwrap_or_default();
-    if let Some(frame) = blocked_in {
-        inside.push_str(&format!(", blocked in {frame} (from its stack)"));
-    }
+    let site = stall.site;
     tracing::warn!(
         target: "stallscope",
-        duration_ms = ms(duration),
+        duration_ms = ms(stall.duration),
         threshold_ms = ms(stall.threshold),
-        task.id = task_id,
-        task.name = site.task_name.unwrap_or(""),
+        task.id = stall.task_id,
+        task.name = site.task_name,
         spawned_at = %site.location,
-        span = %span,
-        blocked_in = blocked_in.as_deref().unwrap_or("-"),
-        "slow poll: task {task_id}{} spawned at {}{} blocked its worker thread for {:.3?} (threshold {:?}){inside}; \
-         every other task on that worker waited. Look for a synchronous call (std::thread::sleep, CPU-bound work, \
-         blocking I/O, a std Mutex) and move it to spawn_blocking or use its async form{}",
-        name_suffix(site),
-        site.location,
-        runtime_note(stall.runtime_id.as_deref()),
-        duration,
-        stall.threshold,
-        suppressed_note(suppressed),
+        span = stall.span.map(describe_span),
+        blocked_in = stall.blocked_in.as_deref(),
+        runtime = several_runtimes(stall.runtime_id.as_deref()),
+        suppressed = suppressed(suppressed_lines),
+        hint = BLOCKING_IN_ASYNC.once(),
+        "slow poll: {} blocked its worker for {:.3?}",
+        describe_task(site),
+        stall.duration,
     );
 }
 
@@ -188,11 +243,11 @@ pub(crate) fn starvation_began(state: &PoolState, wait: Option<Duration>) {
         queue_depth = state.pool.map(|p| p.queue_depth),
         busy_threads = state.pool.map(|p| p.busy_threads),
         threads = state.pool.map(|p| p.threads),
-        "blocking pool starved: {trigger}; the pool now: {}. {}. Size the pool \
-         (Builder::max_blocking_threads), bound concurrency with a Semaphore, or use an async API \
-         for the long jobs",
+        pool = %describe_pool(state.pool),
+        call_sites = %describe_sites(state),
+        hint = STARVATION.once(),
+        "blocking pool starved: {trigger}; the pool now: {}",
         describe_pool(state.pool),
-        describe_sites(state),
     );
 }
 
@@ -285,7 +340,7 @@ pub(crate) fn stall_in_progress(
     elapsed: Duration,
     config: &crate::config::Config,
 ) {
-    let Some(suppressed) = limiter.allow() else {
+    let Some(suppressed_lines) = limiter.allow() else {
         return;
     };
     tracing::warn!(
@@ -293,14 +348,12 @@ pub(crate) fn stall_in_progress(
         elapsed_ms = ms(elapsed),
         threshold_ms = ms(config.slow_poll_threshold),
         thread = thread,
+        task.name = site.task_name,
         spawned_at = %site.location,
-        "stall in progress: thread {thread:?} has been polling a task{} spawned at {} for {:.3?} so far \
-         (threshold {:?}); every other task on that worker is waiting{}",
-        name_suffix(site),
-        site.location,
-        elapsed,
-        config.slow_poll_threshold,
-        suppressed_note(suppressed),
+        suppressed = suppressed(suppressed_lines),
+        hint = BLOCKING_IN_ASYNC.once(),
+        "stall in progress: {} has blocked its worker for {elapsed:.3?} so far",
+        describe_task(site),
     );
 }
 
@@ -314,29 +367,26 @@ pub(crate) fn stall_stack(
     sample: u32,
     stack: &crate::engine::StallStack,
 ) {
-    let Some(suppressed) = limiter.allow() else {
+    let Some(suppressed_lines) = limiter.allow() else {
         return;
     };
-    let blocked = match (&stack.culprit, &stack.callee) {
-        (Some(culprit), Some(callee)) => format!("is blocked in {culprit}, calling {callee}"),
-        (Some(culprit), None) => format!("is blocked in {culprit}"),
-        (None, _) => "is blocked outside the application's own code".to_owned(),
+    let blocked = match &stack.culprit {
+        Some(culprit) => format!("is blocked in {culprit}"),
+        None => "is blocked outside the application's own code".to_owned(),
     };
     tracing::warn!(
         target: "stallscope",
         elapsed_ms = ms(elapsed),
         sample,
         thread = thread,
+        task.name = site.task_name,
         spawned_at = %site.location,
-        blocked_in = stack.culprit.as_deref().unwrap_or("-"),
-        stack = %stack.summary,
-        "stall stack: thread {thread:?} {blocked}, {:.3?} into a poll of a task{} spawned at {} (sample {sample}); \
-         stack, innermost first: {}{}",
-        elapsed,
-        name_suffix(site),
-        site.location,
-        stack.summary,
-        suppressed_note(suppressed),
+        blocked_in = stack.culprit.as_deref(),
+        calling = stack.callee.as_deref(),
+        stack = stack.summary.as_str(),
+        suppressed = suppressed(suppressed_lines),
+        "stall stack: {} {blocked}",
+        describe_task(site),
     );
 }
 
@@ -390,13 +440,12 @@ pub(crate) fn no_clock_thread(e: &std::io::Error) {
 pub(crate) fn guard_held_across_await(lock: &LockSite, task: &Site) {
     tracing::warn!(
         target: "stallscope",
-        lock = %lock.describe(),
+        lock = lock.describe(),
+        task.name = task.task_name,
         spawned_at = %task.location,
-        "lock held across .await: a poll of the task{} spawned at {} ended while holding the {}; \
-         anything else that locks it blocks its thread until this task runs again. Drop the guard \
-         before the .await, or use tokio::sync::Mutex (reported once per lock)",
-        name_suffix(task),
-        task.location,
+        hint = HELD_ACROSS_AWAIT.once(),
+        "lock held across .await: a poll of {} ended holding the {}",
+        describe_task(task),
         lock.describe(),
     );
 }
@@ -407,14 +456,11 @@ pub(crate) fn runtime_per_thread(block_on: &Site, runtimes: &[String]) {
         target: "stallscope",
         block_on_at = %block_on.location,
         runtimes = runtimes.len(),
-        "runtime per thread: block_on at {} has run on {} different tokio runtimes (ids {}): a runtime is \
-         built per thread or per iteration (the asyncio.run-per-thread mistake); each has its own workers, \
-         timers and blocking pool, their tasks cannot balance across them, and they block each other \
-         through shared std locks. Build one runtime, share its Handle (Handle::spawn, Handle::block_on), \
-         and use tokio::sync or atomics for shared state (reported once per call site)",
+        runtime_ids = runtimes.join(", "),
+        hint = RUNTIME_PER_THREAD.once(),
+        "runtime per thread: block_on at {} has run on {} different tokio runtimes",
         block_on.location,
         runtimes.len(),
-        runtimes.join(", "),
     );
 }
 
@@ -426,25 +472,19 @@ pub(crate) fn nested_block_on(block_on: &Site, inner: &str, task: &Site, outer: 
         block_on_at = %block_on.location,
         runtime = inner,
         outer_runtime = outer,
+        task.name = task.task_name,
         spawned_at = %task.location,
-        "block_on inside another runtime's task: the task{} spawned at {} on runtime {outer} called \
-         block_on at {} on runtime {inner}; the task and its thread wait until that future completes. \
-         Await the future in the task instead, or spawn it on the other runtime (Handle::spawn) and \
-         await the JoinHandle (reported once per call site)",
-        name_suffix(task),
-        task.location,
+        hint = NESTED_BLOCK_ON.once(),
+        "block_on inside another runtime's task: {} on runtime {outer} called block_on at {} on \
+         runtime {inner}",
+        describe_task(task),
         block_on.location,
     );
 }
 
-/// ` on runtime <id>` when the process runs several runtimes and the stalled thread is in one.
-fn runtime_note(runtime_id: Option<&str>) -> String {
-    match runtime_id {
-        Some(id) if crate::engine::runtimes::watched_in_process() >= 2 => {
-            format!(" on runtime {id}")
-        }
-        _ => String::new(),
-    }
+/// The stalled thread's runtime, when the process runs several (one needs no naming).
+fn several_runtimes(runtime_id: Option<&str>) -> Option<&str> {
+    runtime_id.filter(|_| crate::engine::runtimes::watched_in_process() >= 2)
 }
 
 /// A thread polling a tokio task waited on a wrapped std lock past the threshold (a [`Stall`]
@@ -453,34 +493,24 @@ pub(crate) fn blocking_lock_wait(limiter: &RateLimiter, stall: &Stall) {
     let Some((lock, _)) = stall.lock else {
         return;
     };
-    let Some(suppressed) = limiter.allow() else {
+    let Some(suppressed_lines) = limiter.allow() else {
         return;
     };
-    let wait = stall.duration;
-    let task = format!(
-        " while polling a task{} spawned at {}",
-        name_suffix(stall.site),
-        stall.site.location
-    );
     tracing::warn!(
         target: "stallscope",
-        wait_ms = ms(wait),
+        wait_ms = ms(stall.duration),
         threshold_ms = ms(stall.threshold),
-        lock = %lock.describe(),
-        "blocking lock wait: a tokio worker{} waited {wait:.3?} for the {}{task} (threshold {:?}); \
-         every other task on that worker waited too. Shorten the critical section, use \
-         tokio::sync for locks held across .await, or use message passing or atomics{}",
-        runtime_note(stall.runtime_id.as_deref()),
+        lock = lock.describe(),
+        task.name = stall.site.task_name,
+        spawned_at = %stall.site.location,
+        runtime = several_runtimes(stall.runtime_id.as_deref()),
+        suppressed = suppressed(suppressed_lines),
+        hint = BLOCKING_LOCK_WAIT.once(),
+        "blocking lock wait: a tokio worker waited {:.3?} for the {} while polling {}",
+        stall.duration,
         lock.describe(),
-        stall.threshold,
-        suppressed_note(suppressed),
+        describe_task(stall.site),
     );
-}
-
-fn name_suffix(site: &Site) -> String {
-    site.task_name
-        .map(|n| format!(" {n:?}"))
-        .unwrap_or_default()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -496,40 +526,35 @@ pub(crate) fn summary(snapshot: &Snapshot) {
     if slow.is_empty() {
         tracing::info!(
             target: "stallscope",
-            "summary: no slow polls (threshold {:?}) in {polls} polls at {} spawn locations",
-            snapshot.slow_threshold,
-            snapshot.tasks.len(),
+            threshold_ms = ms(snapshot.slow_threshold),
+            polls,
+            spawn_locations = snapshot.tasks.len(),
+            "summary: no slow polls",
         );
     } else {
         let blocked: Duration = slow.iter().map(|t| t.slow_poll_time).sum();
         let count: u64 = slow.iter().map(|t| t.slow_polls).sum();
         tracing::warn!(
             target: "stallscope",
-            "summary: {count} slow polls (threshold {:?}) at {} spawn locations blocked workers for {:.3?} in all; worst first:",
-            snapshot.slow_threshold,
-            slow.len(),
-            blocked,
+            threshold_ms = ms(snapshot.slow_threshold),
+            spawn_locations = slow.len(),
+            "summary: {count} slow polls blocked workers for {blocked:.3?} in all, worst first",
         );
         for (rank, t) in slow.iter().take(TOP).enumerate() {
-            let name = t
-                .task_name
-                .as_deref()
-                .map(|n| format!(" (task {n:?})"))
-                .unwrap_or_default();
-            let blocked_in = t
-                .blocked_in
-                .as_deref()
-                .map(|frame| format!("; blocked in {frame}"))
-                .unwrap_or_default();
+            let task = match &t.task_name {
+                Some(name) => format!("task {name:?}"),
+                None => "a task".to_owned(),
+            };
             tracing::warn!(
                 target: "stallscope",
-                "summary: #{} {}{name}: {} slow polls, max {:.3?}, total blocked {:.3?}, {} polls in all{blocked_in}",
+                slow_polls = t.slow_polls,
+                max_ms = ms(t.polls.max),
+                blocked_ms = ms(t.slow_poll_time),
+                polls = t.polls.count,
+                blocked_in = t.blocked_in.as_deref(),
+                "summary: #{} {task} spawned at {}",
                 rank + 1,
                 t.location,
-                t.slow_polls,
-                t.polls.max,
-                t.slow_poll_time,
-                t.polls.count,
             );
         }
     }
@@ -545,13 +570,13 @@ pub(crate) fn summary(snapshot: &Snapshot) {
     for (rank, b) in waits.iter().take(TOP).enumerate() {
         tracing::warn!(
             target: "stallscope",
-            "summary: blocking-pool queue wait #{} {}: {} of {} jobs waited over the threshold, max {:.3?}, p99 {:.3?}",
+            slow_waits = b.slow_queue_waits,
+            jobs = b.jobs_spawned,
+            max_ms = ms(b.queue_wait.max),
+            p99_ms = ms(snapshot.quantile(&b.queue_wait, 0.99).unwrap_or_default()),
+            "summary: blocking-pool queue wait #{} at {}",
             rank + 1,
             b.location,
-            b.slow_queue_waits,
-            b.jobs_spawned,
-            b.queue_wait.max,
-            snapshot.quantile(&b.queue_wait, 0.99).unwrap_or_default(),
         );
     }
 }
@@ -562,7 +587,7 @@ fn runtime_summary(snapshot: &Snapshot) {
     if snapshot.runtimes.len() < 2 {
         return;
     }
-    let each: Vec<String> = snapshot
+    let mut each: Vec<String> = snapshot
         .runtimes
         .iter()
         .take(TOP)
@@ -574,22 +599,20 @@ fn runtime_summary(snapshot: &Snapshot) {
         })
         .collect();
     let more = snapshot.runtimes.len().saturating_sub(TOP);
-    let more = if more > 0 {
-        format!(" and {more} more")
-    } else {
-        String::new()
-    };
+    if more > 0 {
+        each.push(format!("and {more} more"));
+    }
     tracing::info!(
         target: "stallscope",
         runtimes = snapshot.runtimes.len(),
-        "summary: {} tokio runtimes ran: {}{more}; metrics carry tokio.runtime.id. Unless they are \
-         isolated on purpose, one shared runtime balances the work across its workers",
+        each = each.join(", "),
+        hint = RUNTIMES.once(),
+        "summary: {} tokio runtimes ran",
         snapshot.runtimes.len(),
-        each.join(", "),
     );
 }
 
-/// The most contended wrapped locks, for the summary.
+/// The most contended wrapped locks, for the summary; the advice once per kind of lock.
 fn lock_summary(snapshot: &Snapshot) {
     const TOP: usize = 10;
     let mut locks: Vec<_> = snapshot
@@ -598,35 +621,143 @@ fn lock_summary(snapshot: &Snapshot) {
         .filter(|l| l.contentions > 0)
         .collect();
     locks.sort_by_key(|l| std::cmp::Reverse(l.wait.sum));
+    let mut advised = Vec::new();
     for (rank, l) in locks.iter().take(TOP).enumerate() {
         let name = l
             .name
             .as_deref()
             .map(|n| format!(" {n:?}"))
             .unwrap_or_default();
-        let blocking = if l.blocking_waits > 0 {
-            format!(
-                ", {} of them blocked a tokio worker past the threshold",
-                l.blocking_waits
-            )
-        } else {
-            String::new()
-        };
+        let hint = (!advised.contains(&l.kind)).then(|| l.kind.contention_hint());
+        advised.push(l.kind);
         tracing::warn!(
             target: "stallscope",
-            "summary: lock #{} {}{name} created at {}: {} of {} acquisitions waited, {:.3?} in all, \
-             p99 {:.3?}, max {:.3?}{blocking}; {}",
+            contended = l.contentions,
+            acquisitions = l.acquisitions,
+            wait_total_ms = ms(l.wait.sum),
+            wait_p99_ms = ms(snapshot.quantile(&l.wait, 0.99).unwrap_or_default()),
+            wait_max_ms = ms(l.wait.max),
+            blocking_waits = (l.blocking_waits > 0).then_some(l.blocking_waits),
+            hint,
+            "summary: lock #{} {}{name} created at {}",
             rank + 1,
             l.kind,
             l.location,
-            l.contentions,
-            l.acquisitions,
-            l.wait.sum,
-            snapshot.quantile(&l.wait, 0.99).unwrap_or_default(),
-            l.wait.max,
-            l.kind.contention_hint(),
         );
     }
+}
+
+/// How an instance measures, said once when it starts measuring.
+#[derive(Clone, Debug)]
+pub(crate) enum Measuring {
+    /// Full mode: the layer reads tokio's task spans.
+    TaskSpans,
+    /// Production mode: poll hooks on the runtime with this id.
+    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
+    PollHooks { runtime: String },
+}
+
+/// The start-up line: the mode, the threshold, stacks, where exports go and (full mode, feature
+/// `console`) whether tokio-console runs, so a reader knows stallscope is on and what it sees.
+pub(crate) fn measuring(engine: &Engine, how: &Measuring) {
+    let config = &engine.config;
+    let stacks = if !config.capture_stacks {
+        "off"
+    } else if cfg!(all(
+        tokio_unstable,
+        feature = "stacks",
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )) {
+        "on"
+    } else {
+        "unavailable in this build"
+    };
+    #[cfg(feature = "_otlp")]
+    let exporting = engine.otlp.get().map(|otlp| otlp.describe());
+    #[cfg(not(feature = "_otlp"))]
+    let exporting: Option<String> = None;
+    let mode = match how {
+        Measuring::TaskSpans => "full mode (tokio task spans)".to_owned(),
+        Measuring::PollHooks { runtime } => {
+            format!("production mode (poll hooks on runtime {runtime})")
+        }
+    };
+    // Read before the event is dispatched, when the dispatcher is in reach.
+    let console = console_state(how);
+    tracing::info!(
+        target: "stallscope",
+        threshold_ms = ms(config.slow_poll_threshold),
+        stacks,
+        exporting,
+        console,
+        "measuring in {mode}",
+    );
+}
+
+/// tokio-console as the start-up line tells it: whether its layer is in the subscriber (full
+/// mode), or that its feature brings tokio's task spans back (production mode).
+#[cfg(feature = "console")]
+fn console_state(how: &Measuring) -> Option<&'static str> {
+    Some(match how {
+        Measuring::TaskSpans => {
+            let composed = tracing::dispatcher::get_default(|dispatch| {
+                dispatch
+                    .downcast_ref::<console_subscriber::ConsoleLayer>()
+                    .is_some()
+            });
+            use crate::config::{parse_bool, vars::CONSOLE};
+            let switched_off =
+                std::env::var(CONSOLE).is_ok_and(|v| parse_bool(CONSOLE, &v).ok() == Some(false));
+            if composed {
+                "on"
+            } else if switched_off {
+                "off (STALLSCOPE_CONSOLE=off)"
+            } else {
+                "off: its layer is not in the subscriber; add .with(stallscope::console_layer())"
+            }
+        }
+        Measuring::PollHooks { .. } => {
+            "feature `console` turns tokio's `tracing` feature on, so every task makes spans \
+             again; production mode needs neither"
+        }
+    })
+}
+
+#[cfg(not(feature = "console"))]
+fn console_state(_how: &Measuring) -> Option<&'static str> {
+    None
+}
+
+/// The guard was dropped before anything was measured, and measuring goes on: the summary was
+/// logged at start-up and the exporters stopped (said once per instance).
+pub(crate) fn guard_dropped_early() {
+    tracing::warn!(
+        target: "stallscope",
+        hint = "keep the guard for the program's whole life: `let _guard = stallscope.guard();` \
+                (or `stallscope::init()`) in main, not `let _ = ...` or a guard local to a \
+                set-up function",
+        "guard dropped early: stallscope measures on, but it logged its summary before anything \
+         ran and its exporters have stopped",
+    );
+}
+
+/// Production mode found a runtime without its poll hooks: its tasks are not measured (said once
+/// per runtime).
+#[cfg(tokio_unstable)]
+pub(crate) fn runtime_not_measured(runtime: &str, seen_from: &str) {
+    static HINT: Hint = Hint::new(
+        "production mode measures the runtimes whose builder went through instrument_runtime: \
+         call stallscope.instrument_runtime(&mut builder) for every runtime you build (a runtime \
+         per connection or per thread included), or share one instrumented runtime",
+    );
+    tracing::warn!(
+        target: "stallscope",
+        runtime,
+        seen_from,
+        hint = HINT.once(),
+        "runtime {runtime} is not measured: its tasks run without stallscope's poll hooks",
+    );
 }
 
 /// Once tasks ran, no `runtime.spawn` span means tokio's `tracing` feature (or the global

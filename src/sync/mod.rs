@@ -114,7 +114,10 @@ fn site(
     location: &'static Location<'static>,
     name: Option<&'static str>,
 ) -> Option<&'static LockSite> {
-    default_engine().map(|engine| engine.lock_site(kind, location, name))
+    let engine = default_engine()?;
+    #[cfg(tokio_unstable)]
+    engine.check_runtime_measured(|| format!("a {kind} created at {location}"));
+    Some(engine.lock_site(kind, location, name))
 }
 
 /// A guard (or semaphore permit) of a measured lock: the wrapped lock's own guard, which it

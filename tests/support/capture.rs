@@ -8,25 +8,34 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
 
-/// Messages of `stallscope` events, as the app's log would show them.
+/// `stallscope` events as the app's plain log shows them: the message, then ` key=value` for
+/// each field (strings quoted).
 pub static REPORTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 struct Capture;
 
 impl<S: tracing::Subscriber> Layer<S> for Capture {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        struct Message(String);
-        impl Visit for Message {
+        struct Line {
+            message: String,
+            fields: String,
+        }
+        impl Visit for Line {
             fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
                 if field.name() == "message" {
-                    self.0 = format!("{value:?}");
+                    self.message = format!("{value:?}");
+                } else {
+                    self.fields += &format!(" {}={value:?}", field.name());
                 }
             }
         }
         if event.metadata().target() == "stallscope" {
-            let mut m = Message(String::new());
-            event.record(&mut m);
-            REPORTS.lock().unwrap().push(m.0);
+            let mut line = Line {
+                message: String::new(),
+                fields: String::new(),
+            };
+            event.record(&mut line);
+            REPORTS.lock().unwrap().push(line.message + &line.fields);
         }
     }
 }

@@ -103,3 +103,8 @@ pub fn stallscope_reports(log: &str) -> Vec<Report<'_>> {
         })
         .collect()
 }
+
+/// The lines of `log` that contain `needle`.
+pub fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(needle)).collect()
+}
