@@ -209,7 +209,9 @@ fn check_one_moment(mode: &[&str]) {
     let pool_queued = number_before(began, " jobs queued, ");
     assert!((12..=18).contains(&pool_queued), "{began}");
     // The call sites' counts say whose they are, and agree (or say why not).
-    let site_queued = number_before(began, " jobs). Size the pool");
+    let sites = &began[began.find("call_sites=").expect("a call_sites field")..];
+    let queued = &sites[sites.find("queued: ").expect("the queued call sites")..];
+    let site_queued = number_before(queued, " jobs)");
     assert!(
         began.contains("By call site (jobs stallscope saw spawned"),
         "{began}"

@@ -95,7 +95,10 @@ pub(crate) fn start() {
             .name("stallscope-reporter".into())
             .spawn(run);
         match spawned {
-            Ok(handle) => Some(handle.thread().clone()),
+            Ok(handle) => {
+                flush_at_exit();
+                Some(handle.thread().clone())
+            }
             Err(e) => {
                 INLINE.store(true, Relaxed);
                 tracing::warn!(
@@ -107,6 +110,32 @@ pub(crate) fn start() {
             }
         }
     });
+}
+
+/// How long the process's exit waits for reports still on their way.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// Reports found after the last guard dropped (an early guard drop said, a stall in a
+/// program's last moments) are written before the process exits: `exit` (returning from
+/// `main` or `std::process::exit`) runs this first. Bounded: a stuck writer delays the exit by
+/// [`EXIT_WAIT`] at most.
+fn flush_at_exit() {
+    extern "C" fn at_exit() {
+        // Never from the reporter thread itself (a report that exits the process).
+        let on_reporter = REPORTER
+            .get()
+            .and_then(Option::as_ref)
+            .is_some_and(|r| r.id() == std::thread::current().id());
+        if !on_reporter {
+            flush(EXIT_WAIT);
+        }
+    }
+    extern "C" {
+        fn atexit(callback: extern "C" fn()) -> std::os::raw::c_int;
+    }
+    // SAFETY: registers a function with C's exit handlers; it takes no arguments and only
+    // waits on a channel with a timeout.
+    unsafe { atexit(at_exit) };
 }
 
 /// Hands `job` to the reporter; never blocks. Dropped (and counted) when [`MAX_QUEUED`] jobs
