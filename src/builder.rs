@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use crate::config::{validate_bounds, Config, ConfigError, StackSignal, Toggle};
+use crate::config::{
+    check_bounds, format_duration, Config, ConfigError, StackSignal, Toggle, SAMPLE_INTERVAL_RANGE,
+    STACK_SAMPLE_INTERVAL_RANGE,
+};
 use crate::engine::Engine;
 use crate::layer::StallscopeLayer;
 use crate::Error;
@@ -28,6 +31,9 @@ use crate::Error;
 #[derive(Clone, Debug)]
 pub struct Builder {
     config: Config,
+    /// Whether [`Builder::clock_tick`] was called: a tick that does not fit the threshold is
+    /// then blamed on it, else on [`Builder::slow_poll_threshold`].
+    clock_tick_set: bool,
 }
 
 impl Default for Builder {
@@ -45,6 +51,7 @@ impl Builder {
                 otlp: Toggle::Off,
                 ..Config::default()
             },
+            clock_tick_set: false,
         }
     }
 
@@ -52,11 +59,13 @@ impl Builder {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Builder {
             config: Config::from_env()?,
+            clock_tick_set: false,
         })
     }
 
-    /// A poll at least this long is a slow poll (default 100 ms). Also the threshold for
-    /// blocking-pool queue waits.
+    /// A poll at least this long is a slow poll (default 100 ms; at least two clock ticks, 1 ms
+    /// with the default tick, and at most 1 h). Also the threshold for blocking-pool queue waits
+    /// and lock waits.
     pub fn slow_poll_threshold(mut self, threshold: Duration) -> Self {
         self.config.slow_poll_threshold = threshold;
         self
@@ -74,13 +83,14 @@ impl Builder {
         self
     }
 
-    /// How often runtime metrics are sampled (default 1 s).
+    /// How often runtime metrics are sampled (default 1 s, from 10 ms to 1 h).
     pub fn sample_interval(mut self, interval: Duration) -> Self {
         self.config.sample_interval = interval;
         self
     }
 
-    /// Histogram bucket upper bounds in seconds, strictly increasing (default: 10 µs to 50 s).
+    /// Histogram bucket upper bounds in seconds, strictly increasing (default: 10 µs to 50 s);
+    /// at most 64, each from 1 µs to a day and at least a nanosecond above the previous one.
     pub fn histogram_bounds(mut self, seconds: impl Into<Vec<f64>>) -> Self {
         self.config.histogram_bounds = seconds.into();
         self
@@ -112,15 +122,18 @@ impl Builder {
         self
     }
 
-    /// The signal that asks a stalled worker for its stack (default `SIGRTMIN+6`). stallscope
-    /// never replaces a handler the program installed: if the signal is taken, stacks are off
-    /// and the log says so.
+    /// The signal that asks a stalled worker for its stack (default `SIGRTMIN+6`): a real-time
+    /// signal, `SIGRTMIN` to `SIGRTMAX` as the C library numbers them (`build` refuses any
+    /// other: SIGINT or SIGTERM would stop stopping the process). stallscope never replaces a
+    /// handler the program installed: if the signal is taken, stacks are off and the log says
+    /// so.
     pub fn stack_signal(mut self, signal: StackSignal) -> Self {
         self.config.stack_signal = signal;
         self
     }
 
-    /// How often a stall that goes on is sampled again (default 1 s, at most 10 samples).
+    /// How often a stall that goes on is sampled again (default 1 s, from 10 ms to 1 h; at most
+    /// 10 samples).
     pub fn stack_sample_interval(mut self, interval: Duration) -> Self {
         self.config.stack_sample_interval = interval;
         self
@@ -150,38 +163,15 @@ impl Builder {
     /// ```
     pub fn clock_tick(mut self, tick: Duration) -> Self {
         self.config.clock_tick = tick;
+        self.clock_tick_set = true;
         self
     }
 
-    /// Validates the configuration, starts the exporters and returns the layer.
+    /// Validates the configuration, starts the exporters and returns the layer. An error names
+    /// the setter (or the environment variable) whose value is out of range.
     pub fn build(self) -> Result<StallscopeLayer, Error> {
+        self.check()?;
         let config = self.config;
-        if validate_bounds(&config.histogram_bounds).is_err() {
-            return Err(ConfigError::new(
-                "histogram_bounds",
-                &format!("{:?}", config.histogram_bounds),
-                "strictly increasing positive seconds",
-            )
-            .into());
-        }
-        let zero = |name: &str, d: Duration| {
-            if d.is_zero() {
-                Err(ConfigError::new(name, "0", "a positive duration"))
-            } else {
-                Ok(())
-            }
-        };
-        zero("slow_poll_threshold", config.slow_poll_threshold)?;
-        zero("sample_interval", config.sample_interval)?;
-        zero("stack_sample_interval", config.stack_sample_interval)?;
-        if config.max_sites == 0 || config.max_task_names_per_location == 0 {
-            return Err(ConfigError::new("max_sites", "0", "a positive whole number").into());
-        }
-        if let Err(expected) = config.check_clock_tick() {
-            let tick = format!("{:?}", config.clock_tick);
-            return Err(ConfigError::new("clock_tick", &tick, &expected).into());
-        }
-
         let mut notes = Vec::new();
         if !cfg!(tokio_unstable) {
             notes.push((
@@ -209,18 +199,86 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// Each setting against the range its environment variable has, named by its setter.
+    fn check(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        let refuse = |setter: &str, value: String, check: Result<(), String>| {
+            check.map_err(|expected| ConfigError::new(setter, &value, &expected))
+        };
+        let in_range = |range: &std::ops::RangeInclusive<Duration>, d: Duration, example: &str| {
+            if range.contains(&d) {
+                Ok(())
+            } else {
+                Err(crate::config::duration_expected(range, example))
+            }
+        };
+        refuse(
+            "histogram_bounds",
+            format!("{:?}", c.histogram_bounds),
+            check_bounds(&c.histogram_bounds),
+        )?;
+        refuse(
+            "sample_interval",
+            format_duration(c.sample_interval),
+            in_range(&SAMPLE_INTERVAL_RANGE, c.sample_interval, "1s or 500ms"),
+        )?;
+        refuse(
+            "stack_sample_interval",
+            format_duration(c.stack_sample_interval),
+            in_range(
+                &STACK_SAMPLE_INTERVAL_RANGE,
+                c.stack_sample_interval,
+                "1s or 250ms",
+            ),
+        )?;
+        let positive = |n: usize| {
+            (n > 0)
+                .then_some(())
+                .ok_or("a positive whole number".to_owned())
+        };
+        refuse("max_sites", c.max_sites.to_string(), positive(c.max_sites))?;
+        refuse(
+            "max_task_names_per_location",
+            c.max_task_names_per_location.to_string(),
+            positive(c.max_task_names_per_location),
+        )?;
+        refuse(
+            "stack_signal",
+            c.stack_signal.to_string(),
+            c.stack_signal.check(),
+        )?;
+        if self.clock_tick_set {
+            refuse(
+                "clock_tick",
+                format_duration(c.clock_tick),
+                c.check_tick_fits_threshold(),
+            )?;
+        }
+        refuse(
+            "slow_poll_threshold",
+            format_duration(c.slow_poll_threshold),
+            c.check_threshold(),
+        )
+    }
+}
+
 #[cfg(feature = "_otlp")]
 fn start_otlp(
     engine: &std::sync::Arc<Engine>,
     toggle: Toggle,
     lookup: &dyn Fn(&str) -> Option<String>,
-    // Where exports go is part of the start-up line, said when measuring starts.
-    _notes: &mut Vec<(tracing::Level, String)>,
+    // Where exports go is part of the start-up line, said when measuring starts; what the SDK
+    // would read but stallscope does not follow is said as a start-up note.
+    notes: &mut Vec<(tracing::Level, String)>,
 ) -> Result<(), Error> {
     use crate::export::otlp::{settings::OtlpSettings, OtlpExporter};
     let Some(settings) = OtlpSettings::resolve(toggle, engine.config.stall_spans, lookup)? else {
         return Ok(());
     };
+    for note in &settings.not_followed {
+        notes.push((tracing::Level::WARN, note.clone()));
+    }
     let exporter = OtlpExporter::start(
         std::sync::Arc::downgrade(engine),
         settings,
@@ -253,4 +311,130 @@ fn start_otlp(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Garbage for every setter: `build` refuses it naming the setter and what it accepts,
+    /// the same ranges as the environment variables'.
+    #[test]
+    fn each_setter_refuses_its_garbage_naming_itself() {
+        let ms = Duration::from_millis;
+        let b = Builder::new;
+        let cases = [
+            (
+                "slow_poll_threshold",
+                b().slow_poll_threshold(Duration::ZERO),
+                "from 1ms",
+            ),
+            (
+                "slow_poll_threshold",
+                b().slow_poll_threshold(Duration::from_nanos(1)),
+                "two clock ticks of 500us",
+            ),
+            (
+                "slow_poll_threshold",
+                b().slow_poll_threshold(Duration::MAX),
+                "to 1h",
+            ),
+            (
+                "sample_interval",
+                b().sample_interval(Duration::ZERO),
+                "from 10ms to 1h",
+            ),
+            (
+                "sample_interval",
+                b().sample_interval(ms(9)),
+                "from 10ms to 1h",
+            ),
+            (
+                "sample_interval",
+                b().sample_interval(Duration::MAX),
+                "from 10ms to 1h",
+            ),
+            (
+                "histogram_bounds",
+                b().histogram_bounds(vec![]),
+                "strictly increasing",
+            ),
+            (
+                "histogram_bounds",
+                b().histogram_bounds([1.0, 0.5]),
+                "strictly increasing",
+            ),
+            (
+                "histogram_bounds",
+                b().histogram_bounds([f64::NAN]),
+                "strictly increasing",
+            ),
+            (
+                "histogram_bounds",
+                b().histogram_bounds([1e-12]),
+                "from 0.000001",
+            ),
+            (
+                "histogram_bounds",
+                b().histogram_bounds((1..=65).map(f64::from).collect::<Vec<_>>()),
+                "at most 64",
+            ),
+            ("max_sites", b().max_sites(0), "positive whole number"),
+            (
+                "max_task_names_per_location",
+                b().max_task_names_per_location(0),
+                "positive whole number",
+            ),
+            (
+                "stack_signal",
+                b().stack_signal(StackSignal::Number(2)),
+                "a real-time signal",
+            ),
+            (
+                "stack_signal",
+                b().stack_signal(StackSignal::Number(15)),
+                "a real-time signal",
+            ),
+            (
+                "stack_signal",
+                b().stack_signal(StackSignal::Number(-1)),
+                "a real-time signal",
+            ),
+            (
+                "stack_signal",
+                b().stack_signal(StackSignal::RtMinPlus(200)),
+                "SIGRTMIN+N",
+            ),
+            (
+                "stack_sample_interval",
+                b().stack_sample_interval(ms(1)),
+                "from 10ms to 1h",
+            ),
+            (
+                "stack_sample_interval",
+                b().stack_sample_interval(Duration::MAX),
+                "to 1h",
+            ),
+            (
+                "clock_tick",
+                b().clock_tick(Duration::ZERO),
+                "from 100us to 50ms",
+            ),
+            ("clock_tick", b().clock_tick(ms(51)), "from 100us to 50ms"),
+            (
+                "clock_tick",
+                b().slow_poll_threshold(ms(30)).clock_tick(ms(20)),
+                "half the slow-poll threshold (30ms)",
+            ),
+        ];
+        for (setter, builder, expected) in cases {
+            let err = match builder.build() {
+                Err(Error::Config(e)) => e,
+                Err(e) => panic!("{setter}: {e}"),
+                Ok(_) => panic!("{setter}: garbage accepted"),
+            };
+            assert_eq!(err.variable(), setter, "{err}");
+            assert!(err.expected().contains(expected), "{setter}: {err}");
+        }
+    }
 }

@@ -4,8 +4,19 @@
 //! Every parser here names the variable and the expected form in its error, so a typo fails at
 //! start-up with a message a user can act on instead of being silently replaced by a default.
 
+mod parse;
+
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::time::Duration;
+
+#[cfg(all(test, feature = "_otlp"))]
+pub(crate) use parse::percent_encode;
+#[cfg(any(feature = "_otlp", feature = "console"))]
+pub(crate) use parse::whole_number;
+pub(crate) use parse::{bool as parse_bool, duration_expected, format_duration};
+#[cfg(feature = "_otlp")]
+pub(crate) use parse::{key_value_list, millis};
 
 /// Poll-duration histogram bounds in seconds: tens of microseconds to tens of seconds.
 ///
@@ -21,8 +32,26 @@ pub const DEFAULT_HISTOGRAM_BOUNDS: &[f64] = &[
 pub const DEFAULT_CLOCK_TICK: Duration = Duration::from_micros(500);
 
 /// The ticks [`Config::clock_tick`] accepts.
-pub const CLOCK_TICK_RANGE: std::ops::RangeInclusive<Duration> =
+pub const CLOCK_TICK_RANGE: RangeInclusive<Duration> =
     Duration::from_micros(100)..=Duration::from_millis(50);
+
+/// The longest slow-poll threshold: a poll that blocks a worker for an hour needs no finer one.
+pub(crate) const SLOW_POLL_THRESHOLD_MAX: Duration = Duration::from_secs(3600);
+
+/// The sampling intervals [`Config::sample_interval`] accepts: under 10 ms the sampler would
+/// cost more than it tells.
+pub(crate) const SAMPLE_INTERVAL_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(3600);
+
+/// The intervals [`Config::stack_sample_interval`] accepts.
+pub(crate) const STACK_SAMPLE_INTERVAL_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(3600);
+
+/// Histogram bounds, in seconds: a microsecond (under the clock's tick) to a day.
+const HISTOGRAM_BOUND_RANGE: RangeInclusive<f64> = 0.000_001..=86_400.0;
+
+/// Most histogram bounds: every bucket is one counter per site, thread shard and instrument.
+const MAX_HISTOGRAM_BOUNDS: usize = 64;
 
 /// Default slow-poll threshold, the same as asyncio's `slow_callback_duration`.
 pub const DEFAULT_SLOW_POLL_THRESHOLD: Duration = Duration::from_millis(100);
@@ -134,29 +163,34 @@ impl Config {
     }
 
     /// Applies the variables `lookup` returns over `self` (a function so tests need not touch
-    /// the process environment).
+    /// the process environment). Each value is checked against its range here, so an error
+    /// names the variable that was set.
     pub(crate) fn apply_env(
         mut self,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        if let Some(v) = var(lookup, vars::SLOW_POLL_THRESHOLD) {
-            self.slow_poll_threshold = parse_duration(vars::SLOW_POLL_THRESHOLD, &v)?;
+        let env_error = |variable: &str, value: &str, check: Result<(), String>| {
+            check.map_err(|expected| ConfigError::new(variable, value, &expected))
+        };
+        let threshold = var(lookup, vars::SLOW_POLL_THRESHOLD);
+        if let Some(v) = &threshold {
+            self.slow_poll_threshold = duration_or_form(vars::SLOW_POLL_THRESHOLD, v, || {
+                threshold_expected(self.clock_tick)
+            })?;
         }
         if let Some(v) = var(lookup, vars::REPORT) {
-            self.report_slow_polls = parse_bool(vars::REPORT, &v)?;
+            self.report_slow_polls = parse::bool(vars::REPORT, &v)?;
         }
         if let Some(v) = var(lookup, vars::SUMMARY) {
-            self.summary_on_drop = parse_bool(vars::SUMMARY, &v)?;
+            self.summary_on_drop = parse::bool(vars::SUMMARY, &v)?;
         }
         if let Some(v) = var(lookup, vars::SAMPLE_INTERVAL) {
-            self.sample_interval = parse_duration(vars::SAMPLE_INTERVAL, &v)?;
-            if self.sample_interval < Duration::from_millis(10) {
-                return Err(ConfigError::new(
-                    vars::SAMPLE_INTERVAL,
-                    &v,
-                    "a duration of at least 10ms, such as 1s or 500ms",
-                ));
-            }
+            self.sample_interval = parse::duration(
+                vars::SAMPLE_INTERVAL,
+                &v,
+                &SAMPLE_INTERVAL_RANGE,
+                "1s or 500ms",
+            )?;
         }
         if let Some(v) = var(lookup, vars::HISTOGRAM_BOUNDS) {
             self.histogram_bounds = parse_bounds(vars::HISTOGRAM_BOUNDS, &v)?;
@@ -176,70 +210,152 @@ impl Config {
             };
         }
         if let Some(v) = var(lookup, vars::STACKS) {
-            self.capture_stacks = parse_bool(vars::STACKS, &v)?;
+            self.capture_stacks = parse::bool(vars::STACKS, &v)?;
         }
         if let Some(v) = var(lookup, vars::STACK_SIGNAL) {
             self.stack_signal = parse_signal(vars::STACK_SIGNAL, &v)?;
+            env_error(vars::STACK_SIGNAL, &v, self.stack_signal.check())?;
         }
         if let Some(v) = var(lookup, vars::STACK_INTERVAL) {
-            self.stack_sample_interval = parse_duration(vars::STACK_INTERVAL, &v)?;
-            if self.stack_sample_interval < Duration::from_millis(10) {
-                return Err(ConfigError::new(
-                    vars::STACK_INTERVAL,
-                    &v,
-                    "a duration of at least 10ms, such as 1s or 250ms",
-                ));
-            }
+            self.stack_sample_interval = parse::duration(
+                vars::STACK_INTERVAL,
+                &v,
+                &STACK_SAMPLE_INTERVAL_RANGE,
+                "1s or 250ms",
+            )?;
         }
         if let Some(v) = var(lookup, vars::STALL_SPANS) {
-            self.stall_spans = parse_bool(vars::STALL_SPANS, &v)?;
+            self.stall_spans = parse::bool(vars::STALL_SPANS, &v)?;
         }
-        if let Some(v) = var(lookup, vars::CLOCK_TICK) {
-            self.clock_tick = parse_duration(vars::CLOCK_TICK, &v)?;
-            if let Err(expected) = self.check_clock_tick() {
-                return Err(ConfigError::new(vars::CLOCK_TICK, &v, &expected));
-            }
+        let tick = var(lookup, vars::CLOCK_TICK);
+        if let Some(v) = &tick {
+            self.clock_tick =
+                parse::duration(vars::CLOCK_TICK, v, &CLOCK_TICK_RANGE, "500us or 10ms")?;
+        }
+        // The pair is checked once both are read; the error names the one that was set (the
+        // tick when both were), not a default the user never saw.
+        match (&tick, &threshold) {
+            (Some(v), _) => env_error(vars::CLOCK_TICK, v, self.check_tick_fits_threshold())?,
+            (None, Some(v)) => env_error(vars::SLOW_POLL_THRESHOLD, v, self.check_threshold())?,
+            (None, None) => {}
         }
         Ok(self)
     }
 
-    /// The tick must lie in [`CLOCK_TICK_RANGE`], and two ticks (the shortest timed poll) must
-    /// not exceed the slow-poll threshold, or slow polls would be counted as fast ones.
-    pub(crate) fn check_clock_tick(&self) -> Result<(), String> {
+    /// The slow-poll threshold: at most [`SLOW_POLL_THRESHOLD_MAX`], and at least two clock
+    /// ticks (the shortest timed poll), or slow polls would be counted as fast ones.
+    pub(crate) fn check_threshold(&self) -> Result<(), String> {
+        let shortest = self.clock_tick * 2;
+        if (shortest..=SLOW_POLL_THRESHOLD_MAX).contains(&self.slow_poll_threshold) {
+            Ok(())
+        } else {
+            Err(threshold_expected(self.clock_tick))
+        }
+    }
+
+    /// The clock tick: inside [`CLOCK_TICK_RANGE`] and at most half the slow-poll threshold.
+    pub(crate) fn check_tick_fits_threshold(&self) -> Result<(), String> {
         if !CLOCK_TICK_RANGE.contains(&self.clock_tick) {
-            return Err("a duration from 100us to 50ms, such as 500us or 10ms".to_owned());
+            return Err(parse::duration_expected(&CLOCK_TICK_RANGE, "500us or 10ms"));
         }
         if self.clock_tick * 2 > self.slow_poll_threshold {
             return Err(format!(
-                "at most half the slow-poll threshold ({:?}), so that slow polls are timed",
-                self.slow_poll_threshold
+                "at most half the slow-poll threshold ({}), so that slow polls are timed",
+                parse::format_duration(self.slow_poll_threshold)
             ));
         }
         Ok(())
     }
 }
 
-/// Parses `SIGRTMIN+6`, `RTMIN+6`, `SIGRTMIN` or a signal number such as `40`.
+/// What [`Config::check_threshold`] accepts, for its error.
+fn threshold_expected(tick: Duration) -> String {
+    format!(
+        "a duration with a unit (ns, us, ms, s, m, h) from {} (two clock ticks of {}) to {}, \
+         such as 100ms",
+        parse::format_duration(tick * 2),
+        parse::format_duration(tick),
+        parse::format_duration(SLOW_POLL_THRESHOLD_MAX)
+    )
+}
+
+/// A duration in any range, or an error with `expected()` (a range that depends on another
+/// setting is checked once both are read).
+fn duration_or_form(
+    variable: &str,
+    value: &str,
+    expected: impl Fn() -> String,
+) -> Result<Duration, ConfigError> {
+    parse::duration_value(value)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| ConfigError::new(variable, value, &expected()))
+}
+
+/// The real-time signals this process may use: from `SIGRTMIN` as the C library reports it
+/// (glibc keeps the first two or three of the kernel's for its own threads) to `SIGRTMAX`.
+#[cfg(all(unix, feature = "stacks"))]
+fn realtime_signals() -> std::ops::RangeInclusive<i32> {
+    libc::SIGRTMIN()..=libc::SIGRTMAX()
+}
+
+/// Without stack capture the signal is never sent; it is checked against Linux's numbering
+/// with glibc so a configuration means the same with the feature on.
+#[cfg(not(all(unix, feature = "stacks")))]
+fn realtime_signals() -> std::ops::RangeInclusive<i32> {
+    34..=64
+}
+
+impl StackSignal {
+    /// The signal number, relative to `SIGRTMIN` of `rtmin`.
+    fn number_with(self, rtmin: i32) -> i32 {
+        match self {
+            StackSignal::RtMinPlus(n) => rtmin + i32::from(n),
+            StackSignal::Number(n) => n,
+        }
+    }
+
+    /// Only a real-time signal may be chosen: any other has a default action the host relies
+    /// on (SIGINT, SIGTERM) or a meaning to the runtime, and a handler installed for it would
+    /// take it away (after the first stall, Ctrl-C would no longer stop the process).
+    pub(crate) fn check(self) -> Result<(), String> {
+        let rt = realtime_signals();
+        if rt.contains(&self.number_with(*rt.start())) {
+            Ok(())
+        } else {
+            Err(signal_expected())
+        }
+    }
+}
+
+fn signal_expected() -> String {
+    let rt = realtime_signals();
+    let (min, max) = (*rt.start(), *rt.end());
+    format!(
+        "a real-time signal as SIGRTMIN+N (N from 0 to {}) or a number from {min} to {max}: \
+         other signals have a meaning to the process",
+        max - min
+    )
+}
+
+/// Parses `SIGRTMIN+6`, `RTMIN+6`, `SIGRTMIN` or a signal number such as `40` (the range is
+/// [`StackSignal::check`]'s).
 pub(crate) fn parse_signal(variable: &str, value: &str) -> Result<StackSignal, ConfigError> {
-    const FORM: &str = "a real-time signal as SIGRTMIN+N (N from 0 to 30) or a signal number";
+    let err = || ConfigError::new(variable, value, &signal_expected());
     let upper = value.to_ascii_uppercase();
     let rt = upper.strip_prefix("SIG").unwrap_or(&upper);
     if let Some(rest) = rt.strip_prefix("RTMIN") {
         let offset = match rest.strip_prefix('+') {
             None if rest.is_empty() => Some(0),
-            Some(n) => n.parse::<u8>().ok().filter(|n| *n <= 30),
+            Some(n) => n.parse::<u8>().ok(),
             None => None,
         };
-        return offset
-            .map(StackSignal::RtMinPlus)
-            .ok_or_else(|| ConfigError::new(variable, value, FORM));
+        return offset.map(StackSignal::RtMinPlus).ok_or_else(err);
     }
     value
         .parse::<i32>()
         .ok()
-        .filter(|n| (1..=64).contains(n))
         .map(StackSignal::Number)
-        .ok_or_else(|| ConfigError::new(variable, value, FORM))
+        .ok_or_else(err)
 }
 
 /// Names of the environment variables stallscope reads.
@@ -327,38 +443,6 @@ pub(crate) fn var(lookup: &dyn Fn(&str) -> Option<String>, name: &str) -> Option
         .filter(|v| !v.is_empty())
 }
 
-const DURATION_FORM: &str = "a duration with a unit, such as 100ms, 1.5s, 250us or 2m";
-
-/// Parses `100ms`, `1.5s`, `250us`, `2m`, `500ns`.
-pub(crate) fn parse_duration(variable: &str, value: &str) -> Result<Duration, ConfigError> {
-    let err = || ConfigError::new(variable, value, DURATION_FORM);
-    let split = value
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(err)?;
-    let (number, unit) = value.split_at(split);
-    let number: f64 = number.parse().map_err(|_| err())?;
-    let seconds_per_unit = match unit.trim() {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" | "min" => 60.0,
-        _ => return Err(err()),
-    };
-    Duration::try_from_secs_f64(number * seconds_per_unit)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(err)
-}
-
-pub(crate) fn parse_bool(variable: &str, value: &str) -> Result<bool, ConfigError> {
-    match value.to_ascii_lowercase().as_str() {
-        "on" | "true" | "1" | "yes" => Ok(true),
-        "off" | "false" | "0" | "no" => Ok(false),
-        _ => Err(ConfigError::new(variable, value, "on or off")),
-    }
-}
-
 fn parse_count(variable: &str, value: &str) -> Result<usize, ConfigError> {
     value
         .parse::<usize>()
@@ -367,156 +451,212 @@ fn parse_count(variable: &str, value: &str) -> Result<usize, ConfigError> {
         .ok_or_else(|| ConfigError::new(variable, value, "a positive whole number"))
 }
 
+const BOUNDS_EXPECTED: &str = "strictly increasing seconds from 0.000001 to 86400 (at most 64, \
+     at least a nanosecond apart) separated by commas, such as 0.001,0.01,0.1,1";
+
 pub(crate) fn parse_bounds(variable: &str, value: &str) -> Result<Vec<f64>, ConfigError> {
-    let expected =
-        "strictly increasing positive seconds separated by commas, such as 0.001,0.01,0.1,1";
     let bounds: Vec<f64> = value
         .split(',')
         .map(|b| b.trim().parse::<f64>())
         .collect::<Result<_, _>>()
-        .map_err(|_| ConfigError::new(variable, value, expected))?;
-    validate_bounds(&bounds).map_err(|_| ConfigError::new(variable, value, expected))?;
+        .map_err(|_| ConfigError::new(variable, value, BOUNDS_EXPECTED))?;
+    check_bounds(&bounds).map_err(|expected| ConfigError::new(variable, value, &expected))?;
     Ok(bounds)
 }
 
-pub(crate) fn validate_bounds(bounds: &[f64]) -> Result<(), ()> {
-    let finite_positive = bounds.iter().all(|b| b.is_finite() && *b > 0.0);
-    let increasing = bounds.windows(2).all(|w| w[0] < w[1]);
-    if bounds.is_empty() || !finite_positive || !increasing {
-        Err(())
+/// Histogram bounds: each bucket is a counter per site and thread shard, so their number is
+/// bounded; each must be a distinct whole number of nanoseconds, as the histogram keeps them.
+pub(crate) fn check_bounds(bounds: &[f64]) -> Result<(), String> {
+    let in_range = bounds.iter().all(|b| (HISTOGRAM_BOUND_RANGE).contains(b));
+    let nanos: Vec<u64> = bounds.iter().map(|b| (b * 1e9) as u64).collect();
+    let increasing = nanos.windows(2).all(|w| w[0] < w[1]);
+    if bounds.is_empty() || bounds.len() > MAX_HISTOGRAM_BOUNDS || !in_range || !increasing {
+        Err(BOUNDS_EXPECTED.to_owned())
     } else {
         Ok(())
     }
 }
 
+/// What the configuration tests of every module share.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use super::ConfigError;
 
-    fn env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    /// An environment of `pairs`: the first pair with the name wins.
+    pub(crate) fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let pairs: Vec<(String, String)> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::default().apply_env(&move |name| {
+        move |name| {
             pairs
                 .iter()
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
-        })
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        let d = |s| parse_duration("X", s).unwrap();
-        assert_eq!(d("100ms"), Duration::from_millis(100));
-        assert_eq!(d("1.5s"), Duration::from_millis(1500));
-        assert_eq!(d("250us"), Duration::from_micros(250));
-        assert_eq!(d("2m"), Duration::from_secs(120));
-    }
-
-    #[test]
-    fn stack_signals_parse_as_rtmin_offsets_or_numbers() {
-        let sig = |s| parse_signal("X", s).unwrap();
-        assert_eq!(sig("SIGRTMIN+6"), StackSignal::RtMinPlus(6));
-        assert_eq!(sig("rtmin+3"), StackSignal::RtMinPlus(3));
-        assert_eq!(sig("SIGRTMIN"), StackSignal::RtMinPlus(0));
-        assert_eq!(sig("40"), StackSignal::Number(40));
-        for bad in [
-            "SIGUSR9",
-            "SIGRTMIN+99",
-            "SIGRTMIN-1",
-            "0",
-            "abc",
-            "SIGRTMIN+",
-        ] {
-            let err = env(&[("STALLSCOPE_STACK_SIGNAL", bad)]).unwrap_err();
-            assert_eq!(err.variable(), "STALLSCOPE_STACK_SIGNAL", "{bad}");
-            assert!(err.to_string().contains("SIGRTMIN+N"), "{err}");
-        }
-        let err = env(&[("STALLSCOPE_STACKS", "maybe")]).unwrap_err();
-        assert_eq!(err.variable(), "STALLSCOPE_STACKS");
-        let err = env(&[("STALLSCOPE_STACK_INTERVAL", "1ms")]).unwrap_err();
-        assert_eq!(err.variable(), "STALLSCOPE_STACK_INTERVAL");
-        let config = env(&[
-            ("STALLSCOPE_STACKS", "off"),
-            ("STALLSCOPE_STACK_INTERVAL", "250ms"),
-        ]);
-        let config = config.unwrap();
-        assert!(!config.capture_stacks);
-        assert_eq!(config.stack_sample_interval, Duration::from_millis(250));
-    }
-
-    #[test]
-    fn clock_ticks_are_checked_against_their_range_and_the_threshold() {
-        let tick = |pairs: &[(&str, &str)]| env(pairs).map(|c| c.clock_tick);
-        assert_eq!(tick(&[]).unwrap(), Duration::from_micros(500));
-        assert_eq!(
-            tick(&[("STALLSCOPE_CLOCK_TICK", "10ms")]).unwrap(),
-            Duration::from_millis(10)
-        );
-        for (bad, expected) in [
-            ("50us", "from 100us to 50ms"),
-            ("51ms", "from 100us to 50ms"),
-            ("fast", "a duration with a unit"),
-        ] {
-            let err = tick(&[("STALLSCOPE_CLOCK_TICK", bad)]).unwrap_err();
-            assert_eq!(err.variable(), "STALLSCOPE_CLOCK_TICK", "{bad}");
-            assert!(err.expected().contains(expected), "{bad}: {err}");
-        }
-        // Two ticks over the threshold would count slow polls as fast ones.
-        let err = tick(&[
-            ("STALLSCOPE_SLOW_POLL_THRESHOLD", "30ms"),
-            ("STALLSCOPE_CLOCK_TICK", "20ms"),
-        ])
-        .unwrap_err();
-        assert_eq!(err.variable(), "STALLSCOPE_CLOCK_TICK");
-        assert!(
-            err.expected()
-                .contains("half the slow-poll threshold (30ms)"),
-            "{err}"
-        );
-        let err = crate::Builder::new()
-            .slow_poll_threshold(Duration::from_millis(30))
-            .clock_tick(Duration::from_millis(20))
-            .build()
-            .unwrap_err();
-        assert!(err.to_string().contains("clock_tick"), "{err}");
-    }
-
-    #[test]
-    fn bad_threshold_names_the_variable_and_the_form() {
-        for bad in ["abc", "100", "-5ms", "0ms", "5 parsecs", "1e999s"] {
-            let err = env(&[("STALLSCOPE_SLOW_POLL_THRESHOLD", bad)]).unwrap_err();
-            assert_eq!(err.variable(), "STALLSCOPE_SLOW_POLL_THRESHOLD", "{bad}");
-            let msg = err.to_string();
-            assert!(msg.contains("STALLSCOPE_SLOW_POLL_THRESHOLD"), "{msg}");
-            assert!(msg.contains("100ms"), "{msg}");
         }
     }
 
+    /// Each `(variable, garbage, expected)` of `cases` is refused by `read`, naming the variable
+    /// and saying `expected`.
+    pub(crate) fn assert_each_refused<T: std::fmt::Debug>(
+        cases: &[(&str, &str, &str)],
+        read: impl Fn(&str, &str) -> Result<T, ConfigError>,
+    ) {
+        for (variable, value, expected) in cases {
+            let err = match read(variable, value) {
+                Err(e) => e,
+                Ok(accepted) => panic!("{variable}={value} accepted: {accepted:?}"),
+            };
+            assert_eq!(err.variable(), *variable, "{variable}={value}: {err}");
+            assert_eq!(err.value(), value.trim(), "{err}");
+            assert!(
+                err.to_string().contains(expected),
+                "{variable}={value}: {err}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::testing::{assert_each_refused, lookup};
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::default().apply_env(&lookup(pairs))
+    }
+
+    /// Every `STALLSCOPE_*` variable `apply_env` reads.
+    const VARIABLES: &[&str] = &[
+        vars::SLOW_POLL_THRESHOLD,
+        vars::REPORT,
+        vars::SUMMARY,
+        vars::SAMPLE_INTERVAL,
+        vars::HISTOGRAM_BOUNDS,
+        vars::MAX_SITES,
+        vars::MAX_TASK_NAMES,
+        vars::OTLP,
+        vars::STACKS,
+        vars::STACK_SIGNAL,
+        vars::STACK_INTERVAL,
+        vars::STALL_SPANS,
+        vars::CLOCK_TICK,
+    ];
+
+    /// Garbage for every variable: each is refused naming the variable, with what it accepts.
     #[test]
-    fn each_variable_rejects_its_bad_values() {
+    fn each_variable_refuses_its_garbage_naming_itself() {
         let cases = [
+            (
+                "STALLSCOPE_SLOW_POLL_THRESHOLD",
+                "abc",
+                "a duration with a unit",
+            ),
+            ("STALLSCOPE_SLOW_POLL_THRESHOLD", "100", "such as 100ms"),
+            ("STALLSCOPE_SLOW_POLL_THRESHOLD", "-5ms", "from 1ms"),
+            ("STALLSCOPE_SLOW_POLL_THRESHOLD", "0ms", "from 1ms"),
+            (
+                "STALLSCOPE_SLOW_POLL_THRESHOLD",
+                "1ns",
+                "two clock ticks of 500us",
+            ),
+            ("STALLSCOPE_SLOW_POLL_THRESHOLD", "999us", "from 1ms"),
+            ("STALLSCOPE_SLOW_POLL_THRESHOLD", "2h", "to 1h"),
+            (
+                "STALLSCOPE_SLOW_POLL_THRESHOLD",
+                "1e999s",
+                "a duration with a unit",
+            ),
+            (
+                "STALLSCOPE_SLOW_POLL_THRESHOLD",
+                "99999999999999999999999h",
+                "to 1h",
+            ),
             ("STALLSCOPE_REPORT", "maybe", "on or off"),
             ("STALLSCOPE_SUMMARY", "2", "on or off"),
-            ("STALLSCOPE_SAMPLE_INTERVAL", "1ms", "at least 10ms"),
+            ("STALLSCOPE_SAMPLE_INTERVAL", "1ms", "from 10ms to 1h"),
+            (
+                "STALLSCOPE_SAMPLE_INTERVAL",
+                "18446744073709551615s",
+                "from 10ms to 1h",
+            ),
             (
                 "STALLSCOPE_HISTOGRAM_BOUNDS",
                 "0.1,0.01",
                 "strictly increasing",
             ),
             ("STALLSCOPE_HISTOGRAM_BOUNDS", "a,b", "strictly increasing"),
+            ("STALLSCOPE_HISTOGRAM_BOUNDS", ",", "strictly increasing"),
+            (
+                "STALLSCOPE_HISTOGRAM_BOUNDS",
+                "0.1,NaN",
+                "strictly increasing",
+            ),
+            ("STALLSCOPE_HISTOGRAM_BOUNDS", "0.1,inf", "to 86400"),
+            ("STALLSCOPE_HISTOGRAM_BOUNDS", "1e-12,1", "from 0.000001"),
+            (
+                "STALLSCOPE_HISTOGRAM_BOUNDS",
+                "0.1,0.1000000000001",
+                "a nanosecond apart",
+            ),
             ("STALLSCOPE_MAX_SITES", "0", "positive whole number"),
+            ("STALLSCOPE_MAX_SITES", "-1", "positive whole number"),
             ("STALLSCOPE_MAX_TASK_NAMES", "lots", "positive whole number"),
             ("STALLSCOPE_OTLP", "sometimes", "auto, on, off"),
+            ("STALLSCOPE_STACKS", "maybe", "on or off"),
+            ("STALLSCOPE_STACK_SIGNAL", "2", "a real-time signal"),
+            (
+                "STALLSCOPE_STACK_SIGNAL",
+                "15",
+                "other signals have a meaning",
+            ),
+            ("STALLSCOPE_STACK_SIGNAL", "SIGUSR9", "SIGRTMIN+N"),
+            ("STALLSCOPE_STACK_SIGNAL", "SIGRTMIN+99", "SIGRTMIN+N"),
+            ("STALLSCOPE_STACK_SIGNAL", "SIGRTMIN-1", "SIGRTMIN+N"),
+            ("STALLSCOPE_STACK_SIGNAL", "SIGRTMIN+", "SIGRTMIN+N"),
+            ("STALLSCOPE_STACK_SIGNAL", "0", "SIGRTMIN+N"),
+            ("STALLSCOPE_STACK_SIGNAL", "65", "SIGRTMIN+N"),
+            ("STALLSCOPE_STACK_SIGNAL", "abc", "SIGRTMIN+N"),
+            ("STALLSCOPE_STACK_INTERVAL", "1ms", "from 10ms to 1h"),
             ("STALLSCOPE_STALL_SPANS", "traces", "on or off"),
+            ("STALLSCOPE_CLOCK_TICK", "50us", "from 100us to 50ms"),
+            ("STALLSCOPE_CLOCK_TICK", "51ms", "from 100us to 50ms"),
+            ("STALLSCOPE_CLOCK_TICK", "fast", "a duration with a unit"),
         ];
-        for (var, value, expected) in cases {
-            let err = env(&[(var, value)]).unwrap_err();
-            assert_eq!(err.variable(), var);
-            assert!(err.to_string().contains(expected), "{err}");
+        assert_each_refused(&cases, |variable, value| env(&[(variable, value)]));
+        for variable in VARIABLES {
+            assert!(
+                cases.iter().any(|(v, _, _)| v == variable),
+                "{variable} has a garbage case"
+            );
         }
+    }
+
+    #[test]
+    fn a_threshold_under_two_ticks_is_blamed_on_what_was_set() {
+        // Only the threshold set: the error is about it, not about the tick's default.
+        let err = env(&[
+            ("STALLSCOPE_SLOW_POLL_THRESHOLD", "1ms"),
+            ("STALLSCOPE_CLOCK_TICK", "1ms"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable(), "STALLSCOPE_CLOCK_TICK");
+        assert!(
+            err.expected()
+                .contains("half the slow-poll threshold (1ms)"),
+            "{err}"
+        );
+        let err = env(&[("STALLSCOPE_SLOW_POLL_THRESHOLD", "1ns")]).unwrap_err();
+        assert_eq!(err.variable(), "STALLSCOPE_SLOW_POLL_THRESHOLD");
+        // A tick that allows the threshold makes it valid.
+        let c = env(&[
+            ("STALLSCOPE_SLOW_POLL_THRESHOLD", "300us"),
+            ("STALLSCOPE_CLOCK_TICK", "150us"),
+        ])
+        .unwrap();
+        assert_eq!(c.slow_poll_threshold, Duration::from_micros(300));
     }
 
     #[test]
@@ -524,17 +664,80 @@ mod tests {
         let c = env(&[
             ("STALLSCOPE_SLOW_POLL_THRESHOLD", "20ms"),
             ("STALLSCOPE_REPORT", "off"),
+            ("STALLSCOPE_SAMPLE_INTERVAL", "1h"),
             ("STALLSCOPE_HISTOGRAM_BOUNDS", "0.001, 0.01,1"),
             ("STALLSCOPE_OTLP", "ON"),
             ("STALLSCOPE_MAX_SITES", " "),
             ("STALLSCOPE_STALL_SPANS", "off"),
+            ("STALLSCOPE_STACKS", "off"),
+            ("STALLSCOPE_STACK_SIGNAL", "rtmin+3"),
+            ("STALLSCOPE_STACK_INTERVAL", "250ms"),
+            ("STALLSCOPE_CLOCK_TICK", "10ms"),
         ])
         .unwrap();
         assert!(!c.stall_spans);
         assert_eq!(c.slow_poll_threshold, Duration::from_millis(20));
         assert!(!c.report_slow_polls);
+        assert_eq!(c.sample_interval, Duration::from_secs(3600));
         assert_eq!(c.histogram_bounds, vec![0.001, 0.01, 1.0]);
         assert_eq!(c.otlp, Toggle::On);
         assert_eq!(c.max_sites, 512);
+        assert!(!c.capture_stacks);
+        assert_eq!(c.stack_signal, StackSignal::RtMinPlus(3));
+        assert_eq!(c.stack_sample_interval, Duration::from_millis(250));
+        assert_eq!(c.clock_tick, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn stack_signals_are_real_time_ones_only() {
+        let rt = realtime_signals();
+        let sig = |s: &str| env(&[("STALLSCOPE_STACK_SIGNAL", s)]).map(|c| c.stack_signal);
+        assert_eq!(sig("SIGRTMIN+6").unwrap(), StackSignal::RtMinPlus(6));
+        assert_eq!(sig("SIGRTMIN").unwrap(), StackSignal::RtMinPlus(0));
+        let last = rt.end() - rt.start();
+        assert!(sig(&format!("SIGRTMIN+{last}")).is_ok());
+        assert!(sig(&format!("SIGRTMIN+{}", last + 1)).is_err());
+        assert_eq!(
+            sig(&rt.start().to_string()).unwrap(),
+            StackSignal::Number(*rt.start())
+        );
+        assert!(sig(&rt.end().to_string()).is_ok());
+        assert!(sig(&(rt.start() - 1).to_string()).is_err(), "glibc's own");
+        // SIGINT, SIGTERM, SIGUSR1, SIGPROF, the kernel's first real-time signal (glibc's).
+        for taken in [2, 15, 10, 27, 32] {
+            let err = sig(&taken.to_string()).unwrap_err();
+            assert!(err.to_string().contains("a real-time signal"), "{err}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn no_variable_panics_or_blames_another(
+            index in 0..VARIABLES.len(),
+            value in "\\PC*|[0-9.,+-]{0,12}(ns|us|ms|s|m|h|SIGRTMIN|e9)?",
+        ) {
+            let variable = VARIABLES[index];
+            if let Err(e) = env(&[(variable, &value)]) {
+                prop_assert_eq!(e.variable(), variable);
+            }
+        }
+
+        #[test]
+        fn stack_signals_accept_what_they_print(offset in 0u8..=30, number in 0i32..=128) {
+            let rt = realtime_signals();
+            for signal in [StackSignal::RtMinPlus(offset), StackSignal::Number(number)] {
+                let valid = rt.contains(&signal.number_with(*rt.start()));
+                match env(&[("STALLSCOPE_STACK_SIGNAL", &signal.to_string())]) {
+                    Ok(c) => {
+                        prop_assert!(valid, "{} accepted", signal);
+                        prop_assert_eq!(c.stack_signal, signal);
+                    }
+                    Err(e) => {
+                        prop_assert!(!valid, "{} refused: {}", signal, e);
+                        prop_assert_eq!(e.variable(), "STALLSCOPE_STACK_SIGNAL");
+                    }
+                }
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 
-use crate::config::{parse_bool, vars, ConfigError};
+use crate::config::{parse_bool, var, vars, ConfigError};
 use crate::{Builder, Error, Guard};
 
 /// Installs the global subscriber: `fmt` to stderr (filtered by [`log_filter`]: `RUST_LOG`,
@@ -18,6 +18,10 @@ use crate::{Builder, Error, Guard};
 /// Returns the [`Guard`] to keep until the end of `main`; any configuration error names the
 /// variable and the expected form.
 pub fn try_init() -> Result<Guard, Error> {
+    // Every variable is checked before anything starts: a bad one is an error, not a panic
+    // inside console-subscriber or a half-started instance.
+    let log_filter = try_log_filter()?;
+    let console = try_console_layer()?;
     let layer = Builder::from_env()?.build()?;
     let guard = layer.guard();
     // A per-layer filter on fmt only: a global filter would hide tokio's TRACE-level task spans
@@ -25,9 +29,9 @@ pub fn try_init() -> Result<Guard, Error> {
     let fmt_layer = fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi_enabled())
-        .with_filter(try_log_filter()?);
+        .with_filter(log_filter);
     tracing_subscriber::registry()
-        .with(try_console_layer()?)
+        .with(console)
         .with(layer)
         .with(fmt_layer)
         .try_init()
@@ -101,9 +105,22 @@ fn try_console_layer<S>() -> Result<Option<impl Layer<S>>, ConfigError>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    match std::env::var(vars::CONSOLE) {
-        Ok(v) if !parse_bool(vars::CONSOLE, &v)? => Ok(None),
-        _ => crate::export::console::layer(),
+    let env = |name: &str| std::env::var(name).ok();
+    if let Some(v) = var(&env, vars::CONSOLE) {
+        if !parse_bool(vars::CONSOLE, &v)? {
+            return Ok(None);
+        }
+    }
+    let settings = crate::export::console::ConsoleSettings::from_env(&env)?;
+    match crate::export::console::layer(&settings) {
+        Ok(layer) => Ok(layer),
+        // Its port taken (a second process on the default port): the application goes on
+        // without the console, and the line is said once stallscope's log is up (the
+        // subscriber this layer goes into is not installed yet).
+        Err(line) => {
+            crate::report::console_unavailable(line);
+            Ok(None)
+        }
     }
 }
 

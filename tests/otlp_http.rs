@@ -140,22 +140,6 @@ fn a_collector_that_is_down_never_stalls_the_app_and_is_logged_once() {
     assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
 }
 
-/// Runs blocking_in_async's 2 s sleep with `env` (OTLP/HTTP); returns its stderr.
-fn run_sleep(env: &[(&str, String)]) -> String {
-    let mut command = examples::command("blocking_in_async");
-    command
-        .args(["--variant", "sleep"])
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "60000")
-        .env("STALLSCOPE_CONSOLE", "off");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let output = command.output_within(Duration::from_secs(30));
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "{stderr}");
-    stderr
-}
-
 /// The spans of the requests sent to `path`.
 fn spans_sent_to(requests: &[(String, Vec<u8>)], path: &str) -> Vec<ReceivedSpan> {
     let decoded: Vec<_> = requests
@@ -182,7 +166,7 @@ fn assert_the_slow_sleep(spans: &[ReceivedSpan], stderr: &str) {
 #[test]
 fn stall_spans_go_to_the_generic_endpoint_plus_v1_traces_over_http() {
     let receiver = HttpReceiver::start();
-    let stderr = run_sleep(&[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())]);
+    let stderr = examples::run_sleep(&[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())]);
     assert!(
         stderr.contains("stall spans (http/protobuf) to http://127.0.0.1:"),
         "{stderr}"
@@ -196,7 +180,7 @@ fn stall_spans_go_to_the_generic_endpoint_plus_v1_traces_over_http() {
 #[test]
 fn the_traces_endpoint_variable_is_used_verbatim() {
     let receiver = HttpReceiver::start();
-    let stderr = run_sleep(&[
+    let stderr = examples::run_sleep(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
         (
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -211,7 +195,7 @@ fn the_traces_endpoint_variable_is_used_verbatim() {
 #[test]
 fn stall_spans_off_sends_no_spans() {
     let receiver = HttpReceiver::start();
-    let stderr = run_sleep(&[
+    let stderr = examples::run_sleep(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
         ("STALLSCOPE_STALL_SPANS", "off".to_owned()),
     ]);
@@ -230,7 +214,7 @@ fn a_collector_that_is_down_costs_stall_spans_one_log_line() {
     // Nothing listens on this port; span batches go out every 100 ms.
     let endpoint = format!("http://127.0.0.1:{}", examples::free_port());
     let started = Instant::now();
-    let stderr = run_sleep(&[
+    let stderr = examples::run_sleep(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         ("OTEL_METRIC_EXPORT_INTERVAL", "100".to_owned()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),

@@ -24,6 +24,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use tracing::Dispatch;
+
 use crate::engine::stall::{StackKey, Stall};
 use crate::engine::Engine;
 
@@ -75,6 +77,9 @@ struct Node {
     job: Job,
     /// When the report was handed over: the time it is rate-limited at.
     at: Instant,
+    /// The subscriber that was current where the report was found: the report goes to the
+    /// log it would have gone to (a scoped default included).
+    dispatch: Option<Dispatch>,
     next: *mut Node,
 }
 
@@ -151,9 +156,15 @@ pub(crate) fn send(job: Job) {
         DROPPED.fetch_add(1, Relaxed);
         return;
     }
+    // Inside a subscriber's own callback this is the empty dispatcher: the reporter then uses
+    // the global default.
+    let dispatch = tracing::dispatcher::get_default(|current| {
+        (!current.is::<tracing_core::subscriber::NoSubscriber>()).then(|| current.clone())
+    });
     let node = Box::into_raw(Box::new(Node {
         job,
         at: Instant::now(),
+        dispatch,
         next: ptr::null_mut(),
     }));
     let mut head = HEAD.load(Relaxed);
@@ -219,15 +230,26 @@ pub(crate) fn happened_at() -> Instant {
         .unwrap_or_else(Instant::now)
 }
 
+/// A job as queued: what, when, and for which subscriber.
+type Queued = (Job, Instant, Option<Dispatch>);
+
+/// Runs `f` with `dispatch` as this thread's default subscriber, if there is one.
+fn with_dispatch<R>(dispatch: Option<&Dispatch>, f: impl FnOnce() -> R) -> R {
+    match dispatch {
+        Some(dispatch) => tracing::dispatcher::with_default(dispatch, f),
+        None => f(),
+    }
+}
+
 /// Takes every queued job, oldest first.
-fn take_all() -> Vec<(Job, Instant)> {
+fn take_all() -> Vec<Queued> {
     let mut node = HEAD.swap(ptr::null_mut(), Acquire);
     let mut jobs = Vec::new();
     while !node.is_null() {
         // SAFETY: the swap gave this thread the whole list; each node was leaked by `send`.
         let boxed = unsafe { Box::from_raw(node) };
         node = boxed.next;
-        jobs.push((boxed.job, boxed.at));
+        jobs.push((boxed.job, boxed.at, boxed.dispatch));
     }
     QUEUED.fetch_sub(jobs.len(), Relaxed);
     jobs.reverse();
@@ -239,9 +261,9 @@ fn run() {
     loop {
         let jobs = take_all();
         let idle = jobs.is_empty();
-        for (job, at) in jobs {
+        for (job, at, dispatch) in jobs {
             HANDED_OVER_AT.with(|t| t.set(Some(at)));
-            reporter.handle(job);
+            reporter.handle(job, dispatch);
         }
         reporter.release_overdue(Instant::now());
         if idle {
@@ -260,6 +282,7 @@ struct Waiting {
     key: StackKey,
     /// When the stall was handed over (it is rate-limited at that time).
     at: Instant,
+    dispatch: Option<Dispatch>,
     until: Instant,
 }
 
@@ -276,7 +299,13 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn handle(&mut self, job: Job) {
+    fn handle(&mut self, job: Job, dispatch: Option<Dispatch>) {
+        with_dispatch(dispatch.as_ref(), || {
+            self.handle_as_found(job, dispatch.clone())
+        });
+    }
+
+    fn handle_as_found(&mut self, job: Job, dispatch: Option<Dispatch>) {
         let dropped = DROPPED.swap(0, Relaxed);
         if dropped > 0 {
             tracing::warn!(
@@ -293,6 +322,7 @@ impl Reporter {
                     stall,
                     key,
                     at: happened_at(),
+                    dispatch,
                     until: Instant::now() + STACK_WAIT,
                 }),
                 key => {
@@ -341,7 +371,9 @@ impl Reporter {
                 attach(&mut waiting.stall, stack);
             }
             HANDED_OVER_AT.with(|t| t.set(Some(waiting.at)));
-            waiting.engine.emit_stall_now(*waiting.stall);
+            with_dispatch(waiting.dispatch.as_ref(), || {
+                waiting.engine.emit_stall_now(*waiting.stall)
+            });
         }
         HANDED_OVER_AT.with(|t| t.set(Some(handling)));
     }

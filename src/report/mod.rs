@@ -657,6 +657,30 @@ pub(crate) enum Measuring {
     PollHooks { runtime: String },
 }
 
+/// tokio-console could not start (its port taken): said once, when stallscope's log is up.
+static CONSOLE_UNAVAILABLE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Keeps `line` (why tokio-console could not start) for [`say_console_unavailable`]: the
+/// console's layer is built before the subscriber it goes into is installed, so saying it then
+/// would say it to no one.
+#[cfg_attr(not(feature = "console"), allow(dead_code))]
+pub(crate) fn console_unavailable(line: String) {
+    *CONSOLE_UNAVAILABLE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(line);
+}
+
+/// Says once, as a WARN, why tokio-console could not start, if it could not.
+fn say_console_unavailable() {
+    let line = CONSOLE_UNAVAILABLE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(line) = line {
+        tracing::warn!(target: "stallscope", "{line}");
+    }
+}
+
 /// The start-up line: the mode, the threshold, stacks, where exports go and (full mode, feature
 /// `console`) whether tokio-console runs, so a reader knows stallscope is on and what it sees.
 pub(crate) fn measuring(engine: &Engine, how: &Measuring) {
@@ -683,6 +707,7 @@ pub(crate) fn measuring(engine: &Engine, how: &Measuring) {
             format!("production mode (poll hooks on runtime {runtime})")
         }
     };
+    say_console_unavailable();
     // Read before the event is dispatched, when the dispatcher is in reach.
     let console = console_state(how);
     tracing::info!(

@@ -112,3 +112,21 @@ pub fn spawn_line(task: &str) -> u32 {
 pub fn spawn_site(task: &str) -> String {
     format!("examples/blocking_in_async.rs:{}", spawn_line(task))
 }
+
+/// Runs blocking_in_async's 2 s sleep (one slow poll, so one stall span) with `env` over the
+/// OTLP defaults, a one-minute interval (what arrives comes through the final flush) and no
+/// console; returns its stderr.
+pub fn run_sleep(env: &[(&str, String)]) -> String {
+    let mut command = command("blocking_in_async");
+    command
+        .args(["--variant", "sleep"])
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "60000")
+        .env("STALLSCOPE_CONSOLE", "off");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output_within(std::time::Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    stderr
+}

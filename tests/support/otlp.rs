@@ -111,10 +111,32 @@ pub fn spans(requests: &[ExportTraceServiceRequest]) -> Vec<ReceivedSpan> {
     out
 }
 
+/// Request headers (gRPC metadata) as `name -> value`, names lowercase.
+pub type Headers = BTreeMap<String, String>;
+
 #[derive(Clone, Default)]
 struct Received {
     metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
     traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    /// `(service, metadata)` of every request.
+    metadata: Arc<Mutex<Vec<(&'static str, Headers)>>>,
+}
+
+impl Received {
+    fn keep_metadata(&self, service: &'static str, metadata: &tonic::metadata::MetadataMap) {
+        let headers = metadata
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        self.metadata.lock().unwrap().push((service, headers));
+    }
 }
 
 #[tonic::async_trait]
@@ -123,6 +145,7 @@ impl MetricsService for Received {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.keep_metadata("metrics", request.metadata());
         self.metrics.lock().unwrap().push(request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
             partial_success: None,
@@ -136,6 +159,7 @@ impl TraceService for Received {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.keep_metadata("traces", request.metadata());
         self.traces.lock().unwrap().push(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -202,6 +226,11 @@ impl GrpcReceiver {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The metadata of every request so far: `("metrics" or "traces", metadata)`.
+    pub fn metadata(&self) -> Vec<(&'static str, Headers)> {
+        self.received.metadata.lock().unwrap().clone()
+    }
+
     /// Stops the server; returns what it received (metrics requests, trace requests).
     pub fn stop(
         mut self,
@@ -225,39 +254,56 @@ impl GrpcReceiver {
 /// Requests an [`HttpReceiver`] received: `(path, body)`.
 type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
+/// The headers of the requests an [`HttpReceiver`] received: `(path, headers)`.
+type RequestHeaders = Arc<Mutex<Vec<(String, Headers)>>>;
+
 /// A minimal OTLP/HTTP receiver: answers every POST with 200 and an empty protobuf body and
 /// keeps `(path, body)`. HTTP/1.1 with `Content-Length` bodies and keep-alive, as the OTLP
 /// exporter's client sends them.
 pub struct HttpReceiver {
     port: u16,
     requests: Requests,
+    headers: RequestHeaders,
     stopping: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
 }
 
 impl HttpReceiver {
     pub fn start() -> HttpReceiver {
+        HttpReceiver::answering_after(Duration::ZERO)
+    }
+
+    /// A receiver that keeps each request at once but answers it only after `delay`: a slow
+    /// collector.
+    pub fn answering_after(delay: Duration) -> HttpReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the HTTP receiver");
         let port = listener.local_addr().unwrap().port();
         let requests = Requests::default();
+        let headers = RequestHeaders::default();
         let stopping = Arc::new(AtomicBool::new(false));
-        let (kept, stop) = (requests.clone(), stopping.clone());
+        let (kept, kept_headers, stop) = (requests.clone(), headers.clone(), stopping.clone());
         let acceptor = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                let kept = kept.clone();
-                std::thread::spawn(move || serve_connection(stream, &kept));
+                let (kept, kept_headers) = (kept.clone(), kept_headers.clone());
+                std::thread::spawn(move || serve_connection(stream, &kept, &kept_headers, delay));
             }
         });
         HttpReceiver {
             port,
             requests,
+            headers,
             stopping,
             acceptor: Some(acceptor),
         }
+    }
+
+    /// The headers of every request so far: `(path, headers)`.
+    pub fn headers(&self) -> Vec<(String, Headers)> {
+        self.headers.lock().unwrap().clone()
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -276,7 +322,12 @@ impl HttpReceiver {
     }
 }
 
-fn serve_connection(stream: TcpStream, kept: &Mutex<Vec<(String, Vec<u8>)>>) {
+fn serve_connection(
+    stream: TcpStream,
+    kept: &Mutex<Vec<(String, Vec<u8>)>>,
+    kept_headers: &Mutex<Vec<(String, Headers)>>,
+    answer_after: Duration,
+) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut writer) = stream.try_clone() else {
         return;
@@ -293,6 +344,7 @@ fn serve_connection(stream: TcpStream, kept: &Mutex<Vec<(String, Vec<u8>)>>) {
             .unwrap_or_default()
             .to_owned();
         let mut length = 0usize;
+        let mut headers = Headers::new();
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -306,13 +358,16 @@ fn serve_connection(stream: TcpStream, kept: &Mutex<Vec<(String, Vec<u8>)>>) {
                 if name.eq_ignore_ascii_case("content-length") {
                     length = value.trim().parse().unwrap_or(0);
                 }
+                headers.insert(name.to_ascii_lowercase(), value.trim().to_owned());
             }
         }
         let mut body = vec![0; length];
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        kept_headers.lock().unwrap().push((path.clone(), headers));
         kept.lock().unwrap().push((path, body));
+        std::thread::sleep(answer_after);
         let response =
             "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
         if writer.write_all(response.as_bytes()).is_err() {

@@ -19,14 +19,17 @@ use std::sync::mpsc;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use opentelemetry::metrics::{BoundHistogram, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::Resource;
 
-use quiet::{FailureLog, QuietMetricExporter, QuietSpanExporter};
+use quiet::{FailureLog, FinalExport, FlushEvent, QuietMetricExporter, QuietSpanExporter};
 pub use settings::Protocol;
 use settings::{OtlpSettings, SignalSettings};
 use spans::StallSpans;
@@ -53,6 +56,8 @@ pub(crate) struct OtlpExporter {
     /// `None` when stall spans are off.
     spans: Option<StallSpans>,
     settings: OtlpSettings,
+    /// How the metrics reader's last export went, for the final flush.
+    final_export: Arc<FinalExport>,
     /// gRPC needs a tokio runtime for tonic; this one is private and never instrumented.
     _grpc_runtime: Option<tokio::runtime::Runtime>,
 }
@@ -147,17 +152,25 @@ impl OtlpExporter {
         bounds: &[f64],
     ) -> Result<OtlpExporter, OtlpError> {
         let grpc = std::iter::once(&settings.metrics)
-            .chain(&settings.traces)
+            .chain(settings.traces.as_ref().map(|(traces, _)| traces))
             .any(|s| s.protocol == Protocol::Grpc);
         let grpc_runtime = if grpc { Some(grpc_runtime()?) } else { None };
         // tonic's channels are built inside the private runtime and live on it.
         let _enter = grpc_runtime.as_ref().map(|rt| rt.enter());
-        let mut resource = Resource::builder();
-        if let Some(name) = &settings.default_service_name {
-            resource = resource.with_service_name(name.clone());
-        }
-        let resource = resource.build();
+        // Built here, not by the SDK from the environment: its reading of
+        // OTEL_RESOURCE_ATTRIBUTES does not percent-decode values.
+        let resource = Resource::builder_empty()
+            .with_detector(Box::new(TelemetryResourceDetector))
+            .with_attributes(
+                settings
+                    .resource_attributes
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+            )
+            .with_service_name(settings.service_name.clone())
+            .build();
 
+        let final_export = Arc::new(FinalExport::default());
         let exporter = QuietMetricExporter {
             inner: build_metric_exporter(&settings.metrics)?,
             log: FailureLog::new(
@@ -165,6 +178,7 @@ impl OtlpExporter {
                 &settings.metrics.endpoint,
                 "the next export carries the totals",
             ),
+            final_export: final_export.clone(),
         };
         let reader = PeriodicReader::builder(exporter)
             .with_interval(settings.interval)
@@ -178,7 +192,7 @@ impl OtlpExporter {
         instruments::register_observables(&meter, engine);
 
         let spans = match &settings.traces {
-            Some(traces) => {
+            Some((traces, batch)) => {
                 let exporter = QuietSpanExporter {
                     inner: build_span_exporter(traces)?,
                     log: FailureLog::new(
@@ -187,7 +201,7 @@ impl OtlpExporter {
                         "the stall spans of a failed export are dropped",
                     ),
                 };
-                Some(StallSpans::start(exporter, resource))
+                Some(StallSpans::start(exporter, resource, *batch))
             }
             None => None,
         };
@@ -196,6 +210,7 @@ impl OtlpExporter {
             histograms,
             spans,
             settings,
+            final_export,
             _grpc_runtime: grpc_runtime,
         })
     }
@@ -204,7 +219,7 @@ impl OtlpExporter {
     pub(crate) fn describe(&self) -> String {
         let metrics = &self.settings.metrics;
         let spans = match &self.settings.traces {
-            Some(traces) => format!(
+            Some((traces, _)) => format!(
                 "; stall spans ({}) to {}",
                 traces.protocol_name(),
                 traces.endpoint
@@ -274,62 +289,104 @@ impl OtlpExporter {
         LockInstruments { attributes, ops }
     }
 
-    /// Final collection and export of metrics, and export of the queued stall spans, each
-    /// bounded by its export timeout, side by side. Runs on helper threads: shutting down on a
+    /// Final collection and export of metrics, and export of the queued stall spans, side by
+    /// side, each waited for as long as its export timeout allows (and a second more for the
+    /// collection), and reported as it went. Runs on helper threads: shutting down on a
     /// current-thread runtime's own thread can deadlock.
     pub(crate) fn shutdown(&self) {
-        let metrics = {
-            let provider = self.provider.clone();
-            let timeout = self.settings.metrics.timeout;
-            in_helper_thread(move || provider.shutdown_with_timeout(timeout))
-        };
+        let deadline = |settings: &SignalSettings| Instant::now() + settings.timeout + FLUSH_MARGIN;
+        let metrics_deadline = deadline(&self.settings.metrics);
+        let (events_tx, events) = mpsc::channel();
+        self.final_export.watch(events_tx.clone());
+        let provider = self.provider.clone();
+        let metrics_started = in_helper_thread(move || {
+            let _ = events_tx.send(FlushEvent::ProviderReturned(provider.shutdown()));
+        });
         let spans = match (&self.spans, &self.settings.traces) {
-            (Some(spans), Some(traces)) => {
+            (Some(spans), Some((traces, _))) => {
                 let shutdown = spans.shutdown_handle();
-                let timeout = traces.timeout;
-                in_helper_thread(move || shutdown(timeout))
+                let (done_tx, done) = mpsc::channel();
+                let timeout = traces.timeout + FLUSH_MARGIN;
+                in_helper_thread(move || {
+                    let _ = done_tx.send(shutdown(timeout));
+                })
+                .then(|| (traces, deadline(traces), done))
             }
             _ => None,
         };
-        let started = Instant::now();
-        let wait = |signal: &str, settings: &SignalSettings, done: Option<mpsc::Receiver<_>>| {
-            let Some(done) = done else { return };
-            let left =
-                (settings.timeout + Duration::from_secs(1)).saturating_sub(started.elapsed());
-            match done.recv_timeout(left) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(
-                    target: "stallscope",
-                    "final OTLP export of {signal} to {} failed: {e}; what was recorded since the last export is lost",
-                    settings.endpoint
-                ),
-                Err(_) => tracing::warn!(
-                    target: "stallscope",
-                    "final OTLP export of {signal} to {} did not finish within {:?}; giving up",
-                    settings.endpoint,
-                    settings.timeout
-                ),
-            }
+        let metrics = if metrics_started {
+            wait_for_metrics(&events, metrics_deadline)
+        } else {
+            FlushOutcome::Failed("no thread could be started for it".to_owned())
         };
-        wait("metrics", &self.settings.metrics, metrics);
-        if let Some(traces) = &self.settings.traces {
-            wait("stall spans", traces, spans);
+        report_flush("metrics", &self.settings.metrics, metrics);
+        if let Some((traces, deadline, done)) = spans {
+            let outcome =
+                match done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(Ok(())) => FlushOutcome::Delivered,
+                    Ok(Err(OTelSdkError::Timeout(_))) | Err(_) => FlushOutcome::TimedOut,
+                    Ok(Err(e)) => FlushOutcome::Failed(e.to_string()),
+                };
+            report_flush("stall spans", traces, outcome);
         }
     }
 }
 
-/// Runs `f` on a helper thread; `None` if no thread could be started.
-fn in_helper_thread(
-    f: impl FnOnce() -> OTelSdkResult + Send + 'static,
-) -> Option<mpsc::Receiver<OTelSdkResult>> {
-    let (done_tx, done_rx) = mpsc::channel();
+/// What the final flush waits beyond the export's timeout: the collection before it.
+const FLUSH_MARGIN: Duration = Duration::from_secs(1);
+
+enum FlushOutcome {
+    Delivered,
+    Failed(String),
+    TimedOut,
+}
+
+/// How the final metrics export went, from the exporter's own account: the SDK's `shutdown`
+/// returns after a fixed 5 s even while the export, bounded by its own timeout, goes on.
+fn wait_for_metrics(events: &mpsc::Receiver<FlushEvent>, deadline: Instant) -> FlushOutcome {
+    loop {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(FlushEvent::ReaderDone(None | Some(Ok(())))) => return FlushOutcome::Delivered,
+            Ok(FlushEvent::ReaderDone(Some(Err(e)))) => return FlushOutcome::Failed(e),
+            Ok(FlushEvent::ProviderReturned(Ok(()))) => return FlushOutcome::Delivered,
+            Ok(FlushEvent::ProviderReturned(Err(e @ OTelSdkError::AlreadyShutdown))) => {
+                return FlushOutcome::Failed(e.to_string())
+            }
+            // Its fixed 5 s wait ran out (the export goes on, bounded by its own timeout), or
+            // the reader failed, which it reported first.
+            Ok(FlushEvent::ProviderReturned(Err(_))) => continue,
+            Err(_) => return FlushOutcome::TimedOut,
+        }
+    }
+}
+
+/// One line when the final export of `signal` was not confirmed; nothing when it was.
+fn report_flush(signal: &str, settings: &SignalSettings, outcome: FlushOutcome) {
+    match outcome {
+        FlushOutcome::Delivered => {}
+        FlushOutcome::Failed(e) => tracing::warn!(
+            target: "stallscope",
+            "final OTLP export of {signal} to {} failed: {e}; the collector did not confirm \
+             what was recorded since the last export",
+            settings.endpoint
+        ),
+        FlushOutcome::TimedOut => tracing::warn!(
+            target: "stallscope",
+            "final OTLP export of {signal} to {} got no answer within {} ({}); giving up: \
+             the collector may not have what was recorded since the last export",
+            settings.endpoint,
+            crate::config::format_duration(settings.timeout),
+            settings.timeout_variable
+        ),
+    }
+}
+
+/// Runs `f` on a helper thread; whether one could be started.
+fn in_helper_thread(f: impl FnOnce() + Send + 'static) -> bool {
     std::thread::Builder::new()
         .name("stallscope-flush".into())
-        .spawn(move || {
-            let _ = done_tx.send(f());
-        })
-        .ok()?;
-    Some(done_rx)
+        .spawn(f)
+        .is_ok()
 }
 
 fn grpc_runtime() -> Result<tokio::runtime::Runtime, OtlpError> {
@@ -364,19 +421,23 @@ macro_rules! build_exporter {
         let built = match settings.protocol {
             #[cfg(feature = "otlp-grpc")]
             Protocol::Grpc => {
+                use opentelemetry_otlp::WithTonicConfig as _;
                 let $b = $builder
                     .with_tonic()
                     .with_endpoint(settings.endpoint.clone())
-                    .with_timeout(settings.timeout);
+                    .with_timeout(settings.timeout)
+                    .with_metadata(grpc_metadata(&settings.headers));
                 $finish
             }
             #[cfg(feature = "otlp-http")]
             Protocol::HttpProtobuf => {
+                use opentelemetry_otlp::WithHttpConfig as _;
                 let $b = $builder
                     .with_http()
                     .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                     .with_endpoint(settings.endpoint.clone())
-                    .with_timeout(settings.timeout);
+                    .with_timeout(settings.timeout)
+                    .with_headers(http_headers(&settings.headers));
                 $finish
             }
             #[allow(unreachable_patterns)]
@@ -384,6 +445,33 @@ macro_rules! build_exporter {
         };
         built.map_err(|e| OtlpError(e.to_string()))
     }};
+}
+
+/// Headers for the HTTP exporter, which percent-decodes the values it is given once more: a
+/// decoded `%` is encoded again so that it arrives as one.
+#[cfg(feature = "otlp-http")]
+fn http_headers(headers: &[(String, String)]) -> std::collections::HashMap<String, String> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.replace('%', "%25")))
+        .collect()
+}
+
+/// gRPC metadata from headers checked by [`settings`] (valid names and values).
+#[cfg(feature = "otlp-grpc")]
+fn grpc_metadata(
+    headers: &[(String, String)],
+) -> opentelemetry_otlp::tonic_types::metadata::MetadataMap {
+    let map = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                http::HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect();
+    opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(map)
 }
 
 fn build_metric_exporter(settings: &SignalSettings) -> Result<MetricExporter, OtlpError> {

@@ -2,7 +2,7 @@
 //! their recovery once: a collector that is down costs the exporter thread its timeout and the
 //! log a line every few minutes, per signal.
 
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_otlp::{MetricExporter, SpanExporter};
@@ -97,12 +97,55 @@ impl FailureLog {
 pub(crate) struct QuietMetricExporter {
     pub(crate) inner: MetricExporter,
     pub(crate) log: FailureLog,
+    pub(crate) final_export: Arc<FinalExport>,
+}
+
+/// What the final export did, as the exporter saw it. The SDK's `shutdown` gives up waiting
+/// for the reader after a fixed 5 s whatever the export's timeout, and says only "Failed to
+/// shutdown" when the export failed; the exporter knows when the reader is done with it (the
+/// reader shuts it down right after its last export) and how that export went.
+#[derive(Debug, Default)]
+pub(crate) struct FinalExport {
+    /// The latest export's outcome since [`FinalExport::watch`].
+    latest: Mutex<Option<Result<(), String>>>,
+    done: Mutex<Option<mpsc::Sender<FlushEvent>>>,
+}
+
+/// What the final metrics flush waits for.
+#[derive(Debug)]
+pub(crate) enum FlushEvent {
+    /// The reader shut the exporter down after its last export: that export's outcome, `None`
+    /// when nothing was left to export.
+    ReaderDone(Option<Result<(), String>>),
+    /// The SDK's `shutdown` returned (possibly only because its fixed wait ran out).
+    ProviderReturned(OTelSdkResult),
+}
+
+impl FinalExport {
+    /// From now on, the next shutdown of the exporter reports the latest export since to `done`.
+    pub(crate) fn watch(&self, done: mpsc::Sender<FlushEvent>) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
+    }
+
+    fn exported(&self, result: &OTelSdkResult) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    }
+
+    fn shut_down(&self) {
+        if let Some(done) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let _ = done.send(FlushEvent::ReaderDone(latest));
+        }
+    }
 }
 
 impl PushMetricExporter for QuietMetricExporter {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let result = self.inner.export(metrics).await;
         self.log.note(&result);
+        self.final_export.exported(&result);
         result
     }
 
@@ -111,7 +154,9 @@ impl PushMetricExporter for QuietMetricExporter {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+        let result = self.inner.shutdown_with_timeout(timeout);
+        self.final_export.shut_down();
+        result
     }
 
     fn temporality(&self) -> Temporality {

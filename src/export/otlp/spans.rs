@@ -14,10 +14,12 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanExporter,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanExporter,
+    SpanLimits,
 };
 use opentelemetry_sdk::Resource;
 
+use super::settings::BatchSettings;
 use crate::engine::stall::{Stall, TraceParent};
 use crate::report::RateLimiter;
 
@@ -39,14 +41,31 @@ impl std::fmt::Debug for StallSpans {
 }
 
 impl StallSpans {
-    /// A batch span processor over `exporter` (configured by the `OTEL_BSP_*` variables).
+    /// A batch span processor over `exporter`, configured by `batch` (the `OTEL_BSP_*`
+    /// variables, validated by [`super::settings`]).
     ///
     /// Stall spans are all kept (they are rate-limited instead of sampled), except that a
-    /// stall inside a trace the application sampled out is dropped with that trace.
-    pub(crate) fn start(exporter: impl SpanExporter + 'static, resource: Resource) -> Self {
+    /// stall inside a trace the application sampled out is dropped with that trace. The
+    /// sampler, span limits and batch settings are all set here, so the SDK's own reading of
+    /// `OTEL_TRACES_SAMPLER`, `OTEL_SPAN_*_LIMIT` and `OTEL_BSP_*` never applies.
+    pub(crate) fn start(
+        exporter: impl SpanExporter + 'static,
+        resource: Resource,
+        batch: BatchSettings,
+    ) -> Self {
+        let batch = BatchConfigBuilder::default()
+            .with_scheduled_delay(batch.schedule_delay)
+            .with_max_queue_size(batch.max_queue_size)
+            .with_max_export_batch_size(batch.max_export_batch_size)
+            .build();
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(BatchSpanProcessor::builder(exporter).build())
+            .with_span_processor(
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(batch)
+                    .build(),
+            )
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+            .with_span_limits(SpanLimits::default())
             .with_resource(resource)
             .build();
         let tracer = provider.tracer_with_scope(
@@ -184,6 +203,14 @@ mod tests {
         }
     }
 
+    fn test_batch() -> BatchSettings {
+        BatchSettings {
+            schedule_delay: Duration::from_secs(5),
+            max_queue_size: 2048,
+            max_export_batch_size: 512,
+        }
+    }
+
     fn site() -> &'static crate::engine::sites::Site {
         let table = Box::leak(Box::new(SiteTable::new(8, 8)));
         let bounds = crate::engine::histogram::Bounds::new(&[0.1, 1.0]);
@@ -210,7 +237,11 @@ mod tests {
     #[test]
     fn a_stall_becomes_a_span_from_its_start_to_its_end_with_its_attributes() {
         let collected = Collect::default();
-        let spans = StallSpans::start(collected.clone(), Resource::builder_empty().build());
+        let spans = StallSpans::start(
+            collected.clone(),
+            Resource::builder_empty().build(),
+            test_batch(),
+        );
         let mut stall = Stall::new(
             StallKind::SlowPoll,
             site(),
@@ -256,7 +287,11 @@ mod tests {
     #[test]
     fn a_storm_of_stalls_is_capped_and_the_next_span_counts_the_dropped() {
         let collected = Collect::default();
-        let spans = StallSpans::start(collected.clone(), Resource::builder_empty().build());
+        let spans = StallSpans::start(
+            collected.clone(),
+            Resource::builder_empty().build(),
+            test_batch(),
+        );
         let site = site();
         let stall = Stall::new(
             StallKind::LockWait,
