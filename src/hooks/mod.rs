@@ -40,6 +40,8 @@ struct Hot {
     counter: Cell<Option<&'static PollCounter>>,
     /// The first poll on this thread found no free slot: its polls are not measured.
     unmeasured: Cell<bool>,
+    /// This thread parked before (see [`on_park`]).
+    parked_before: Cell<bool>,
 }
 
 thread_local! {
@@ -48,6 +50,7 @@ thread_local! {
             slot: Cell::new(None),
             counter: Cell::new(None),
             unmeasured: Cell::new(false),
+            parked_before: Cell::new(false),
         }
     };
 }
@@ -192,12 +195,29 @@ pub(crate) fn current_task_site() -> Option<&'static Site> {
 }
 
 /// The worker is about to park: publish what it counted so idle workers hold nothing back.
-pub(crate) fn on_park(engine: &Engine) {
+///
+/// The first park of a thread also makes its runtime known, in case no task ever polls there:
+/// a current-thread runtime that only drives `block_on` (a runtime per connection or per
+/// request) runs the hooks on no poll, but parks.
+pub(crate) fn on_park(engine: &Arc<Engine>) {
     let _ = HOT.try_with(|hot| {
         if let Some(slot) = hot.slot.get() {
             slot.publish_pending(engine);
+        } else if !hot.parked_before.replace(true) {
+            first_park_on_thread(engine);
         }
     });
+}
+
+/// A thread parked before it polled a task: its runtime is watched, and known to have the
+/// hooks, from now on.
+#[cold]
+#[inline(never)]
+fn first_park_on_thread(engine: &Arc<Engine>) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        Engine::runtime_hooked(handle.id());
+        Engine::watch_runtime(engine, &handle);
+    }
 }
 
 /// Claims a slot on the thread's first poll, then measures that poll.
