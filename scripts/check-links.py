@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Every relative link and #anchor in README.md and docs/ resolves: a linked file exists, and
-an anchor names a heading of the linked (or the same) markdown file, slugged as GitHub does."""
+an anchor names a heading of the linked (or the same) markdown file, slugged as GitHub does.
+Reference-style links count too: each `[text][label]` has a `[label]: target` definition in its
+file, and each definition's target resolves like an inline link's."""
 import pathlib
 import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
-FENCE = re.compile(r"^(```|~~~)")
+FENCE = re.compile(r"^\s*(```|~~~)")
+DEFINITION = re.compile(r"^ {0,3}\[([^\]]+)\]:\s*(\S+)")
+REFERENCE = re.compile(r"\]\[([^\]]+)\]")
+CODE_SPAN = re.compile(r"`[^`]*`")
 
 
 def slug(heading):
@@ -30,14 +35,32 @@ def anchors(path):
     return found
 
 
-def links(path):
+def unfenced(path):
     fenced = False
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if FENCE.match(line):
             fenced = not fenced
-        if not fenced:
+        elif not fenced:
+            yield number, CODE_SPAN.sub("", line)
+
+
+def links(path):
+    for number, line in unfenced(path):
+        definition = DEFINITION.match(line)
+        if definition:
+            yield number, definition.group(2)
+        else:
             for target in LINK.findall(line):
                 yield number, target
+
+
+def undefined_references(path):
+    lines = list(unfenced(path))
+    defined = {m.group(1).lower() for _, line in lines if (m := DEFINITION.match(line))}
+    for number, line in lines:
+        for label in REFERENCE.findall(line):
+            if label.lower() not in defined:
+                yield number, label
 
 
 def main():
@@ -46,6 +69,8 @@ def main():
     for path in files:
         if not path.exists():
             continue
+        for number, label in undefined_references(path):
+            broken.append(f"{path.relative_to(ROOT)}:{number}: [{label}]: no definition")
         for number, target in links(path):
             if re.match(r"^[a-z][a-z0-9+.-]*:", target):
                 continue  # http(s), mailto: not checked offline
