@@ -5,6 +5,8 @@
 //! start-up with a message a user can act on instead of being silently replaced by a default.
 
 mod parse;
+#[cfg(test)]
+mod reference;
 
 use std::fmt;
 use std::ops::RangeInclusive;
@@ -480,7 +482,62 @@ pub(crate) fn check_bounds(bounds: &[f64]) -> Result<(), String> {
 /// What the configuration tests of every module share.
 #[cfg(test)]
 pub(crate) mod testing {
+    use std::path::{Path, PathBuf};
+
     use super::ConfigError;
+
+    /// A page of the user guide, `docs/<name>`.
+    pub(crate) fn doc(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("docs")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The rows of every table of `markdown` whose header's first cell is `header`, each row's
+    /// cells trimmed (header and separator rows left out).
+    pub(crate) fn table_rows(markdown: &str, header: &str) -> Vec<Vec<String>> {
+        let cells = |line: &str| -> Vec<String> {
+            line.trim()
+                .trim_matches('|')
+                .split(" | ")
+                .map(|cell| cell.trim().to_owned())
+                .collect()
+        };
+        let mut rows = Vec::new();
+        let mut in_table = false;
+        for line in markdown.lines() {
+            if !line.starts_with('|') {
+                in_table = false;
+            } else if !in_table {
+                in_table = cells(line)[0] == header;
+            } else if !line.starts_with("|---") {
+                rows.push(cells(line));
+            }
+        }
+        rows
+    }
+
+    /// Every `.rs` file under `src/` with its text, but the reference tests themselves (which
+    /// name what they look for).
+    pub(crate) fn sources() -> Vec<(PathBuf, String)> {
+        fn walk(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
+            for entry in std::fs::read_dir(dir).expect("src/ is readable") {
+                let path = entry.expect("a src/ entry").path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && path.file_name().is_some_and(|n| n != "reference.rs")
+                {
+                    let text = std::fs::read_to_string(&path).expect("a source file");
+                    out.push((path, text));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
+        out
+    }
 
     /// An environment of `pairs`: the first pair with the name wins.
     pub(crate) fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

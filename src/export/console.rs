@@ -36,7 +36,7 @@ pub(crate) const BUFFER_CAPACITY_RANGE: RangeInclusive<u64> = 1..=10_000_000;
 /// The `TOKIO_CONSOLE_*` variables console-subscriber 0.5 reads, checked; `None` is its default.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ConsoleSettings {
-    bind: SocketAddr,
+    pub(crate) bind: SocketAddr,
     retention: Option<Duration>,
     publish_interval: Option<Duration>,
     buffer_capacity: Option<usize>,

@@ -12,6 +12,8 @@ mod instruments;
 #[cfg(feature = "tracing-opentelemetry")]
 pub(crate) mod parent;
 mod quiet;
+#[cfg(test)]
+mod reference;
 pub(crate) mod settings;
 mod spans;
 
