@@ -66,6 +66,17 @@
 //!     // ...
 //! }
 //! ```
+//!
+//! # Guide
+//!
+//! The [user guide](guide) covers the rest: [the two modes](guide::modes),
+//! [the log report](guide::report), [stall stacks](guide::stacks) and how their capture stays
+//! safe, [locks](guide::locks), [runtimes and the blocking pool](guide::runtimes),
+//! [tokio-console](guide::console), [OpenTelemetry and Grafana](guide::grafana) and
+//! [operating in production](guide::operating); and the references for
+//! [configuration](guide::configuration) (every variable, builder method, default and range) and
+//! [metrics and stall spans](guide::metrics). What stallscope measured so far is also available
+//! in code, as a [`Snapshot`] from [`Guard::snapshot`].
 #![warn(missing_docs)]
 
 mod builder;
@@ -77,6 +88,28 @@ pub mod config;
 mod engine;
 mod export;
 mod guard;
+// The guide's link labels for rustdoc, before every page (see src/guide.rs): each label the
+// pages under docs/ define, pointing to the module of the same page.
+macro_rules! guide_labels {
+    () => {
+        "[modes]: crate::guide::modes\n\
+         [modes-resolution]: crate::guide::modes#resolution\n\
+         [modes-unstable]: crate::guide::modes#what-tokio_unstable-unlocks\n\
+         [report]: crate::guide::report\n\
+         [stacks]: crate::guide::stacks\n\
+         [locks]: crate::guide::locks\n\
+         [runtimes]: crate::guide::runtimes\n\
+         [console]: crate::guide::console\n\
+         [grafana]: crate::guide::grafana\n\
+         [operating]: crate::guide::operating\n\
+         [configuration]: crate::guide::configuration\n\
+         [configuration-console]: crate::guide::configuration#tokio-console\n\
+         [metrics]: crate::guide::metrics\n"
+    };
+}
+#[doc = guide_labels!()]
+#[doc = include_str!("../docs/README.md")]
+pub mod guide;
 #[cfg(tokio_unstable)]
 mod hooks;
 mod init;

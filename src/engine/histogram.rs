@@ -212,14 +212,22 @@ impl AtomicHistogram {
     }
 }
 
-/// A point-in-time copy of a histogram.
+/// A point-in-time copy of a histogram of durations, with fixed buckets.
+///
+/// Its buckets are those of [`Snapshot::histogram_bounds`](crate::Snapshot::histogram_bounds);
+/// [`Snapshot::quantile`](crate::Snapshot::quantile) reads a percentile from it. Samples too
+/// short for the coarse clock (polls and lock holds under two clock ticks) are counted in the
+/// bucket holding two ticks without a duration: they are in `counts` and `count`, not in `sum`
+/// or `max`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HistogramSnapshot {
-    /// Samples per bucket; `counts[i]` holds samples `<= bounds[i]`, the last one the rest.
+    /// Samples per bucket: `counts[i]` holds the samples at most `bounds[i]` and over the
+    /// previous bound; the last one, past every bound, the rest.
     pub counts: Vec<u64>,
-    /// Number of samples.
+    /// Number of samples, timed or counted: the sum of `counts`.
     pub count: u64,
-    /// Sum of all samples.
+    /// Sum of the timed samples. `sum / count` underestimates the mean when short samples were
+    /// only counted.
     pub sum: Duration,
     /// Largest sample.
     pub max: Duration,
