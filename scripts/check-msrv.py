@@ -10,7 +10,9 @@ import sys
 
 
 def version_key(v):
-    return tuple(int(p) for p in v.split("."))
+    # "1.88" and "1.88.0" are the same version.
+    parts = [int(p) for p in v.split(".")]
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
 def main():

@@ -24,10 +24,10 @@
 //! still, and a poll that began during that spell read the spell's first value as its start,
 //! which makes it look that much longer than it was. The upkeep thread records every spell
 //! longer than [`LATE_AFTER_TICKS`] ticks in a [`LateSpells`] ledger, and every duration that
-//! is compared with the threshold is read through [`at_least`]: a start read during a late
-//! spell counts from the spell's end. A slow poll is reported only when it was slow by that lower
-//! bound; a poll that only looked slow because the clock stood still is timed to what it can
-//! be shown to have lasted. Fast polls never look at the ledger.
+//! reaches the threshold is read through [`at_least`]: a start read during a late spell counts
+//! from the spell's end. A slow poll is reported only when it was slow by that lower bound; a
+//! poll that only looked slow because the clock stood still is timed to what it can be shown to
+//! have lasted. Polls under the threshold never look at the ledger.
 
 use std::sync::atomic::{
     fence, AtomicU64,
@@ -113,20 +113,21 @@ pub(crate) fn is_idle(raw: u64) -> bool {
     raw & IDLE != 0
 }
 
-/// A duration measured on the clock from `start` to `end`, at least: `end - start`, except
-/// when `start` was read while the clock stood still in a late spell; then the poll (or wait)
-/// may have begun any time before the spell ended, and only `end - (end of the spell)` is
-/// certain. `end` needs no correction: a stale end only understates.
+/// A duration measured on the clock from `start` to `end`, for comparing with `threshold`:
+/// `end - start` while that is under the threshold (as exact as the clock is: a few ticks at
+/// worst when its thread ran a little late); at or over it, only what can be shown: when
+/// `start` was read while the clock stood still in a late spell, the poll (or wait) may have
+/// begun any time before the spell ended, and only `end - (end of the spell)` is certain. `end`
+/// needs no correction: a stale end only understates.
 ///
-/// For every duration that is compared with the threshold, and recorded beside durations that
-/// are (polls, lock waits), so that no histogram holds a value its report denies. Lock holds,
-/// never reported, are timed as read. Cost: nothing under two ticks, one load while no spell
-/// was recorded since `start`, a short backwards walk otherwise.
+/// For every duration that is compared with the threshold (polls, lock waits), and recorded as
+/// such, so that no histogram holds a slow value its report denies. Cost: one compare under
+/// the threshold; at or over it, one load while no spell was recorded since `start`, a short
+/// backwards walk otherwise.
 #[inline]
-pub(crate) fn at_least(start: u64, end: u64) -> u64 {
+pub(crate) fn at_least(start: u64, end: u64, threshold: std::time::Duration) -> u64 {
     let measured = end.saturating_sub(start);
-    // Under two ticks it is counted, not timed: a correction could only shorten it.
-    if measured < fast_poll_ns() {
+    if u128::from(measured) < threshold.as_nanos() {
         return measured;
     }
     confirmed(start, end)
@@ -513,10 +514,10 @@ mod tests {
     }
 
     #[test]
-    fn durations_under_two_ticks_are_never_corrected_and_longer_ones_never_grow() {
+    fn durations_under_the_threshold_are_never_corrected() {
         let start = now_ns();
-        assert_eq!(at_least(start, start + 10), 10);
-        let long = at_least(start, start + 500_000_000);
-        assert!(long <= 500_000_000);
+        let threshold = Duration::from_millis(100);
+        assert_eq!(at_least(start, start + 99_999_999, threshold), 99_999_999);
+        assert!(at_least(start, start + 500_000_000, threshold) <= 500_000_000);
     }
 }

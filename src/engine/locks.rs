@@ -268,6 +268,11 @@ impl LockSite {
         }
     }
 
+    /// The instance's slow threshold, which a wait on a worker is reported at.
+    pub(crate) fn slow_threshold(&self) -> Duration {
+        self.slow_threshold
+    }
+
     /// The lock's name, or its creation site.
     pub(crate) fn describe(&self) -> String {
         match self.name {

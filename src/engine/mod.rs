@@ -747,8 +747,11 @@ impl Engine {
         self.say_startup_notes();
         self.runtimes.stop_sampler();
         // Reports still on their way (a stall waiting for its stack among them) come before
-        // the summary, and the stacks they resolved are in it.
-        report::deferred::flush(SHUTDOWN_REPORTS_WAIT);
+        // the summary, and the stacks they resolved are in it. Not inside a task: a guard
+        // dropped there would hold up its worker (the summary then comes before them).
+        if tokio::task::try_id().is_none() {
+            report::deferred::flush(SHUTDOWN_REPORTS_WAIT);
+        }
         let snapshot = self.snapshot();
         let measured_nothing = snapshot.tasks.iter().all(|t| t.polls.count == 0)
             && snapshot.blocking.iter().all(|b| b.jobs_spawned == 0)

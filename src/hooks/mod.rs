@@ -164,7 +164,7 @@ fn timed_poll(
     }
     // A start read while the clock stood still (its thread not scheduled) is bounded by the
     // spell's end: a poll is timed to what it can be shown to have lasted.
-    elapsed = clock::at_least(start, end);
+    elapsed = clock::at_least(start, end, engine.config.slow_poll_threshold);
     if elapsed < clock::fast_poll_ns() {
         return counter.count_one();
     }

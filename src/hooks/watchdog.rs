@@ -44,7 +44,8 @@ pub(crate) fn scan(now: u64) -> bool {
             };
             // Not `now - start`: a start read while the clock stood still may be a late
             // spell's first value; only the time since the spell ended is certain.
-            let elapsed = Duration::from_nanos(clock::at_least(start, now));
+            let threshold = engine.config.slow_poll_threshold;
+            let elapsed = Duration::from_nanos(clock::at_least(start, now, threshold));
             if elapsed < engine.config.slow_poll_threshold {
                 continue;
             }

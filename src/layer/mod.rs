@@ -522,7 +522,14 @@ impl StallscopeLayer {
         };
         // The lock whose guard, taken during this poll, is still held as it ends.
         let held = crate::sync::guard_taken_in_poll_still_held(span);
-        let (poll, elapsed) = (ended.poll, ended.elapsed);
+        let poll = ended.poll;
+        // A start read while the clock stood still is bounded by the spell's end, once the
+        // poll looks slow.
+        let elapsed = clock::at_least(
+            poll.start,
+            poll.start.saturating_add(ended.elapsed),
+            self.engine.config.slow_poll_threshold,
+        );
         if let (PollKind::Async { .. }, Some(lock)) = (poll.kind, held) {
             self.engine.guard_held_across_await(lock, poll.site);
         }

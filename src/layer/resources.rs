@@ -276,7 +276,11 @@ where
 pub(crate) fn close_async_op(engine: &Engine, op: OpRef) {
     // SAFETY: called from the span's `on_close`.
     let op = unsafe { op.wait() };
-    let waited = Duration::from_nanos(clock::at_least(op.created.load(Relaxed), clock::now_ns()));
+    let waited = Duration::from_nanos(clock::at_least(
+        op.created.load(Relaxed),
+        clock::now_ns(),
+        engine.config.slow_poll_threshold,
+    ));
     let acquired = op.ready.load(Relaxed);
     let contended = op.pending.load(Relaxed);
     let (site, lock_op) = (op.site(), op.op());

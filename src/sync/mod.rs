@@ -305,7 +305,7 @@ impl Wait {
 #[inline]
 fn waited(site: &'static LockSite, op: LockOp, started: u64) -> Hold {
     let now = clock::now_ns();
-    let waited = Duration::from_nanos(clock::at_least(started, now));
+    let waited = Duration::from_nanos(clock::at_least(started, now, site.slow_threshold()));
     if site.record_wait(op, waited) {
         if let Some(engine) = default_engine() {
             engine.blocking_lock_wait(site, op, waited);
@@ -322,7 +322,7 @@ impl Drop for Wait {
 
 /// A wait that began at `started` (coarse clock) was given up now: recorded as cancelled.
 fn gave_up(site: &'static LockSite, op: LockOp, started: u64) {
-    let waited = Duration::from_nanos(clock::at_least(started, clock::now_ns()));
+    let waited = Duration::from_nanos(clock::now_ns().saturating_sub(started));
     site.record_cancelled_wait(op, waited);
 }
 
