@@ -1,4 +1,5 @@
-//! Instrument names, units and attributes. The README's metrics reference mirrors this file.
+//! Instrument names, units and attributes. docs/metrics.md's reference mirrors this file
+//! (checked by `reference`).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};

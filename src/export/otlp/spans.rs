@@ -1,6 +1,6 @@
 //! Stall spans: each stall at or over the threshold as one OTLP span, from the stall's start to
-//! its end (wall clock), parented to the user's span when one is known. The README's "Stall
-//! spans" reference mirrors this file.
+//! its end (wall clock), parented to the user's span when one is known. docs/metrics.md's
+//! "Stall spans" reference mirrors this file (checked by `reference`).
 //!
 //! Spans go through the SDK's batch span processor, which exports on its own thread from a
 //! bounded queue (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048) that drops when full: recording never

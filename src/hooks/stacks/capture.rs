@@ -127,7 +127,7 @@ fn install_once(signal: i32) -> Result<i32, InstallError> {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
         // SA_RESTART: most interrupted syscalls of the stalled thread resume instead of
-        // failing with EINTR (see the README on what still can).
+        // failing with EINTR (docs/stacks.md says what still can).
         action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
         if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
