@@ -40,7 +40,8 @@ pub use crate::engine::histogram::HistogramSnapshot;
 /// # if cfg!(tokio_unstable) { // poll hooks need `--cfg tokio_unstable`
 /// let site = snapshot.tasks_in(".rs").find(|t| t.slow_polls > 0).expect("the sleeping task");
 /// assert_eq!(site.slow_polls, 1);
-/// assert!(site.slow_poll_time >= Duration::from_millis(100)); // to the clock's tick
+/// // Timed on the coarse clock: a late clock thread only ever shortens a slow poll.
+/// assert!(site.slow_poll_time >= Duration::from_millis(100));
 /// assert!(site.polls.count >= 1);
 /// // The 99th percentile of its polls, as the upper bound of its bucket.
 /// let p99 = snapshot.quantile(&site.polls, 0.99).unwrap();
