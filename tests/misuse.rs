@@ -139,6 +139,33 @@ fn second_instance_for_instrument_runtime() {
     drop(guard);
 }
 
+/// A burst of slow polls right before the guard drops: more lines than the rate limit lets
+/// through in a second.
+fn burst_at_the_end() {
+    let stallscope = stallscope::Builder::new()
+        .slow_poll_threshold(Duration::from_millis(20))
+        .capture_stacks(false)
+        .build()
+        .unwrap();
+    let guard = stallscope.guard();
+    tracing_subscriber::registry()
+        .with(stallscope)
+        .with(log())
+        .init();
+    let runtime = runtime(None);
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..40)
+            .map(|_| tokio::spawn(async { std::thread::sleep(Duration::from_millis(30)) }))
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    drop(runtime);
+    eprintln!("slow polls in all: {}", slow_polls(&guard.snapshot()));
+    drop(guard);
+}
+
 #[test]
 fn child() {
     let Ok(program) = std::env::var(CHILD) else {
@@ -150,6 +177,7 @@ fn child() {
         "two_guards" => two_guards(),
         "try_init_with_a_subscriber_set" => try_init_with_a_subscriber_set(),
         "second_instance_for_instrument_runtime" => second_instance_for_instrument_runtime(),
+        "burst_at_the_end" => burst_at_the_end(),
         other => panic!("no program {other}"),
     }
     eprintln!("child done");
@@ -235,4 +263,36 @@ fn a_second_instance_for_instrument_runtime_next_to_init_measures_and_never_expo
     let requests = receiver.stop();
     let metrics = requests.iter().filter(|(p, _)| p == "/v1/metrics").count();
     assert_eq!(metrics, 1, "{log}");
+}
+
+#[test]
+fn a_burst_of_suppressed_lines_at_the_very_end_is_counted_in_a_line() {
+    let log = run("burst_at_the_end", &[]);
+    let at_the_end = lines_with(&log, "more report lines were suppressed by the rate limit");
+    assert_eq!(at_the_end.len(), 1, "{log}");
+    // Each slow poll is written, or counted in some line's `suppressed` field (which counts the
+    // live reports suppressed too).
+    let in_all: usize = log
+        .split("slow polls in all: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the child's count");
+    assert!(in_all > 20, "a burst over the limit: {in_all}");
+    let slow_polls_written = lines_with(&log, "slow poll:").len();
+    let suppressed: usize = log
+        .lines()
+        .filter_map(|l| l.split(" suppressed=").nth(1))
+        .map(|n| {
+            n.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert!(
+        slow_polls_written + suppressed >= in_all,
+        "{slow_polls_written} written, {suppressed} suppressed:\n{log}"
+    );
 }

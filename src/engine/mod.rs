@@ -34,6 +34,10 @@ use starvation::Starvation;
 /// info, read once), and the log's writer may be slow.
 pub(crate) const SHUTDOWN_REPORTS_WAIT: Duration = Duration::from_secs(5);
 
+/// Report lines an instance writes a second at most; the next line written says how many more
+/// there were (or a line of its own when the instance ends).
+const REPORT_LINES_PER_SECOND: u64 = 20;
+
 /// A stalled worker's stack, resolved: what the report and exporters say of it.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct StallStack {
@@ -169,7 +173,7 @@ impl Engine {
             starvation: Starvation::default(),
             task_spans_seen: AtomicBool::new(false),
             stall_stacks: AtomicU64::new(0),
-            limiter: RateLimiter::new(20),
+            limiter: RateLimiter::new(REPORT_LINES_PER_SECOND),
             guards: AtomicUsize::new(0),
             refused: AtomicBool::new(false),
             in_subscriber: AtomicBool::new(false),
@@ -790,6 +794,11 @@ impl Engine {
             .store(measured_nothing, Relaxed);
         if !self.refused.load(Relaxed) {
             report::warn_if_no_task_spans(self, true);
+        }
+        // A burst at the very end: no later line would carry the count.
+        let suppressed = self.limiter.take_suppressed();
+        if suppressed > 0 {
+            report::suppressed_at_the_end(suppressed, REPORT_LINES_PER_SECOND);
         }
         if self.config.summary_on_drop && !self.refused.load(Relaxed) {
             report::summary(&snapshot);

@@ -84,6 +84,24 @@ impl RateLimiter {
     }
 }
 
+impl RateLimiter {
+    /// Lines suppressed since the last one written, now said by the caller (none follows).
+    pub(crate) fn take_suppressed(&self) -> u64 {
+        self.suppressed.swap(0, Relaxed)
+    }
+}
+
+/// Said when the instance ends with lines suppressed since the last one written: no later line
+/// carries their count in its `suppressed` field.
+pub(crate) fn suppressed_at_the_end(n: u64, per_second: u64) {
+    tracing::warn!(
+        target: "stallscope",
+        suppressed = n,
+        "{n} more report lines were suppressed by the rate limit ({per_second} a second) after the \
+         last one written; the summary counts every stall"
+    );
+}
+
 /// The `suppressed` field: report lines the rate limit dropped since the last one written.
 fn suppressed(n: u64) -> Option<u64> {
     (n > 0).then_some(n)
