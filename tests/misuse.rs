@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing_subscriber::prelude::*;
 
-use support::child::{log, run, CHILD};
+use support::child::{full_mode, log, run, two_workers, CHILD};
 use support::log::lines_with;
 use support::otlp::HttpReceiver;
 
@@ -32,11 +32,12 @@ fn stalls(runtime: &tokio::runtime::Runtime, n: usize) {
 }
 
 fn runtime(instrumented_by: Option<&stallscope::StallscopeLayer>) -> tokio::runtime::Runtime {
+    let Some(stallscope) = instrumented_by else {
+        return two_workers();
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
-    if let Some(stallscope) = instrumented_by {
-        stallscope.instrument_runtime(&mut builder);
-    }
+    stallscope.instrument_runtime(&mut builder);
     builder.build().unwrap()
 }
 
@@ -142,16 +143,11 @@ fn second_instance_for_instrument_runtime() {
 /// A burst of slow polls right before the guard drops: more lines than the rate limit lets
 /// through in a second.
 fn burst_at_the_end() {
-    let stallscope = stallscope::Builder::new()
-        .slow_poll_threshold(Duration::from_millis(20))
-        .capture_stacks(false)
-        .build()
-        .unwrap();
-    let guard = stallscope.guard();
-    tracing_subscriber::registry()
-        .with(stallscope)
-        .with(log())
-        .init();
+    let guard = full_mode(
+        stallscope::Builder::new()
+            .slow_poll_threshold(Duration::from_millis(20))
+            .capture_stacks(false),
+    );
     let runtime = runtime(None);
     runtime.block_on(async {
         let tasks: Vec<_> = (0..40)

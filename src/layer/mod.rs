@@ -298,12 +298,11 @@ where
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         // Records only: never emit events from here (see on_new_span).
-        if self.refused {
-            return;
-        }
         match resources::event_kind(event.metadata()) {
             resources::EventKind::Other => {}
-            kind => self.resource_event(kind, event, &ctx),
+            // (A refused layer is asked here, past tokio's waker events on every poll.)
+            kind if !self.refused => self.resource_event(kind, event, &ctx),
+            _ => {}
         }
     }
 

@@ -36,3 +36,25 @@ where
         .with_ansi(false)
         .with_filter(stallscope::log_filter())
 }
+
+/// Full mode as the README sets it up: `builder`'s layer and [`log`] in the global subscriber.
+/// Returns the instance's guard.
+pub fn full_mode(builder: stallscope::Builder) -> stallscope::Guard {
+    use tracing_subscriber::prelude::*;
+    let stallscope = builder.build().unwrap();
+    let guard = stallscope.guard();
+    tracing_subscriber::registry()
+        .with(stallscope)
+        .with(log())
+        .init();
+    guard
+}
+
+/// A runtime with two workers and every driver.
+pub fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
