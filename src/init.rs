@@ -7,7 +7,7 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
 
-use crate::config::{parse_bool, var, vars, ConfigError};
+use crate::config::{parse_bool, vars, ConfigError};
 use crate::{Builder, Error, Guard};
 
 /// Installs the global subscriber: `fmt` to stderr (filtered by [`log_filter`]: `RUST_LOG`,
@@ -114,7 +114,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     let env = |name: &str| std::env::var(name).ok();
-    if let Some(v) = var(&env, vars::CONSOLE) {
+    if let Some(v) = crate::config::var(&env, vars::CONSOLE) {
         if !parse_bool(vars::CONSOLE, &v)? {
             return Ok(None);
         }
