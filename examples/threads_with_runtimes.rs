@@ -4,7 +4,8 @@
 //! build a runtime; every task increments a shared counter under a `std::sync::Mutex` (held
 //! while it does some synchronous work), sleeps asynchronously, and prints what it saw. The
 //! output order and values change from run to run, and the workers block one another through
-//! the std lock. A second part has many tasks hold a `tokio::sync::Mutex` across an `.await`.
+//! the std lock. A second part has many tasks hold a `tokio::sync::Mutex` across an `.await`,
+//! and a status check give up waiting for it.
 //! stallscope tells the runtimes apart (`tokio.runtime.id`), flags the runtime-per-thread
 //! pattern, reports each blocking lock wait on a worker, and lists the most contended locks.
 //!
@@ -132,12 +133,28 @@ async fn tokio_lock_part(fixed: bool) {
             })
         })
         .collect();
+    // A status check that waits at most 10 ms for the lock: behind guards held across an
+    // .await it gives up (a cancelled wait, on the locks dashboard), with the fix it answers.
+    let status = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(10), state.lock())
+                .await
+                .is_ok()
+        })
+    };
     for task in tasks {
         task.await.unwrap();
     }
+    let answered = status.await.unwrap();
     info!(
-        "tokio::sync::Mutex part: {} updates",
-        state.lock().await.len()
+        "tokio::sync::Mutex part: {} updates; the status check {}",
+        state.lock().await.len(),
+        if answered {
+            "got the lock"
+        } else {
+            "gave up waiting for the lock"
+        }
     );
 }
 

@@ -96,7 +96,8 @@ impl Builder {
         self
     }
 
-    /// Most (spawn location, task name) sites tracked (default 512); more share `<other>`.
+    /// Most (spawn location, task name) sites tracked (default 512, at most 1,024); more share
+    /// `<other>`. Locks are tracked up to the same number, at most 256; more share `<other>`.
     pub fn max_sites(mut self, n: usize) -> Self {
         self.config.max_sites = n;
         self
@@ -237,7 +238,11 @@ impl Builder {
                 .then_some(())
                 .ok_or("a positive whole number".to_owned())
         };
-        refuse("max_sites", c.max_sites.to_string(), positive(c.max_sites))?;
+        refuse(
+            "max_sites",
+            c.max_sites.to_string(),
+            crate::config::check_max_sites(c.max_sites),
+        )?;
         refuse(
             "max_task_names_per_location",
             c.max_task_names_per_location.to_string(),
@@ -279,14 +284,31 @@ fn start_otlp(
     for note in &settings.not_followed {
         notes.push((tracing::Level::WARN, note.clone()));
     }
+    // Two instances would export the same series (same names, same labels) with different
+    // values: the receiver would see two writers of one series. The first keeps exporting.
+    let mut exporting = EXPORTING.lock().unwrap_or_else(|e| e.into_inner());
+    exporting.retain(|other| other.upgrade().is_some_and(|e| !e.is_shut_down()));
+    if !exporting.is_empty() {
+        notes.push((
+            tracing::Level::WARN,
+            crate::report::SECOND_EXPORTER.to_owned(),
+        ));
+        return Ok(());
+    }
     let exporter = OtlpExporter::start(
         std::sync::Arc::downgrade(engine),
         settings,
         &engine.config.histogram_bounds,
     )?;
     let _ = engine.otlp.set(exporter);
+    exporting.push(std::sync::Arc::downgrade(engine));
     Ok(())
 }
+
+/// The instances exporting over OTLP in this process (at most one alive and not shut down).
+#[cfg(feature = "_otlp")]
+static EXPORTING: std::sync::Mutex<Vec<std::sync::Weak<Engine>>> =
+    std::sync::Mutex::new(Vec::new());
 
 #[cfg(not(feature = "_otlp"))]
 fn start_otlp(
@@ -379,7 +401,8 @@ mod tests {
                 b().histogram_bounds((1..=65).map(f64::from).collect::<Vec<_>>()),
                 "at most 64",
             ),
-            ("max_sites", b().max_sites(0), "positive whole number"),
+            ("max_sites", b().max_sites(0), "from 1 to 1024"),
+            ("max_sites", b().max_sites(100_000), "from 1 to 1024"),
             (
                 "max_task_names_per_location",
                 b().max_task_names_per_location(0),

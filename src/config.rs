@@ -71,7 +71,8 @@ pub struct Config {
     pub sample_interval: Duration,
     /// Histogram bucket bounds, in seconds, strictly increasing.
     pub histogram_bounds: Vec<f64>,
-    /// Distinct (spawn location, task name) pairs tracked; further ones share one overflow site.
+    /// Distinct (spawn location, task name) pairs tracked, 1 to 1,024; further ones share one
+    /// overflow site. Lock sites are tracked up to the same number, at most 256.
     pub max_sites: usize,
     /// Distinct task names tracked per spawn location; further names are recorded as `<other>`.
     pub max_task_names_per_location: usize,
@@ -199,6 +200,8 @@ impl Config {
         }
         if let Some(v) = var(lookup, vars::MAX_SITES) {
             self.max_sites = parse_count(vars::MAX_SITES, &v)?;
+            check_max_sites(self.max_sites)
+                .map_err(|expected| ConfigError::new(vars::MAX_SITES, &v, &expected))?;
         }
         if let Some(v) = var(lookup, vars::MAX_TASK_NAMES) {
             self.max_task_names_per_location = parse_count(vars::MAX_TASK_NAMES, &v)?;
@@ -453,6 +456,25 @@ fn parse_count(variable: &str, value: &str) -> Result<usize, ConfigError> {
         .ok_or_else(|| ConfigError::new(variable, value, "a positive whole number"))
 }
 
+/// The most sites (spawn locations with task names, blocking call sites) an instance tracks:
+/// each is one attribute set of every per-site instrument, and the OpenTelemetry SDK merges
+/// an instrument's attribute sets beyond 2,000 into one `otel.metric.overflow` series. Lock
+/// sites are bounded lower (see `MAX_LOCK_SITES`): a lock has up to four attribute sets per
+/// instrument.
+pub(crate) const MAX_SITES_LIMIT: usize = 1024;
+
+/// `max_sites` within 1 to [`MAX_SITES_LIMIT`], or what it must be.
+pub(crate) fn check_max_sites(max_sites: usize) -> Result<(), String> {
+    if (1..=MAX_SITES_LIMIT).contains(&max_sites) {
+        Ok(())
+    } else {
+        Err(format!(
+            "a whole number from 1 to {MAX_SITES_LIMIT} (each site is a series of every per-site \
+             metric; 512 by default)"
+        ))
+    }
+}
+
 const BOUNDS_EXPECTED: &str = "strictly increasing seconds from 0.000001 to 86400 (at most 64, \
      at least a nanosecond apart) separated by commas, such as 0.001,0.01,0.1,1";
 
@@ -660,6 +682,7 @@ mod tests {
             ),
             ("STALLSCOPE_MAX_SITES", "0", "positive whole number"),
             ("STALLSCOPE_MAX_SITES", "-1", "positive whole number"),
+            ("STALLSCOPE_MAX_SITES", "100000", "from 1 to 1024"),
             ("STALLSCOPE_MAX_TASK_NAMES", "lots", "positive whole number"),
             ("STALLSCOPE_OTLP", "sometimes", "auto, on, off"),
             ("STALLSCOPE_STACKS", "maybe", "on or off"),

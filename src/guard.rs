@@ -11,6 +11,10 @@ use crate::snapshot::Snapshot;
 /// in a set-up function that returns). A guard dropped before anything was measured, while
 /// stallscope goes on measuring, is said once in the log (`guard dropped early`).
 ///
+/// Several guards of one instance (`guard()` called twice) end it together: the summary and
+/// the flush come when the last of them drops, so dropping one never stops exporting for the
+/// others.
+///
 /// ```
 /// let layer = stallscope::Builder::new().build().unwrap();
 /// let guard = layer.guard();
@@ -25,6 +29,7 @@ pub struct Guard {
 
 impl Guard {
     pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        engine.guard_taken();
         Guard { engine }
     }
 
@@ -77,6 +82,8 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.engine.shutdown();
+        if self.engine.guard_dropped() {
+            self.engine.shutdown();
+        }
     }
 }

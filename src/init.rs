@@ -21,6 +21,14 @@ pub fn try_init() -> Result<Guard, Error> {
     // Every variable is checked before anything starts: a bad one is an error, not a panic
     // inside console-subscriber or a half-started instance.
     let log_filter = try_log_filter()?;
+    // Refused before anything starts: an instance built only to be thrown away would leave
+    // exporter threads, a start-up line, a summary of a run that never was and a final flush
+    // (seconds against a collector that does not answer) behind.
+    if tracing::dispatcher::has_been_set() {
+        return Err(Error::SubscriberAlreadySet(
+            "a global default trace dispatcher has already been set".to_owned(),
+        ));
+    }
     let console = try_console_layer()?;
     let layer = Builder::from_env()?.build()?;
     let guard = layer.guard();

@@ -3,39 +3,18 @@
 //! stays quiet about a guard that lives as long as it should. Each program is this test binary
 //! re-executed with `STALLSCOPE_TEST_CHILD` naming it (one global subscriber per process).
 
-use std::process::Command;
+mod support;
+
 use std::time::Duration;
 
+use support::child::{log, CHILD};
 use tracing_subscriber::prelude::*;
-use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::Layer;
 
-const CHILD: &str = "STALLSCOPE_TEST_CHILD";
 const DROPPED_EARLY: &str = "guard dropped early";
 
 /// Runs `program` in a child process; returns its log.
 fn run(program: &str) -> String {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(CHILD, program)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run child");
-    let log = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "{log}");
-    assert!(log.contains("child done"), "{log}");
-    log
-}
-
-/// The README's fmt layer, writing to stderr for the parent to read.
-fn log<S>() -> impl Layer<S>
-where
-    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-{
-    tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_filter(stallscope::log_filter())
+    support::child::run(program, &[])
 }
 
 fn init_log() {

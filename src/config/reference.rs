@@ -112,7 +112,11 @@ fn expected() -> BTreeMap<&'static str, Row> {
         ),
         (
             vars::MAX_SITES,
-            read("max_sites", d.max_sites.to_string(), text("1 or more")),
+            read(
+                "max_sites",
+                d.max_sites.to_string(),
+                Some(format!("1 to {}", crate::config::MAX_SITES_LIMIT)),
+            ),
         ),
         (
             vars::MAX_TASK_NAMES,

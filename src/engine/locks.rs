@@ -1,6 +1,7 @@
 //! Locks: where each wrapped lock was created (or its name), and how long acquisitions waited
-//! and guards were held. Bounded like the spawn sites: at most `max_sites` locks sites, further
-//! ones share `<other>`; sites are leaked so the lock path holds `&'static LockSite`.
+//! and guards were held. Bounded like the spawn sites: at most `max_sites` lock sites, and at
+//! most [`MAX_LOCK_SITES`]; further ones share `<other>`; sites are leaked so the lock path
+//! holds `&'static LockSite`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -292,6 +293,11 @@ struct Table {
     overflow: Option<&'static LockSite>,
 }
 
+/// The most lock sites an instance tracks, whatever `max_sites` says: a tokio RwLock has four
+/// attribute sets of `tokio.lock.wait.duration` (read and write, acquired and cancelled), so
+/// 256 locks and `<other>` stay at 1,028, under the OpenTelemetry SDK's 2,000 per instrument.
+pub(crate) const MAX_LOCK_SITES: usize = 256;
+
 /// The bounded set of lock sites of one stallscope instance.
 #[derive(Debug)]
 pub(crate) struct LockTable {
@@ -306,7 +312,7 @@ impl LockTable {
     pub(crate) fn new(max_sites: usize, bounds: &Bounds, slow_threshold: Duration) -> Self {
         LockTable {
             table: Mutex::new(Table::default()),
-            max_sites,
+            max_sites: max_sites.min(MAX_LOCK_SITES),
             bounds: Box::leak(Box::new(bounds.clone())),
             slow_threshold,
         }

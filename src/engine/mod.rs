@@ -13,7 +13,7 @@ pub(crate) mod stall;
 pub(crate) mod starvation;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 #[cfg(feature = "_otlp")]
 use std::sync::OnceLock;
@@ -33,6 +33,10 @@ use starvation::Starvation;
 /// The first stack of a process can take a second or more to resolve (a large binary's debug
 /// info, read once), and the log's writer may be slow.
 pub(crate) const SHUTDOWN_REPORTS_WAIT: Duration = Duration::from_secs(5);
+
+/// Report lines an instance writes a second at most; the next line written says how many more
+/// there were (or a line of its own when the instance ends).
+const REPORT_LINES_PER_SECOND: u64 = 20;
 
 /// A stalled worker's stack, resolved: what the report and exporters say of it.
 #[derive(Clone, Debug, Default)]
@@ -103,6 +107,16 @@ pub(crate) struct Engine {
     /// feature is off. Set once (a read of a line no one writes, not an add per spawn).
     pub(crate) task_spans_seen: AtomicBool,
     limiter: RateLimiter,
+    /// A second layer in a subscriber that has one: it measures nothing, and its guard
+    /// logs no summary of nothing.
+    pub(crate) refused: AtomicBool,
+    /// This instance's layer went into a subscriber.
+    pub(crate) in_subscriber: AtomicBool,
+    /// "No tokio task spans seen" was said.
+    pub(crate) no_task_spans_said: AtomicBool,
+    /// Guards alive: the last one to drop ends the instance (an earlier drop would stop the
+    /// exporters while the others still expect them).
+    guards: AtomicUsize,
     shut_down: AtomicBool,
     /// Said once, from a place where emitting an event is safe (never from inside
     /// `on_new_span`/`on_event`); the flag is set before logging, which may re-enter us.
@@ -159,7 +173,11 @@ impl Engine {
             starvation: Starvation::default(),
             task_spans_seen: AtomicBool::new(false),
             stall_stacks: AtomicU64::new(0),
-            limiter: RateLimiter::new(20),
+            limiter: RateLimiter::new(REPORT_LINES_PER_SECOND),
+            guards: AtomicUsize::new(0),
+            refused: AtomicBool::new(false),
+            in_subscriber: AtomicBool::new(false),
+            no_task_spans_said: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
             hooks_installed: AtomicBool::new(false),
             #[cfg(feature = "_otlp")]
@@ -244,10 +262,19 @@ impl Engine {
             engine.hooks_installed.store(true, Relaxed);
             let (before, after) = (engine.clone(), engine.clone());
             let park = engine.clone();
+            // This runtime's first park (on any of its threads) makes it known: a thread's
+            // first poll does too, but a thread that builds a runtime per request polls the
+            // later ones with its slot long claimed.
+            let parked_before = AtomicBool::new(false);
             builder
                 .on_before_task_poll(move |meta| crate::hooks::before_poll(&before, meta))
                 .on_after_task_poll(move |meta| crate::hooks::after_poll(&after, meta))
-                .on_thread_park(move || crate::hooks::on_park(&park))
+                .on_thread_park(move || {
+                    if !parked_before.load(Relaxed) && !parked_before.swap(true, Relaxed) {
+                        crate::hooks::runtime_parks_first(&park);
+                    }
+                    crate::hooks::on_park(&park)
+                })
         }
         #[cfg(not(tokio_unstable))]
         {
@@ -739,6 +766,16 @@ impl Engine {
         snapshot
     }
 
+    /// A guard was made.
+    pub(crate) fn guard_taken(&self) {
+        self.guards.fetch_add(1, Relaxed);
+    }
+
+    /// A guard dropped: whether it was the last one, which ends the instance.
+    pub(crate) fn guard_dropped(&self) -> bool {
+        self.guards.fetch_sub(1, Relaxed) == 1
+    }
+
     /// Stops sampling, flushes every exporter and logs the summary; runs once.
     pub(crate) fn shutdown(&self) {
         if self.shut_down.swap(true, Relaxed) {
@@ -758,7 +795,15 @@ impl Engine {
             && snapshot.locks.iter().all(|l| l.acquisitions == 0);
         self.dropped_before_measuring
             .store(measured_nothing, Relaxed);
-        if self.config.summary_on_drop {
+        if !self.refused.load(Relaxed) {
+            report::warn_if_no_task_spans(self, true);
+        }
+        // A burst at the very end: no later line would carry the count.
+        let suppressed = self.limiter.take_suppressed();
+        if suppressed > 0 {
+            report::suppressed_at_the_end(suppressed, REPORT_LINES_PER_SECOND);
+        }
+        if self.config.summary_on_drop && !self.refused.load(Relaxed) {
             report::summary(&snapshot);
         }
         #[cfg(feature = "_otlp")]

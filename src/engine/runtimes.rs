@@ -13,8 +13,9 @@ use tokio_metrics::{RuntimeIntervals, RuntimeMonitor};
 use super::Engine;
 use crate::snapshot::RuntimeStats;
 
-/// Runtimes beyond this many are not watched (a runtime built per thread in a loop must not
-/// grow memory without bound); the report says so once.
+/// Runtimes alive at once beyond this many are not watched (a runtime built per thread in a
+/// loop must not grow memory without bound); the report says so once. Dropped runtimes are
+/// forgotten (see [`Liveness`]), so a runtime per request is watched for days.
 const MAX_RUNTIMES: usize = 64;
 
 /// Runtimes watched by any instance in this process (reports name the runtime when it is > 1).
@@ -44,8 +45,75 @@ pub(crate) struct RuntimeSample {
     pub(crate) stats: RuntimeStats,
 }
 
+/// Whether a watched runtime still runs. tokio says nothing when a runtime is dropped, but it
+/// drops every task it holds: a task of stallscope's that never completes is dropped exactly
+/// then. The task is spawned with no subscriber current, so it has no span (invisible to
+/// tokio-console and to full mode), production mode's hooks skip it ([`is_liveness_task`]),
+/// and the task count stallscope reports leaves it out.
+struct Liveness {
+    dropped: Arc<AtomicBool>,
+}
+
+/// Sets its flag when the runtime drops the task holding it.
+struct DroppedWithRuntime(Arc<AtomicBool>);
+
+impl Drop for DroppedWithRuntime {
+    fn drop(&mut self) {
+        self.0.store(true, Relaxed);
+    }
+}
+
+/// Where the liveness task is spawned (tokio records it as the task's spawn location).
+static LIVENESS_TASK_AT: std::sync::OnceLock<&'static std::panic::Location<'static>> =
+    std::sync::OnceLock::new();
+
+/// Whether a task spawned at `location` is stallscope's liveness task (production mode's
+/// hooks leave it unmeasured; called once per location per thread, off the per-poll path).
+#[cfg_attr(not(tokio_unstable), allow(dead_code))]
+pub(crate) fn is_liveness_task(location: &std::panic::Location<'_>) -> bool {
+    LIVENESS_TASK_AT.get().is_some_and(|at| {
+        at.file() == location.file()
+            && at.line() == location.line()
+            && at.column() == location.column()
+    })
+}
+
+impl Liveness {
+    /// Spawns the liveness task on `handle`'s runtime (on one already shut down, tokio drops
+    /// it at once, and the runtime reads as dropped).
+    fn spawn(handle: &Handle) -> Liveness {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let guard = DroppedWithRuntime(dropped.clone());
+        // `Dispatch::none()`: no registration (a new dispatcher rebuilds every callsite's
+        // interest, and this may run inside the subscriber's own callback).
+        tracing::dispatcher::with_default(&tracing::Dispatch::none(), || {
+            spawn_liveness_task(handle, async move {
+                let _guard = guard;
+                std::future::pending::<()>().await
+            })
+        });
+        Liveness { dropped }
+    }
+
+    fn runtime_dropped(&self) -> bool {
+        self.dropped.load(Relaxed)
+    }
+}
+
+/// Spawns `task`; tokio records this function's caller as its spawn location.
+#[track_caller]
+fn spawn_liveness_task(
+    handle: &Handle,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let at = std::panic::Location::caller();
+    LIVENESS_TASK_AT.get_or_init(|| at);
+    drop(handle.spawn(task));
+}
+
 pub(crate) struct WatchedRuntime {
     pub(crate) label: String,
+    liveness: Liveness,
     #[cfg(tokio_unstable)]
     pub(crate) id: tokio::runtime::Id,
     /// tokio's live gauges, for a reading of the blocking pool at one moment (see
@@ -117,7 +185,10 @@ impl WatchedRuntime {
         let mut s = self.sample.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut s.stats;
         st.workers = m.workers_count;
-        st.alive_tasks = m.live_tasks_count;
+        // Not stallscope's liveness task.
+        st.alive_tasks = m
+            .live_tasks_count
+            .saturating_sub(usize::from(!self.liveness.runtime_dropped()));
         st.global_queue_depth = m.global_queue_depth;
         // tokio-metrics sums busy time over workers; divide to get 0..=1.
         st.worker_utilization = if m.workers_count == 0 || m.elapsed.is_zero() {
@@ -150,6 +221,9 @@ pub(crate) struct Runtimes {
     watched: Mutex<Vec<Arc<WatchedRuntime>>>,
     sampler: Mutex<Option<Sampler>>,
     over_limit_reported: AtomicBool,
+    /// "A second runtime" and "many runtimes" were said (once each: runtimes come and go).
+    second_said: AtomicBool,
+    many_said: AtomicBool,
 }
 
 struct Sampler {
@@ -160,27 +234,34 @@ struct Sampler {
 impl Runtimes {
     /// Starts watching `handle`'s runtime (once per runtime) and the sampler thread.
     pub(crate) fn watch(&self, handle: &Handle, engine: Weak<Engine>, interval: Duration) {
+        self.forget_dropped();
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         #[cfg(tokio_unstable)]
         if watched.iter().any(|w| w.id == handle.id()) {
             return;
         }
         if watched.len() >= MAX_RUNTIMES {
+            drop(watched);
             if !self.over_limit_reported.swap(true, Relaxed) {
-                tracing::warn!(
-                    target: "stallscope",
-                    "more than {MAX_RUNTIMES} tokio runtimes in this process: further runtimes are not \
-                     sampled; a runtime built per thread or per request is usually a mistake"
-                );
+                // Written by the reporter: this runs on a worker's first poll.
+                crate::report::deferred::line(|| {
+                    tracing::warn!(
+                        target: "stallscope",
+                        "more than {MAX_RUNTIMES} tokio runtimes alive at once in this process: \
+                         further runtimes are not sampled while that lasts; a runtime built per \
+                         thread or per request is usually a mistake"
+                    )
+                });
             }
             return;
         }
         #[cfg(tokio_unstable)]
         let label = handle.id().to_string();
         #[cfg(not(tokio_unstable))]
-        let label = (watched.len() + 1).to_string();
+        let label = (WATCHED_IN_PROCESS.load(Relaxed) + 1).to_string();
         let runtime = Arc::new(WatchedRuntime {
             label,
+            liveness: Liveness::spawn(handle),
             #[cfg(tokio_unstable)]
             id: handle.id(),
             #[cfg(tokio_unstable)]
@@ -197,25 +278,38 @@ impl Runtimes {
         let count = watched.len();
         let ids: Vec<String> = watched.iter().map(|w| w.label.clone()).collect();
         drop(watched);
-        // Logged outside the lock: logging dispatches to layers that may read runtimes.
-        if count == 2 {
-            tracing::info!(
-                target: "stallscope",
-                "a second tokio runtime is running (ids {}): metrics and reports tell them apart by tokio.runtime.id",
-                ids.join(", ")
-            );
-        } else if count == MANY_RUNTIMES {
-            tracing::warn!(
-                target: "stallscope",
-                runtimes = count,
-                "{count} tokio runtimes in this process (ids {}): threads that each build their own runtime \
-                 (the asyncio.run-per-thread mistake) split work that one runtime would balance, and block \
-                 each other through shared std locks; share one runtime (Handle::current, a global runtime) \
-                 and tokio::sync or atomics",
-                ids.join(", ")
-            );
+        // Written by the reporter: this runs on a worker's first poll, inside the subscriber.
+        if count == 2 && !self.second_said.swap(true, Relaxed) {
+            crate::report::deferred::line(move || {
+                tracing::info!(
+                    target: "stallscope",
+                    "a second tokio runtime is running (ids {}): metrics and reports tell them apart by tokio.runtime.id",
+                    ids.join(", ")
+                )
+            });
+        } else if count == MANY_RUNTIMES && !self.many_said.swap(true, Relaxed) {
+            crate::report::deferred::line(move || {
+                tracing::warn!(
+                    target: "stallscope",
+                    runtimes = count,
+                    "{count} tokio runtimes in this process (ids {}): threads that each build their own runtime \
+                     (the asyncio.run-per-thread mistake) split work that one runtime would balance, and block \
+                     each other through shared std locks; share one runtime (Handle::current, a global runtime) \
+                     and tokio::sync or atomics",
+                    ids.join(", ")
+                )
+            });
         }
         self.start_sampler(engine, interval);
+    }
+
+    /// Stops watching the runtimes that were dropped: they are no longer sampled, exported or
+    /// counted, and make room for new ones.
+    fn forget_dropped(&self) {
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|w| !w.liveness.runtime_dropped());
     }
 
     fn start_sampler(&self, engine: Weak<Engine>, interval: Duration) {
@@ -336,13 +430,14 @@ fn sampler_loop(engine: Weak<Engine>, interval: Duration, stop: &AtomicBool) {
             return;
         };
         engine.say_startup_notes();
+        engine.runtimes.forget_dropped();
         engine.runtimes.sample_all();
         engine.runtimes.publish_to_console();
         if engine.config.report_slow_polls {
             engine.starvation.sample(&engine.sites, &engine.runtimes);
         }
         if !warned_no_spans {
-            warned_no_spans = crate::report::warn_if_no_task_spans(&engine);
+            warned_no_spans = crate::report::warn_if_no_task_spans(&engine, false);
         }
         #[cfg(tokio_unstable)]
         if engine.hooks_installed.load(Relaxed) {

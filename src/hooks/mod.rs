@@ -127,6 +127,10 @@ fn new_location(
     engine: &Engine,
     location: &'static std::panic::Location<'static>,
 ) {
+    if crate::engine::runtimes::is_liveness_task(location) {
+        // Not the application's: unmeasured (after_poll finds no counter).
+        return hot.counter.set(None);
+    }
     let site = engine.site_seen(&SiteKey {
         kind: TaskKind::Async,
         file: location.file(),
@@ -209,11 +213,22 @@ pub(crate) fn on_park(engine: &Arc<Engine>) {
     });
 }
 
+/// A runtime with the hooks parked for the first time: it is watched from now on.
+#[cold]
+#[inline(never)]
+pub(crate) fn runtime_parks_first(engine: &Arc<Engine>) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        Engine::runtime_hooked(handle.id());
+        Engine::watch_runtime(engine, &handle);
+    }
+}
+
 /// A thread parked before it polled a task: its runtime is watched, and known to have the
 /// hooks, from now on.
 #[cold]
 #[inline(never)]
 fn first_park_on_thread(engine: &Arc<Engine>) {
+    crate::layer::thread_measured_by_hooks();
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         Engine::runtime_hooked(handle.id());
         Engine::watch_runtime(engine, &handle);
@@ -227,6 +242,7 @@ fn first_poll_on_thread(hot: &Hot, engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
     if hot.unmeasured.get() {
         return;
     }
+    crate::layer::thread_measured_by_hooks();
     watchdog::start(engine);
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         Engine::runtime_hooked(handle.id());

@@ -51,6 +51,10 @@ pub struct StallscopeLayer {
     tasks: Box<TaskTable>,
     /// Whose slots in the table of acquisitions are this layer's.
     ops_owner: OpOwner,
+    /// Another stallscope layer is in the same subscriber: this one does nothing. Two would
+    /// each keep their state on the same spans (tracing-subscriber panics on the second insert
+    /// of an extension) and time every poll twice.
+    refused: bool,
 }
 
 impl std::fmt::Debug for StallscopeLayer {
@@ -104,6 +108,7 @@ impl StallscopeLayer {
             engine,
             tasks: Box::default(),
             ops_owner: OpOwner::new(),
+            refused: false,
         }
     }
 
@@ -141,10 +146,32 @@ impl<S> Layer<S> for StallscopeLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    fn on_layer(&mut self, subscriber: &mut S) {
+        let Some(first) = downcast_layer(subscriber) else {
+            return;
+        };
+        self.refused = true;
+        self.engine.refused.store(true, Relaxed);
+        // Said by the first layer as it starts measuring: this subscriber is not installed yet.
+        first
+            .engine
+            .add_startup_note(tracing::Level::WARN, crate::report::SECOND_LAYER.to_owned());
+    }
+
+    fn on_register_dispatch(&self, _subscriber: &tracing::Dispatch) {
+        // In a subscriber: if none lets TRACE through, tokio's task spans can never come.
+        if !self.refused {
+            self.engine.in_subscriber.store(true, Relaxed);
+        }
+    }
+
     // Never emit events from `on_new_span` or `on_event`: a nested dispatch there corrupts
     // tracing-subscriber's per-layer filter state for the span or event in flight (a filtered
     // fmt layer then panics with "Span not found"). `on_enter`/`on_exit` are safe.
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if self.refused {
+            return;
+        }
         let meta = attrs.metadata();
         let name = meta.name();
         let previous_op =
@@ -227,11 +254,23 @@ where
                 .insert(id.into_u64(), TaskEntry { site, task_id });
         }
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(task);
+            // Replaced, not inserted: a second stallscope layer that `on_layer` could not see
+            // (two layers side by side in a `Vec`) finds this span's extension already there,
+            // and inserting it again would panic in tracing-subscriber.
+            if span.extensions_mut().replace(task).is_some()
+                && !self.engine.refused.swap(true, Relaxed)
+            {
+                crate::report::deferred::line(
+                    || tracing::warn!(target: "stallscope", "{}", crate::report::SECOND_LAYER),
+                );
+            }
         }
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        if self.refused {
+            return;
+        }
         match span_classes::class_of(id.into_u64()) {
             // The per-poll path: a task remembered on this thread, on a thread already set up.
             Some(SpanClass::Task { site, task_id })
@@ -246,6 +285,9 @@ where
     }
 
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+        if self.refused {
+            return;
+        }
         let span = id.into_u64();
         // tokio's own spans, most exits under a lock: the innermost one kept ends.
         if scopes::exit_innermost(span) {
@@ -258,11 +300,16 @@ where
         // Records only: never emit events from here (see on_new_span).
         match resources::event_kind(event.metadata()) {
             resources::EventKind::Other => {}
-            kind => self.resource_event(kind, event, &ctx),
+            // (A refused layer is asked here, past tokio's waker events on every poll.)
+            kind if !self.refused => self.resource_event(kind, event, &ctx),
+            _ => {}
         }
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if self.refused {
+            return;
+        }
         match span_classes::class_of(id.into_u64()) {
             Some(SpanClass::AsyncOp { op }) => {
                 span_classes::forget_class(id.into_u64());
@@ -572,6 +619,10 @@ impl StallscopeLayer {
     /// and start the watchdog, so a poll still running past the threshold is reported live.
     #[cold]
     fn first_poll_on_thread(&self) {
+        // A thread whose polls the poll hooks measure (see `thread_measured_by_hooks`).
+        if !poll_context::thread_is_measured() {
+            return;
+        }
         self.engine
             .measuring_started(crate::report::Measuring::TaskSpans);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -588,9 +639,26 @@ impl StallscopeLayer {
     }
 }
 
+/// The stallscope layer already in `subscriber`, if any.
+fn downcast_layer<S: Subscriber>(subscriber: &S) -> Option<&StallscopeLayer> {
+    // SAFETY: `downcast_raw` answers a pointer to a value of the type asked for, borrowed from
+    // `subscriber` (what `<dyn Subscriber>::downcast_ref` does for a trait object).
+    unsafe {
+        subscriber
+            .downcast_raw(std::any::TypeId::of::<StallscopeLayer>())
+            .map(|p| &*(p as *const StallscopeLayer))
+    }
+}
+
 /// The span id of the task poll in progress on this thread (full mode), if any.
 pub(crate) fn current_poll_span() -> Option<u64> {
     poll_context::current_poll_span()
+}
+
+/// This thread's polls are measured by production mode's poll hooks: the layer leaves them.
+#[cfg(tokio_unstable)]
+pub(crate) fn thread_measured_by_hooks() {
+    poll_context::thread_measured_by_hooks();
 }
 
 /// The site of the task this thread is polling (full mode), if any.

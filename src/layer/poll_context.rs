@@ -107,6 +107,15 @@ thread_local! {
 /// Threads whose tasks belong to exporters, not to the application.
 const IGNORED_THREAD_PREFIXES: &[&str] = &["reqwest-internal-sync-runtime", "stallscope-"];
 
+/// Production mode's poll hooks measure this thread's polls (a runtime built through
+/// `instrument_runtime`): a layer in the subscriber leaves them alone, or a second instance's
+/// hooks and the layer would time the same polls on one worker slot, and the hooks would lose
+/// every one.
+#[cfg(tokio_unstable)]
+pub(crate) fn thread_measured_by_hooks() {
+    let _ = THREAD_ROLE.try_with(|role| role.set(2));
+}
+
 /// Whether polls on this thread are the application's (decided once per thread).
 #[inline]
 pub(crate) fn thread_is_measured() -> bool {

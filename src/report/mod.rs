@@ -84,6 +84,24 @@ impl RateLimiter {
     }
 }
 
+impl RateLimiter {
+    /// Lines suppressed since the last one written, now said by the caller (none follows).
+    pub(crate) fn take_suppressed(&self) -> u64 {
+        self.suppressed.swap(0, Relaxed)
+    }
+}
+
+/// Said when the instance ends with lines suppressed since the last one written: no later line
+/// carries their count in its `suppressed` field.
+pub(crate) fn suppressed_at_the_end(n: u64, per_second: u64) {
+    tracing::warn!(
+        target: "stallscope",
+        suppressed = n,
+        "{n} more report lines were suppressed by the rate limit ({per_second} a second) after the \
+         last one written; the summary counts every stall"
+    );
+}
+
 /// The `suppressed` field: report lines the rate limit dropped since the last one written.
 fn suppressed(n: u64) -> Option<u64> {
     (n > 0).then_some(n)
@@ -787,7 +805,7 @@ pub(crate) fn runtime_not_measured(runtime: &str, seen_from: &str) {
 
 /// Once tasks ran, no `runtime.spawn` span means tokio's `tracing` feature (or the global
 /// subscriber) is missing. Returns whether the check is settled.
-pub(crate) fn warn_if_no_task_spans(engine: &Engine) -> bool {
+pub(crate) fn warn_if_no_task_spans(engine: &Engine, at_shutdown: bool) -> bool {
     if engine.task_spans_seen.load(Relaxed) || engine.hooks_installed.load(Relaxed) {
         return true;
     }
@@ -796,17 +814,38 @@ pub(crate) fn warn_if_no_task_spans(engine: &Engine) -> bool {
         .snapshot()
         .iter()
         .any(|r| r.alive_tasks > 0 || r.worker_busy_time > Duration::ZERO);
-    if tasks_ran && cfg!(tokio_unstable) {
-        tracing::warn!(
+    // No subscriber in the process lets a TRACE span through (a filter on the whole registry):
+    // no task span can come. A layer built before its runtime never learns of the runtime (it
+    // learns of runtimes from their task spans), so this is said at the latest when the guard
+    // drops.
+    let level = tracing::level_filters::LevelFilter::current();
+    let hidden_by = (engine.in_subscriber.load(Relaxed)
+        && level < tracing::level_filters::LevelFilter::TRACE)
+        .then_some(level);
+    if !cfg!(tokio_unstable) || !(tasks_ran || (at_shutdown && hidden_by.is_some())) {
+        return false;
+    }
+    if engine.no_task_spans_said.swap(true, Relaxed) {
+        return true;
+    }
+    match hidden_by {
+        Some(level) => tracing::warn!(
+            target: "stallscope",
+            max_level = %level,
+            "no tokio task spans seen: a filter on the whole subscriber lets nothing more verbose \
+             than {level} through, and tokio's task spans are TRACE spans of target `tokio`; put \
+             the filter on your fmt layer (fmt::layer().with_filter(stallscope::log_filter())), \
+             not on the registry; slow-poll detection is off until then"
+        ),
+        None => tracing::warn!(
             target: "stallscope",
             "no tokio task spans seen although tasks ran: enable tokio's `tracing` feature \
              (tokio = {{ features = [\"tracing\"] }}), make the subscriber with the stallscope layer the \
              global default, and do not filter out TRACE spans of target `tokio` globally; slow-poll \
              detection is off until then"
-        );
-        return true;
+        ),
     }
-    false
+    true
 }
 
 /// Said once at start-up when the clock's tick is not the default.
@@ -831,6 +870,19 @@ pub(crate) fn tick_already_fixed(
         tick * 2
     )
 }
+
+/// Said at start-up by an instance built while another exports over OTLP.
+#[cfg(feature = "_otlp")]
+pub(crate) const SECOND_EXPORTER: &str =
+    "OTLP export is off for this stallscope instance: another \
+    instance in this process exports already, and the two would write the same series (same names, \
+    same labels) with different values. Use one instance: the guard init() returns has \
+    instrument_runtime and watch_runtime";
+
+/// Said when a second stallscope layer is composed into a subscriber that has one.
+pub(crate) const SECOND_LAYER: &str = "a second stallscope layer in one subscriber is ignored: the \
+    first one measures. Compose one stallscope layer per subscriber (stallscope::layer() or init(), \
+    not both) and keep its guard";
 
 /// Said once at start-up when built without `--cfg tokio_unstable`.
 pub(crate) const WITHOUT_TOKIO_UNSTABLE: &str = "built without `--cfg tokio_unstable`: tokio emits no task \

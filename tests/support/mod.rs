@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod child;
 pub mod console;
 pub mod examples;
 pub mod idle;

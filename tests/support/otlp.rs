@@ -264,6 +264,8 @@ pub struct HttpReceiver {
     port: u16,
     requests: Requests,
     headers: RequestHeaders,
+    /// Every connection accepted, so [`HttpReceiver::kill`] can close them.
+    connections: Arc<Mutex<Vec<TcpStream>>>,
     stopping: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -276,18 +278,37 @@ impl HttpReceiver {
     /// A receiver that keeps each request at once but answers it only after `delay`: a slow
     /// collector.
     pub fn answering_after(delay: Duration) -> HttpReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the HTTP receiver");
+        HttpReceiver::listening(
+            TcpListener::bind("127.0.0.1:0").expect("bind the HTTP receiver"),
+            delay,
+        )
+    }
+
+    /// A receiver on `port` (a receiver restarted where the exporter sends).
+    pub fn on_port(port: u16) -> HttpReceiver {
+        HttpReceiver::listening(
+            TcpListener::bind(("127.0.0.1", port)).expect("bind the HTTP receiver"),
+            Duration::ZERO,
+        )
+    }
+
+    fn listening(listener: TcpListener, delay: Duration) -> HttpReceiver {
         let port = listener.local_addr().unwrap().port();
         let requests = Requests::default();
         let headers = RequestHeaders::default();
+        let connections = Arc::new(Mutex::new(Vec::new()));
         let stopping = Arc::new(AtomicBool::new(false));
         let (kept, kept_headers, stop) = (requests.clone(), headers.clone(), stopping.clone());
+        let open = connections.clone();
         let acceptor = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                if let Ok(clone) = stream.try_clone() {
+                    open.lock().unwrap().push(clone);
+                }
                 let (kept, kept_headers) = (kept.clone(), kept_headers.clone());
                 std::thread::spawn(move || serve_connection(stream, &kept, &kept_headers, delay));
             }
@@ -296,9 +317,25 @@ impl HttpReceiver {
             port,
             requests,
             headers,
+            connections,
             stopping,
             acceptor: Some(acceptor),
         }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops as a killed collector does: no longer listening, and every open connection
+    /// closed. Returns every `(path, body)` received.
+    pub fn kill(self) -> Vec<(String, Vec<u8>)> {
+        let connections = self.connections.clone();
+        let received = self.stop();
+        for connection in connections.lock().unwrap().drain(..) {
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+        }
+        received
     }
 
     /// The headers of every request so far: `(path, headers)`.

@@ -47,7 +47,13 @@ fn collect(mut from: impl Read + Send + 'static) -> JoinHandle<String> {
 impl Server {
     /// Starts `service --addr 127.0.0.1:0 --workers 2` in `mode`, with `hazard` switched on.
     pub fn start(mode: Mode, hazard: Option<&str>) -> Server {
+        Server::start_with(mode, hazard, &[])
+    }
+
+    /// [`Server::start`] with `env` added to the service's environment.
+    pub fn start_with(mode: Mode, hazard: Option<&str>, env: &[(&str, String)]) -> Server {
         let mut cmd = examples::command("service");
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.args(["--addr", "127.0.0.1:0", "--workers", "2"]);
         if mode == Mode::Production {
             cmd.arg("--production");
@@ -98,6 +104,10 @@ impl Server {
             }
         }
         server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn connect(&self) -> Client {

@@ -18,12 +18,12 @@ pub(crate) mod settings;
 mod spans;
 
 use std::sync::mpsc;
-use std::sync::Weak;
+use std::sync::{OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use opentelemetry::metrics::{BoundHistogram, MeterProvider as _};
+use opentelemetry::metrics::{BoundHistogram, Histogram, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::error::OTelSdkError;
@@ -80,17 +80,32 @@ impl std::fmt::Debug for SiteInstruments {
     }
 }
 
-/// One lock site's histograms, bound to its attributes, per operation
-/// ([`LockOp::index`](crate::engine::locks::LockOp::index): `read`/`write` for a RwLock).
+/// One lock site's histograms, per operation
+/// ([`LockOp::index`](crate::engine::locks::LockOp::index): `read`/`write` for a RwLock),
+/// each bound to its attributes when it first records: a lock exports the series it has
+/// values for (a lock never contended has no wait histogram, a std lock never has a
+/// cancelled one), not every series it might have.
 pub(crate) struct LockInstruments {
     pub(crate) attributes: Vec<KeyValue>,
     ops: Vec<LockOpInstruments>,
+    wait: Histogram<f64>,
+    hold: Histogram<f64>,
 }
 
 struct LockOpInstruments {
-    wait: BoundHistogram<f64>,
-    cancelled_wait: BoundHistogram<f64>,
-    hold: BoundHistogram<f64>,
+    /// The lock's attributes and `tokio.lock.operation`.
+    attributes: Vec<KeyValue>,
+    wait: OnceLock<BoundHistogram<f64>>,
+    cancelled_wait: OnceLock<BoundHistogram<f64>>,
+    hold: OnceLock<BoundHistogram<f64>>,
+}
+
+impl LockOpInstruments {
+    fn with_outcome(&self, outcome: &'static str) -> Vec<KeyValue> {
+        let mut attributes = self.attributes.clone();
+        attributes.push(KeyValue::new("outcome", outcome));
+        attributes
+    }
 }
 
 impl std::fmt::Debug for LockInstruments {
@@ -108,19 +123,27 @@ impl LockInstruments {
 
     pub(crate) fn record_wait(&self, op: crate::engine::locks::LockOp, d: Duration) {
         if let Some(i) = self.op(op) {
-            i.wait.record(d.as_secs_f64());
+            i.wait
+                .get_or_init(|| self.wait.bind(&i.with_outcome("acquired")))
+                .record(d.as_secs_f64());
         }
     }
 
+    /// Only tokio's locks record these: an async acquisition can be given up, a std lock's
+    /// cannot.
     pub(crate) fn record_cancelled_wait(&self, op: crate::engine::locks::LockOp, d: Duration) {
         if let Some(i) = self.op(op) {
-            i.cancelled_wait.record(d.as_secs_f64());
+            i.cancelled_wait
+                .get_or_init(|| self.wait.bind(&i.with_outcome("cancelled")))
+                .record(d.as_secs_f64());
         }
     }
 
     pub(crate) fn record_hold(&self, op: crate::engine::locks::LockOp, d: Duration) {
         if let Some(i) = self.op(op) {
-            i.hold.record(d.as_secs_f64());
+            i.hold
+                .get_or_init(|| self.hold.bind(&i.attributes))
+                .record(d.as_secs_f64());
         }
     }
 }
@@ -276,19 +299,20 @@ impl OtlpExporter {
             .map(|op| {
                 let mut with_op = attributes.clone();
                 with_op.push(KeyValue::new("tokio.lock.operation", op.as_str()));
-                let with_outcome = |outcome: &'static str| {
-                    let mut a = with_op.clone();
-                    a.push(KeyValue::new("outcome", outcome));
-                    a
-                };
                 LockOpInstruments {
-                    wait: self.histograms.lock_wait.bind(&with_outcome("acquired")),
-                    cancelled_wait: self.histograms.lock_wait.bind(&with_outcome("cancelled")),
-                    hold: self.histograms.lock_hold.bind(&with_op),
+                    attributes: with_op,
+                    wait: OnceLock::new(),
+                    cancelled_wait: OnceLock::new(),
+                    hold: OnceLock::new(),
                 }
             })
             .collect();
-        LockInstruments { attributes, ops }
+        LockInstruments {
+            attributes,
+            ops,
+            wait: self.histograms.lock_wait.clone(),
+            hold: self.histograms.lock_hold.clone(),
+        }
     }
 
     /// Final collection and export of metrics, and export of the queued stall spans, side by
