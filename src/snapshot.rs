@@ -66,8 +66,13 @@ pub struct Snapshot {
     /// Bounded like [`tasks`](Self::tasks).
     pub locks: Vec<LockStats>,
     /// One entry per runtime stallscope watches, with its latest sampled interval and running
-    /// totals.
+    /// totals, oldest first. A dropped runtime stays here with its final figures for two
+    /// sampling intervals after its drop was seen (or two metric export intervals, when OTLP
+    /// exports), then is left out; [`runtimes_watched`](Self::runtimes_watched) still counts it.
     pub runtimes: Vec<RuntimeStats>,
+    /// Runtimes this instance has watched since it started, dropped ones included: at least
+    /// `runtimes.len()`.
+    pub runtimes_watched: usize,
     /// Upper bounds, in seconds, of the buckets of every [`HistogramSnapshot`] here: bucket `i`
     /// holds the samples at most `histogram_bounds[i]` (and over the previous bound); the last
     /// bucket, one more than there are bounds, holds the rest. `STALLSCOPE_HISTOGRAM_BOUNDS`.

@@ -70,6 +70,10 @@ fn dropped_runtimes_are_forgotten_and_later_ones_are_sampled() {
         .collect();
     assert_eq!(sites, ["tests/runtime_per_request.rs"], "{snapshot:#?}");
     assert_eq!(snapshot.tasks[0].polls.count, 2 * 151);
+    assert_eq!(
+        snapshot.runtimes_watched, 151,
+        "every runtime counts as having run"
+    );
     drop(alive);
     assert!(wait_for(&guard, |s| s.runtimes.is_empty()));
 }

@@ -15,6 +15,9 @@ fn run(vm: &VictoriaMetrics, service: &str, args: &[&str]) -> String {
         .env("OTEL_SERVICE_NAME", service)
         // No console server: its fixed port may be taken by another test's example.
         .env("STALLSCOPE_CONSOLE", "off")
+        // The sampler sees the per-thread runtimes dropped well before the final export: each
+        // must still be in it, with its final figures.
+        .env("STALLSCOPE_SAMPLE_INTERVAL", "10ms")
         .output_within(Duration::from_secs(40));
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stderr}");

@@ -763,6 +763,7 @@ impl Engine {
             })
             .collect();
         snapshot.runtimes = self.runtimes.snapshot();
+        snapshot.runtimes_watched = self.runtimes.watched_total().max(snapshot.runtimes.len());
         snapshot
     }
 

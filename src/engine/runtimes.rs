@@ -2,10 +2,11 @@
 //! tokio-metrics `RuntimeMonitor` each interval and keeps the latest interval and running totals
 //! for the exporters and the report.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio_metrics::{RuntimeIntervals, RuntimeMonitor};
@@ -216,9 +217,26 @@ impl WatchedRuntime {
     }
 }
 
+/// A dropped runtime, kept for its last figures until every reader has seen them.
+struct Retired {
+    runtime: Arc<WatchedRuntime>,
+    dropped_at: Instant,
+}
+
 #[derive(Default)]
 pub(crate) struct Runtimes {
     watched: Mutex<Vec<Arc<WatchedRuntime>>>,
+    /// Runtimes seen dropped, oldest first, at most [`MAX_RUNTIMES`]: still in snapshots (the
+    /// summary, the exporters) for [`Self::keep_dropped_for`] after the drop was seen, so the
+    /// export after a runtime ends still carries its final interval and a process whose
+    /// runtimes all end before the last flush exports every one of them. Then forgotten: a
+    /// runtime per request leaves no series behind.
+    retired: Mutex<VecDeque<Retired>>,
+    /// Nanoseconds a dropped runtime stays in snapshots: two sampling intervals, or two
+    /// intervals of the slowest reader that asked for longer ([`Self::keep_dropped_visible_for`]).
+    keep_dropped_for: AtomicU64,
+    /// Runtimes this instance has watched since it started, dropped ones included.
+    watched_total: AtomicUsize,
     sampler: Mutex<Option<Sampler>>,
     over_limit_reported: AtomicBool,
     /// "A second runtime" and "many runtimes" were said (once each: runtimes come and go).
@@ -234,6 +252,7 @@ struct Sampler {
 impl Runtimes {
     /// Starts watching `handle`'s runtime (once per runtime) and the sampler thread.
     pub(crate) fn watch(&self, handle: &Handle, engine: Weak<Engine>, interval: Duration) {
+        self.keep_dropped_visible_for(interval * 2);
         self.forget_dropped();
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         #[cfg(tokio_unstable)]
@@ -275,6 +294,7 @@ impl Runtimes {
         runtime.sample();
         watched.push(runtime);
         WATCHED_IN_PROCESS.fetch_add(1, Relaxed);
+        self.watched_total.fetch_add(1, Relaxed);
         let count = watched.len();
         let ids: Vec<String> = watched.iter().map(|w| w.label.clone()).collect();
         drop(watched);
@@ -303,13 +323,57 @@ impl Runtimes {
         self.start_sampler(engine, interval);
     }
 
-    /// Stops watching the runtimes that were dropped: they are no longer sampled, exported or
-    /// counted, and make room for new ones.
+    /// A reader of snapshots that pulls every `period` (an exporter) asks for dropped runtimes
+    /// to stay in snapshots long enough for it to see their final figures.
+    pub(crate) fn keep_dropped_visible_for(&self, period: Duration) {
+        let nanos = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+        self.keep_dropped_for.fetch_max(nanos, Relaxed);
+    }
+
+    /// Stops watching the runtimes that were dropped: they are no longer sampled and make room
+    /// for new ones. Their final interval is sampled now and they stay in snapshots for a while
+    /// ([`Self::retired`]); those retired long enough are forgotten.
     fn forget_dropped(&self) {
-        self.watched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|w| !w.liveness.runtime_dropped());
+        let dropped: Vec<_> = {
+            let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+            let (dropped, alive) = std::mem::take(&mut *watched)
+                .into_iter()
+                .partition(|w| w.liveness.runtime_dropped());
+            *watched = alive;
+            dropped
+        };
+        let now = Instant::now();
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        for runtime in dropped {
+            // tokio's metrics of a dropped runtime stay readable: this is its last interval.
+            runtime.sample();
+            if retired.len() == MAX_RUNTIMES {
+                retired.pop_front();
+            }
+            retired.push_back(Retired {
+                runtime,
+                dropped_at: now,
+            });
+        }
+        let keep = Duration::from_nanos(self.keep_dropped_for.load(Relaxed));
+        while retired
+            .front()
+            .is_some_and(|r| now.saturating_duration_since(r.dropped_at) > keep)
+        {
+            retired.pop_front();
+        }
+    }
+
+    /// Runtimes in a snapshot now: those watched and those dropped recently (the number of
+    /// runtimes the exporters' per-runtime series describe).
+    pub(crate) fn in_snapshots(&self) -> usize {
+        self.forget_dropped();
+        self.watched().len() + self.retired.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Runtimes this instance has watched since it started, dropped ones included.
+    pub(crate) fn watched_total(&self) -> usize {
+        self.watched_total.load(Relaxed)
     }
 
     fn start_sampler(&self, engine: Weak<Engine>, interval: Duration) {
@@ -402,9 +466,19 @@ impl Runtimes {
         None
     }
 
+    /// The runtimes watched and those dropped recently ([`Self::retired`]), oldest first.
     pub(crate) fn snapshot(&self) -> Vec<RuntimeStats> {
-        self.watched()
+        self.forget_dropped();
+        let retired: Vec<_> = self
+            .retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
+            .map(|r| r.runtime.clone())
+            .collect();
+        retired
+            .iter()
+            .chain(self.watched().iter())
             .map(|r| {
                 let mut stats = r
                     .sample

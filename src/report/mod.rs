@@ -602,7 +602,7 @@ pub(crate) fn summary(snapshot: &Snapshot) {
 /// Several runtimes: one line naming each, for the summary.
 fn runtime_summary(snapshot: &Snapshot) {
     const TOP: usize = 16;
-    if snapshot.runtimes.len() < 2 {
+    if snapshot.runtimes_watched < 2 {
         return;
     }
     let mut each: Vec<String> = snapshot
@@ -616,17 +616,18 @@ fn runtime_summary(snapshot: &Snapshot) {
             )
         })
         .collect();
-    let more = snapshot.runtimes.len().saturating_sub(TOP);
+    // Runtimes dropped long ago are no longer in the snapshot, but they ran.
+    let more = snapshot.runtimes_watched.saturating_sub(each.len());
     if more > 0 {
         each.push(format!("and {more} more"));
     }
     tracing::info!(
         target: "stallscope",
-        runtimes = snapshot.runtimes.len(),
+        runtimes = snapshot.runtimes_watched,
         each = each.join(", "),
         hint = RUNTIMES.once(),
         "summary: {} tokio runtimes ran",
-        snapshot.runtimes.len(),
+        snapshot.runtimes_watched,
     );
 }
 

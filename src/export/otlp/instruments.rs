@@ -255,10 +255,12 @@ pub(crate) fn register_observables(meter: &Meter, engine: Weak<Engine>) {
     meter
         .u64_observable_gauge("tokio.runtimes")
         .with_unit("{runtime}")
-        .with_description("tokio runtimes stallscope watches in this process")
+        .with_description(
+            "tokio runtimes stallscope watches in this process, and those dropped since the last export",
+        )
         .with_callback(move |o| {
             if let Some(engine) = w.upgrade() {
-                o.observe(engine.runtimes.watched().len() as u64, &[]);
+                o.observe(engine.runtimes.in_snapshots() as u64, &[]);
             }
         })
         .build();

@@ -214,6 +214,12 @@ impl OtlpExporter {
             .build();
         let meter = provider.meter("stallscope");
         let histograms = instruments::Histograms::new(&meter, bounds);
+        if let Some(engine) = engine.upgrade() {
+            // A runtime dropped just after one export is still in the next one.
+            engine
+                .runtimes
+                .keep_dropped_visible_for(settings.interval * 2);
+        }
         instruments::register_observables(&meter, engine);
 
         let spans = match &settings.traces {
