@@ -9,11 +9,21 @@
 #   scripts/bench.sh            # full sizes, 5 rounds (~10 minutes on 2 cores)
 #   ROUNDS=3 scripts/bench.sh --quick
 #   CONFIGS="unstable production production-10ms" WORKLOADS=mutex scripts/bench.sh
+#   WORKLOADS=service scripts/bench.sh   # the saturated service alone (~8 minutes)
+#
+# The `service` workload (bench/src/service.rs) is a Redis-protocol server saturated by its
+# client, both on CPU 1: it runs SERVICE_ROUNDS rounds (12) of SERVICE_SECONDS (5) each, and
+# prints each configuration's cost against its baseline measured in the same rounds, with a
+# 95% confidence interval over the rounds, context switches per request, and the wakeups a
+# second of each of stallscope's threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-5}
 size_flag=${1:-}
-workloads=${WORKLOADS:-"yield spawn pingpong mutex http"}
+workloads=${WORKLOADS:-"yield spawn pingpong mutex http service"}
+service_rounds=${SERVICE_ROUNDS:-12}
+service_seconds=${SERVICE_SECONDS:-5}
+command -v taskset >/dev/null || { echo "bench.sh: the service workload needs taskset (util-linux)" >&2; exit 1; }
 out=target/bench/results.txt
 mkdir -p target/bench
 
@@ -41,14 +51,22 @@ fi
 
 : > "$out"
 for workload in $workloads; do
-  for round in $(seq 1 "$rounds"); do
+  workload_rounds=$rounds
+  [ "$workload" = service ] && workload_rounds=$service_rounds
+  for round in $(seq 1 "$workload_rounds"); do
     # Rotate the order each round.
     read -r -a all <<< "$configs"
     n=${#all[@]} k=$(( (round - 1) % ${#all[@]} ))
     ordered=("${all[@]:k}" "${all[@]:0:k}")
     for pair in "${ordered[@]}"; do
       variant=${pair%%:*} config=${pair#*:}
-      "$(bin "$variant")" "$config" "$workload" $size_flag >> "$out"
+      if [ "$workload" = service ]; then
+        echo -n "round=$round " >> "$out"
+        taskset -c 1 "$(bin "$variant")" "$config" service --client "$(bin bare)" \
+          --seconds "$service_seconds" >> "$out"
+      else
+        "$(bin "$variant")" "$config" "$workload" $size_flag >> "$out"
+      fi
     done
   done
   echo "done: $workload" >&2
@@ -76,7 +94,7 @@ for line in open(sys.argv[1]):
 configs = ["bare", "unstable", "empty-hooks", "production", "production-10ms", "tokio-metrics", "idle-subscriber", "empty-layer", "full", "console"]
 workloads = []
 for w, _ in runs:
-    if w not in workloads:
+    if w not in workloads and w != "service":
         workloads.append(w)
 print(f"{'workload':<10} {'config':<16} {'median ms':>10} {'x bare':>7} {'fastest ms':>11} {'x bare':>7} "
       f"{'throughput (median)':>26} {'peak RSS MB':>12}  notes (ratios of medians)")
@@ -106,4 +124,57 @@ for w in workloads:
         throughput = f"{rate(units[w], m)} {unit_names.get(w, 'units')}/s"
         print(f"{w:<10} {c:<16} {m:>10.1f} {m / bare:>7.2f} {fastest:>11.1f} {fastest / bare_fastest:>7.2f} "
               f"{throughput:>26} {max(rss[(w, c)]) / 1024:>12.1f}  {note}")
+
+def service_table(path):
+    import math
+    rounds = collections.defaultdict(dict)
+    for line in open(path):
+        f = dict(kv.split("=", 1) for kv in line.split())
+        if f.get("workload") != "service":
+            continue
+        rounds[int(f["round"])][f["config"]] = f
+    if not rounds:
+        return
+    # Two-sided 95% Student t quantiles by degrees of freedom.
+    t95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
+           10: 2.23, 11: 2.20, 12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 19: 2.09, 24: 2.06, 29: 2.05}
+    def t(df):
+        return t95.get(df) or t95[max(k for k in t95 if k <= df)] if df >= 1 else float("nan")
+    baseline = {"unstable": "bare", "empty-hooks": "unstable", "production": "unstable",
+                "production-10ms": "unstable", "tokio-metrics": "unstable",
+                "idle-subscriber": "unstable", "empty-layer": "unstable", "full": "empty-layer",
+                "console": "empty-layer"}
+    def rate(f):
+        return int(f["units"]) / (float(f["elapsed_ms"]) / 1e3)
+    print()
+    print(f"service: a Redis-protocol server and its client sharing CPU 1, {len(rounds)} rounds; "
+          "cost = baseline's requests/s / this one's, per round; 95% interval over the rounds")
+    print(f"{'config':<16} {'requests/s':>11} {'vs':<12} {'cost':>6} {'95% interval':>15} "
+          f"{'switches/request':>17} {'CPU us/request':>15}  stallscope threads' switches/s")
+    for c in configs:
+        here = [r[c] for r in rounds.values() if c in r]
+        if not here:
+            continue
+        rates = [rate(f) for f in here]
+        base = baseline.get(c)
+        cost, interval = "", ""
+        if base:
+            logs = [math.log(rate(r[base]) / rate(r[c])) for r in rounds.values() if c in r and base in r]
+            if len(logs) >= 2:
+                mean = statistics.mean(logs)
+                half = t(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+                cost = f"{math.exp(mean):.3f}"
+                interval = f"{math.exp(mean - half):.3f}-{math.exp(mean + half):.3f}"
+        switches, threads = [], collections.defaultdict(list)
+        for f in here:
+            per_thread = dict(kv.rsplit(":", 1) for kv in f["switches"].split(",") if ":" in kv)
+            switches.append(sum(int(v) for v in per_thread.values()) / int(f["units"]))
+            for name, v in per_thread.items():
+                if name.startswith("stallscope-") and name != "stallscope-benc":
+                    threads[name].append(int(v) / (float(f["elapsed_ms"]) / 1e3))
+        cpu = statistics.median(int(f["cpu_ms"]) * 1e3 / int(f["units"]) for f in here)
+        stallscope = ", ".join(f"{n} {statistics.median(v):.0f}" for n, v in sorted(threads.items()))
+        print(f"{c:<16} {statistics.median(rates):>11.0f} {base or '':<12} {cost:>6} {interval:>15} "
+              f"{statistics.median(switches):>17.3f} {cpu:>15.2f}  {stallscope}")
+service_table(sys.argv[1])
 PY

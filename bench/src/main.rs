@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod service;
+
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Config {
     Bare,
@@ -249,7 +251,9 @@ fn peak_rss_kb() -> u64 {
 fn usage() -> ! {
     eprintln!(
         "usage: stallscope-bench <bare|unstable|empty-hooks|production|production-10ms|tokio-metrics|idle-subscriber|empty-layer|full|console> \
-         <yield|yield-many|spawn|pingpong|mutex|http> [--quick] [--current-thread]"
+         <yield|yield-many|spawn|pingpong|mutex|http> [--quick] [--current-thread]\n       \
+         stallscope-bench <config> service --client <bare build's binary> [--seconds S]\n       \
+         stallscope-bench bare service-client <addr> <seconds>"
     );
     std::process::exit(2);
 }
@@ -276,12 +280,28 @@ fn main() {
         },
     };
     let current_thread = args.iter().any(|a| a == "--current-thread");
+    let option = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if workload == "service-client" {
+        let (Some(addr), Some(seconds)) = (args.get(2), args.get(3).and_then(|s| s.parse().ok()))
+        else {
+            usage()
+        };
+        service::client(addr, seconds);
+        return;
+    }
 
     let mut builder = if current_thread {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(2);
+        // The service gets one core (scripts/bench.sh pins it), so one worker, as a service
+        // sized to its cores has.
+        b.worker_threads(if workload == "service" { 1 } else { 2 });
         b
     };
     builder.enable_all();
@@ -369,6 +389,41 @@ fn main() {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
+    }
+
+    if workload == "service" {
+        let client = option("--client").unwrap_or_else(|| usage());
+        let seconds: f64 =
+            option("--seconds").map_or(5.0, |s| s.parse().unwrap_or_else(|_| usage()));
+        let m = service::run(&runtime, &client, seconds);
+        drop(runtime);
+        if let Some(guard) = &guard {
+            let polls: u64 = guard.snapshot().tasks.iter().map(|t| t.polls.count).sum();
+            if polls < m.requests {
+                eprintln!(
+                    "stallscope measured {polls} polls for {} requests: not measuring?",
+                    m.requests
+                );
+                std::process::exit(4);
+            }
+        }
+        let switches: Vec<String> = m
+            .switches
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(name, n)| format!("{}:{n}", name.replace([' ', ','], "_")))
+            .collect();
+        println!(
+            "config={} workload=service elapsed_ms={:.3} units={} cpu_ms={} client_cpu_ms={} switches={} peak_rss_kb={}",
+            args[0],
+            m.elapsed.as_secs_f64() * 1e3,
+            m.requests,
+            m.cpu.as_millis(),
+            m.client_cpu.as_millis(),
+            switches.join(","),
+            peak_rss_kb(),
+        );
+        return;
     }
 
     let started = Instant::now();

@@ -366,6 +366,7 @@ impl Runtimes {
 
     /// Runtimes in a snapshot now: those watched and those dropped recently (the number of
     /// runtimes the exporters' per-runtime series describe).
+    #[cfg_attr(not(feature = "_otlp"), allow(dead_code))]
     pub(crate) fn in_snapshots(&self) -> usize {
         self.forget_dropped();
         self.watched().len() + self.retired.lock().unwrap_or_else(|e| e.into_inner()).len()

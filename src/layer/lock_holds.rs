@@ -77,7 +77,7 @@ impl OpenHolds {
         let since = ring.starts[ring.oldest];
         ring.oldest = (ring.oldest + 1) % MAX_OPEN_HOLDS;
         ring.len -= 1;
-        Some(now.saturating_sub(since))
+        Some(crate::clock::elapsed(since, now))
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {

@@ -3,6 +3,7 @@
 //! with its captured reports.
 #![allow(dead_code)]
 
+pub mod busy_clock;
 pub mod capture;
 pub mod child;
 pub mod console;
