@@ -28,15 +28,6 @@
 //! from the spell's end. A slow poll is reported only when it was slow by that lower bound; a
 //! poll that only looked slow because the clock stood still is timed to what it can be shown to
 //! have lasted. Polls under the threshold never look at the ledger.
-//!
-//! **Busy.** While every poll in progress is younger than [`FINE_AFTER`], the workers are busy
-//! with polls the clock cannot time anyway, and a tick every 0.5 ms would take a saturated
-//! core from them 2,000 times a second for nothing. The upkeep thread then lets the clock
-//! stand for up to [`COARSE_PERIOD`] between ticks and records each such spell in a second
-//! ledger; every timed duration (two ticks or more) is read through [`elapsed`], which counts
-//! a start read in such a spell from the spell's end. A short poll that spanned a spell's end
-//! stays a short poll; a poll of a few milliseconds may read up to one period short, never
-//! long. A poll reaching [`FINE_AFTER`] brings the fine tick back for its end and its stall.
 
 use std::sync::atomic::{
     fence, AtomicU64,
@@ -77,31 +68,6 @@ const LATE_AFTER_TICKS: u32 = 4;
 const LATE_SPELLS: usize = 1024;
 
 static LATE: LateSpells = LateSpells::new();
-
-/// While every worker is busy with polls the clock cannot see (shorter than a tick), the upkeep
-/// thread lets the clock stand for up to this long between ticks instead of one tick: fewer
-/// wakeups on a saturated machine, where each one takes a core from a worker.
-const COARSE_PERIOD: Duration = Duration::from_millis(4);
-
-/// Once a poll in progress is this old, the clock ticks finely again: it may be becoming a
-/// stall, and its end is timed to a tick. Younger polls that began while the clock stood are
-/// timed from the spell's end, to within [`COARSE_PERIOD`].
-const FINE_AFTER: Duration = Duration::from_millis(10);
-
-/// The spells in which the upkeep thread let the clock stand on purpose ([`COARSE_PERIOD`]).
-/// Every timed duration whose start was read in one counts from the spell's end (see
-/// [`elapsed`]).
-static COARSE: LateSpells = LateSpells::new();
-
-/// What the upkeep thread learns from one look at the workers.
-pub(crate) struct Look {
-    /// Something needs the clock kept ticking: a poll in progress, or a stall whose stack is
-    /// being taken.
-    pub(crate) busy: bool,
-    /// The earliest start of the polls in progress (`u64::MAX` when none, 0 when the clock must
-    /// tick finely whatever runs).
-    pub(crate) oldest_poll: u64,
-}
 
 /// Fixes the clock's tick for the whole process on the first call, and returns the tick in
 /// force: `requested` then, the first caller's afterwards (the clock, its thread and every
@@ -147,26 +113,6 @@ pub(crate) fn is_idle(raw: u64) -> bool {
     raw & IDLE != 0
 }
 
-/// A duration measured on the clock from `start` to `end`, for recording: `end - start` under
-/// two ticks (counted, not timed, by every caller); longer, when `start` was read while the
-/// upkeep thread let the clock stand on purpose ([`COARSE_PERIOD`]), only the time since that
-/// spell ended, which is certain. A short poll that merely spanned such a spell's end would
-/// otherwise read as long as the spell.
-#[inline]
-pub(crate) fn elapsed(start: u64, end: u64) -> u64 {
-    let measured = end.saturating_sub(start);
-    if measured < fast_poll_ns() {
-        return measured;
-    }
-    since_coarse(start, end)
-}
-
-#[cold]
-#[inline(never)]
-fn since_coarse(start: u64, end: u64) -> u64 {
-    end.saturating_sub(COARSE.start_bound(start))
-}
-
 /// A duration measured on the clock from `start` to `end`, for comparing with `threshold`:
 /// `end - start` while that is under the threshold (as exact as the clock is: a few ticks at
 /// worst when its thread ran a little late); at or over it, only what can be shown: when
@@ -180,7 +126,7 @@ fn since_coarse(start: u64, end: u64) -> u64 {
 /// backwards walk otherwise.
 #[inline]
 pub(crate) fn at_least(start: u64, end: u64, threshold: std::time::Duration) -> u64 {
-    let measured = elapsed(start, end);
+    let measured = end.saturating_sub(start);
     if u128::from(measured) < threshold.as_nanos() {
         return measured;
     }
@@ -190,7 +136,7 @@ pub(crate) fn at_least(start: u64, end: u64, threshold: std::time::Duration) -> 
 #[cold]
 #[inline(never)]
 fn confirmed(start: u64, end: u64) -> u64 {
-    end.saturating_sub(LATE.start_bound(start).max(COARSE.start_bound(start)))
+    end.saturating_sub(LATE.start_bound(start))
 }
 
 /// One spell in which the clock stood still at `from` until the upkeep thread advanced it to
@@ -386,15 +332,9 @@ fn upkeep(clock: &CoarseClock) -> ! {
     // Known before this thread first marks the clock idle, so readers can wake it.
     let _ = clock.upkeep.set(std::thread::current());
     let tick = tick();
-    let idle_after = u64::try_from(IDLE_AFTER.as_nanos()).unwrap_or(u64::MAX);
+    let idle_after_ticks = (IDLE_AFTER.as_nanos() / tick.as_nanos()).max(1) as u32;
     let late_after = u64::try_from((tick * LATE_AFTER_TICKS).as_nanos()).unwrap_or(u64::MAX);
-    let fine_after = u64::try_from(FINE_AFTER.as_nanos()).unwrap_or(u64::MAX);
-    let coarsest = COARSE_PERIOD.max(tick);
-    // How long the clock stands between ticks: one tick, or longer while every poll in progress
-    // is too short for the clock to time.
-    let mut period = tick;
-    // The last look that found a poll in progress (or the end of the last idle spell).
-    let mut last_busy = clock.now.load(Relaxed);
+    let mut quiet_ticks = 0u32;
     loop {
         if clock.is_idle() {
             std::thread::park_timeout(IDLE_LOOK);
@@ -402,31 +342,18 @@ fn upkeep(clock: &CoarseClock) -> ! {
             if clock.is_idle() && !polling() {
                 continue;
             }
-            period = tick;
-            last_busy = clock.now.load(Relaxed) & !IDLE;
+            quiet_ticks = 0;
         } else {
-            std::thread::sleep(period);
+            std::thread::sleep(tick);
         }
-        let now = if period > tick {
-            advance_noting_coarse_spell(clock)
-        } else {
-            advance_noting_late_spell(clock, late_after)
-        };
-        let seen = look(now);
-        if seen.busy {
-            // Polls too short to time (under a tick) need no tick of their own; one that has
-            // run for a while may become a stall, and its end is timed to a tick.
-            period = if now.saturating_sub(seen.oldest_poll) >= fine_after {
-                tick
-            } else {
-                (period * 2).min(coarsest)
-            };
-            last_busy = now;
+        let now = advance_noting_late_spell(clock, late_after);
+        if look(now) {
+            quiet_ticks = 0;
             continue;
         }
-        // Between polls, the period stays: the next poll reads the clock as it stands, and a
-        // start read in a spell counts from its end.
-        if now.saturating_sub(last_busy) >= idle_after {
+        quiet_ticks += 1;
+        if quiet_ticks >= idle_after_ticks {
+            quiet_ticks = 0;
             clock.go_idle();
             // A poll that began since the look read the last tick as its start: keep ticking
             // for it. One that begins later finds the mark and wakes this thread.
@@ -435,17 +362,6 @@ fn upkeep(clock: &CoarseClock) -> ! {
             }
         }
     }
-}
-
-/// Advances the clock after it stood for a coarse period on purpose, noting the spell so that
-/// durations that began in it count from its end ([`elapsed`]).
-fn advance_noting_coarse_spell(clock: &CoarseClock) -> u64 {
-    let before = clock.now.load(Relaxed);
-    let now = clock.advance();
-    if !is_idle(before) && now.saturating_sub(before) >= fast_poll_ns() {
-        COARSE.record(before, now);
-    }
-    now
 }
 
 /// Advances the clock (upkeep thread), and records the spell since its last advance as late if
@@ -462,16 +378,13 @@ fn advance_noting_late_spell(clock: &CoarseClock, late_after: u64) -> u64 {
 
 /// The upkeep thread's look after each tick: whether anything running needs the clock kept
 /// (with `tokio_unstable`, the watchdog's look at the worker slots).
-fn look(now: u64) -> Look {
+fn look(now: u64) -> bool {
     #[cfg(tokio_unstable)]
     return crate::hooks::watchdog::scan(now);
     #[cfg(not(tokio_unstable))]
     {
         let _ = now;
-        Look {
-            busy: false,
-            oldest_poll: u64::MAX,
-        }
+        false
     }
 }
 

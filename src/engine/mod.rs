@@ -385,11 +385,6 @@ impl Engine {
         culprit: Option<Culprit>,
     ) {
         self.note_measuring();
-        if elapsed_ns < crate::clock::fast_poll_ns() {
-            // Shorter than the clock can time once bounded (a poll that only spanned the end
-            // of a spell in which the clock stood): counted, as every such poll is.
-            return self.count_fast_polls(site, shard, 1);
-        }
         site.busy.record_in_shard(shard, &self.bounds, elapsed_ns);
         let duration = Duration::from_nanos(elapsed_ns);
         #[cfg(feature = "_otlp")]

@@ -21,20 +21,17 @@ pub(crate) fn start(engine: &crate::engine::Engine) {
     stacks::warm_up(engine);
 }
 
-/// One look at every worker slot (called by the clock's upkeep thread each tick): what needs
-/// the clock kept ticking, and how finely.
-pub(crate) fn scan(now: u64) -> clock::Look {
+/// One look at every worker slot (called by the clock's upkeep thread each tick). Returns
+/// whether anything needs the clock kept ticking: a poll in progress, or a stall whose stack
+/// is being taken.
+pub(crate) fn scan(now: u64) -> bool {
     let look_after = LOOK_AFTER.as_nanos() as u64;
     let mut stalled = 0;
     let mut polling = false;
-    let mut oldest_poll = u64::MAX;
     {
         for (index, slot) in slots::in_use_indexed() {
             let start = slot.start_ns.load(Relaxed);
             polling |= start != 0;
-            if start != 0 {
-                oldest_poll = oldest_poll.min(start);
-            }
             if start == 0 || now.saturating_sub(start) < look_after {
                 continue;
             }
@@ -68,10 +65,7 @@ pub(crate) fn scan(now: u64) -> clock::Look {
     }
     console_hint::scanned(now, stalled);
     let watching = stacks::tick(now);
-    clock::Look {
-        busy: polling || watching,
-        oldest_poll: if watching { 0 } else { oldest_poll },
-    }
+    polling || watching
 }
 
 /// Whether any worker is polling now (a quick look, without reporting).

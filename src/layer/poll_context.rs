@@ -371,7 +371,7 @@ pub(crate) fn exit_span(span: u64) -> Option<Duration> {
                 return None;
             }
             let depth = i - span_base;
-            let inclusive = Duration::from_nanos(clock::elapsed(user.entered, clock::now_ns()));
+            let inclusive = Duration::from_nanos(clock::now_ns().saturating_sub(user.entered));
             let candidate = Culprit {
                 span,
                 meta: user.meta,

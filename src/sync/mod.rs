@@ -269,7 +269,7 @@ impl Drop for Hold {
         if site.kind.blocks_thread() {
             note_released();
         }
-        site.record_hold(self.op, clock::elapsed(self.since, clock::now_ns()));
+        site.record_hold(self.op, clock::now_ns().saturating_sub(self.since));
     }
 }
 
@@ -322,7 +322,7 @@ impl Drop for Wait {
 
 /// A wait that began at `started` (coarse clock) was given up now: recorded as cancelled.
 fn gave_up(site: &'static LockSite, op: LockOp, started: u64) {
-    let waited = Duration::from_nanos(clock::elapsed(started, clock::now_ns()));
+    let waited = Duration::from_nanos(clock::now_ns().saturating_sub(started));
     site.record_cancelled_wait(op, waited);
 }
 

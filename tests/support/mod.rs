@@ -3,7 +3,6 @@
 //! with its captured reports.
 #![allow(dead_code)]
 
-pub mod busy_clock;
 pub mod capture;
 pub mod child;
 pub mod console;
