@@ -28,6 +28,13 @@
 //! from the spell's end. A slow poll is reported only when it was slow by that lower bound; a
 //! poll that only looked slow because the clock stood still is timed to what it can be shown to
 //! have lasted. Polls under the threshold never look at the ledger.
+//!
+//! **Busy.** Each tick takes a core from a worker on a saturated machine. Production mode's
+//! workers [`refresh`] the clock as they park and unpark; when [`FRESH_LOOKS`] looks in a row
+//! find it less than a tick old while polls run (or none runs), the upkeep thread sleeps up to
+//! [`LATE_AFTER_TICKS`] ticks between ticks, and goes back to every tick at the first look that
+//! finds it stale. A refresh never ends a spell longer than a late one (the upkeep thread does,
+//! and records it), so the guarantees above hold unchanged.
 
 use std::sync::atomic::{
     fence, AtomicU64,
@@ -68,6 +75,10 @@ const LATE_AFTER_TICKS: u32 = 4;
 const LATE_SPELLS: usize = 1024;
 
 static LATE: LateSpells = LateSpells::new();
+
+/// Looks in a row that must find the clock refreshed by the workers (it stood less than a tick)
+/// before the upkeep thread sleeps longer than a tick.
+const FRESH_LOOKS: u32 = 4;
 
 /// Fixes the clock's tick for the whole process on the first call, and returns the tick in
 /// force: `requested` then, the first caller's afterwards (the clock, its thread and every
@@ -332,9 +343,15 @@ fn upkeep(clock: &CoarseClock) -> ! {
     // Known before this thread first marks the clock idle, so readers can wake it.
     let _ = clock.upkeep.set(std::thread::current());
     let tick = tick();
-    let idle_after_ticks = (IDLE_AFTER.as_nanos() / tick.as_nanos()).max(1) as u32;
+    let idle_after = u64::try_from(IDLE_AFTER.as_nanos()).unwrap_or(u64::MAX);
     let late_after = u64::try_from((tick * LATE_AFTER_TICKS).as_nanos()).unwrap_or(u64::MAX);
-    let mut quiet_ticks = 0u32;
+    let tick_ns = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX);
+    // How long this thread sleeps between ticks: one tick, or up to `LATE_AFTER_TICKS` ticks
+    // while the workers keep the clock fresh themselves.
+    let mut period = tick;
+    let mut fresh_looks = 0u32;
+    // The last look that found a poll in progress (or the end of the last idle spell).
+    let mut last_busy = clock.now.load(Relaxed);
     loop {
         if clock.is_idle() {
             std::thread::park_timeout(IDLE_LOOK);
@@ -342,18 +359,35 @@ fn upkeep(clock: &CoarseClock) -> ! {
             if clock.is_idle() && !polling() {
                 continue;
             }
-            quiet_ticks = 0;
+            (period, fresh_looks) = (tick, 0);
+            last_busy = clock.now.load(Relaxed) & !IDLE;
         } else {
-            std::thread::sleep(tick);
+            std::thread::sleep(period);
         }
-        let now = advance_noting_late_spell(clock, late_after);
-        if look(now) {
-            quiet_ticks = 0;
+        let (stood, now) = advance_noting_late_spell(clock, late_after);
+        // Busy workers refresh the clock themselves ([`refresh`]), keeping it within a tick of
+        // the time; then this thread's ticks, each of which takes a core from a worker on a
+        // saturated machine, buy nothing. It sleeps longer once several looks in a row found
+        // the clock fresh, never longer than a spell that goes unrecorded, and goes back to
+        // every tick at the first look that finds it stale: every duration stays as true as
+        // with a tick every tick.
+        let busy = look(now);
+        // Between polls the clock may stand: a worker refreshes it when it unparks, before
+        // its next poll reads it.
+        if stood < tick_ns || !busy {
+            fresh_looks += 1;
+            if fresh_looks >= FRESH_LOOKS {
+                period = (period * 2).min(tick * LATE_AFTER_TICKS);
+            }
+        } else {
+            (period, fresh_looks) = (tick, 0);
+        }
+        if busy {
+            last_busy = now;
             continue;
         }
-        quiet_ticks += 1;
-        if quiet_ticks >= idle_after_ticks {
-            quiet_ticks = 0;
+        if now.saturating_sub(last_busy) >= idle_after {
+            last_busy = now;
             clock.go_idle();
             // A poll that began since the look read the last tick as its start: keep ticking
             // for it. One that begins later finds the mark and wakes this thread.
@@ -367,13 +401,35 @@ fn upkeep(clock: &CoarseClock) -> ! {
 /// Advances the clock (upkeep thread), and records the spell since its last advance as late if
 /// the clock stood still for longer than `late_after` nanoseconds while not idle (an idle
 /// clock's readers read the precise time, so nothing was read stale).
-fn advance_noting_late_spell(clock: &CoarseClock, late_after: u64) -> u64 {
+/// Returns how long the clock stood (since anyone last advanced it) and the new time.
+fn advance_noting_late_spell(clock: &CoarseClock, late_after: u64) -> (u64, u64) {
     let before = clock.now.load(Relaxed);
     let now = clock.advance();
-    if !is_idle(before) && now.saturating_sub(before) > late_after {
+    let stood = now.saturating_sub(before & !IDLE);
+    if !is_idle(before) && stood > late_after {
         LATE.record(before, now);
     }
-    now
+    (stood, now)
+}
+
+/// A worker brings the clock to the precise time (production mode: when it parks and when it
+/// unparks, so never per poll). An idle clock is left to its readers,
+/// who wake its thread; a clock that has stood longer than a late spell is left to the upkeep
+/// thread, which records the spell, so that a start read during it stays bounded by
+/// [`at_least`]: a refresh never hides one.
+#[cold]
+#[inline(never)]
+pub(crate) fn refresh() {
+    let current = CLOCK.now.load(Relaxed);
+    let now = precise_ns();
+    // `LATE_AFTER_TICKS` ticks: twice the two ticks `fast_poll_ns` holds.
+    let late_after = fast_poll_ns().saturating_mul(u64::from(LATE_AFTER_TICKS) / 2);
+    if is_idle(current) || now.saturating_sub(current) > late_after {
+        return;
+    }
+    // Only ever raises it: a value the upkeep thread stored meanwhile (or its idle mark, the
+    // top bit) is larger and stays.
+    CLOCK.now.fetch_max(now, Relaxed);
 }
 
 /// The upkeep thread's look after each tick: whether anything running needs the clock kept

@@ -275,6 +275,7 @@ impl Engine {
                     }
                     crate::hooks::on_park(&park)
                 })
+                .on_thread_unpark(crate::hooks::on_unpark)
         }
         #[cfg(not(tokio_unstable))]
         {

@@ -203,9 +203,20 @@ pub(crate) fn current_task_site() -> Option<&'static Site> {
 /// The first park of a thread also makes its runtime known, in case no task ever polls there:
 /// a current-thread runtime that only drives `block_on` (a runtime per connection or per
 /// request) runs the hooks on no poll, but parks.
+/// A worker of a runtime with the hooks unparked: it is about to poll, and brings the clock to
+/// the time first, so the clock's thread need not tick while every worker is parked.
+pub(crate) fn on_unpark() {
+    let _ = HOT.try_with(|hot| {
+        if hot.slot.get().is_some() {
+            clock::refresh();
+        }
+    });
+}
+
 pub(crate) fn on_park(engine: &Arc<Engine>) {
     let _ = HOT.try_with(|hot| {
         if let Some(slot) = hot.slot.get() {
+            clock::refresh();
             slot.publish_pending(engine);
         } else if !hot.parked_before.replace(true) {
             first_park_on_thread(engine);

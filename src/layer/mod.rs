@@ -124,7 +124,10 @@ impl StallscopeLayer {
     /// itself need not be in a subscriber for this; reports still go to the app's log.
     ///
     /// Needs `--cfg tokio_unstable`; without it this does nothing and says so once at start-up.
-    /// The hooks replace any poll hooks set on `builder` before.
+    /// It also sets `on_thread_park` and `on_thread_unpark` (a worker brings stallscope's clock
+    /// to the time as it parks and unparks, so the clock's thread ticks less often on a busy
+    /// runtime). These hooks replace any poll, park and unpark hooks set on `builder` before:
+    /// call this after setting your own, or chain yours in stallscope's place.
     ///
     /// ```
     /// let stallscope = stallscope::Builder::new().build().unwrap();
