@@ -1,11 +1,13 @@
 //! Building a stallscope layer from code and from the environment.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
     check_bounds, format_duration, Config, ConfigError, StackSignal, Toggle, SAMPLE_INTERVAL_RANGE,
     STACK_SAMPLE_INTERVAL_RANGE,
 };
+use crate::engine::sink::Sink;
 use crate::engine::Engine;
 use crate::layer::StallscopeLayer;
 use crate::Error;
@@ -181,14 +183,21 @@ impl Builder {
             ));
         }
         let otlp_toggle = config.otlp;
+        connect_sources();
         let engine = Engine::new(config);
+        if let Some((level, note)) = tick_notes(engine.config.clock_tick, engine.clock_tick) {
+            engine.add_startup_note(level, note);
+        }
+        let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(crate::report::LogReport::new())];
         // The standard OTEL_* variables always apply when OTLP may run, as in every OTel SDK.
         start_otlp(
             &engine,
             otlp_toggle,
             &|name| std::env::var(name).ok(),
             &mut notes,
+            &mut sinks,
         )?;
+        engine.set_sinks(sinks);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             Engine::watch_runtime(&engine, &handle);
         }
@@ -197,6 +206,40 @@ impl Builder {
             engine.add_startup_note(level, note);
         }
         Ok(StallscopeLayer::new(engine))
+    }
+}
+
+/// Registers what the engine and the clock ask of the sources (which task polls on this
+/// thread, the watchdog's look each tick), so that neither imports a source. Once per process;
+/// the registrations start nothing.
+fn connect_sources() {
+    static CONNECTED: std::sync::Once = std::sync::Once::new();
+    CONNECTED.call_once(|| {
+        crate::engine::Sources::register(crate::engine::Sources {
+            span_task: crate::layer::current_task_site,
+            ..crate::hooks::sources()
+        });
+        crate::clock::register_upkeep(crate::clock::Upkeep {
+            no_thread: |e| {
+                crate::engine::deferred::line(move || crate::report::no_clock_thread(&e));
+            },
+            ..crate::hooks::upkeep()
+        });
+    });
+}
+
+/// What an instance says of the clock tick at start-up: `requested` was not applied (the
+/// process's clock already ticks every `tick`), or the tick is not the default.
+fn tick_notes(requested: Duration, tick: Duration) -> Option<(tracing::Level, String)> {
+    if tick != requested {
+        Some((
+            tracing::Level::WARN,
+            crate::report::tick_already_fixed(requested, tick),
+        ))
+    } else if tick != crate::config::DEFAULT_CLOCK_TICK {
+        Some((tracing::Level::INFO, crate::report::clock_tick(tick)))
+    } else {
+        None
     }
 }
 
@@ -276,6 +319,7 @@ fn start_otlp(
     // Where exports go is part of the start-up line, said when measuring starts; what the SDK
     // would read but stallscope does not follow is said as a start-up note.
     notes: &mut Vec<(tracing::Level, String)>,
+    sinks: &mut Vec<Arc<dyn Sink>>,
 ) -> Result<(), Error> {
     use crate::export::otlp::{settings::OtlpSettings, OtlpExporter};
     let Some(settings) = OtlpSettings::resolve(toggle, engine.config.stall_spans, lookup)? else {
@@ -300,7 +344,7 @@ fn start_otlp(
         settings,
         &engine.config.histogram_bounds,
     )?;
-    let _ = engine.otlp.set(exporter);
+    sinks.push(Arc::new(exporter));
     exporting.push(std::sync::Arc::downgrade(engine));
     Ok(())
 }
@@ -316,6 +360,7 @@ fn start_otlp(
     toggle: Toggle,
     lookup: &dyn Fn(&str) -> Option<String>,
     notes: &mut Vec<(tracing::Level, String)>,
+    _sinks: &mut Vec<Arc<dyn Sink>>,
 ) -> Result<(), Error> {
     let endpoint = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",

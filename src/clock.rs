@@ -39,6 +39,27 @@ use std::time::{Duration, Instant};
 
 use crate::config::DEFAULT_CLOCK_TICK;
 
+/// What the upkeep thread asks of the rest of the crate, registered once by the wiring
+/// (`crate::builder`): the clock imports neither the watchdog nor the report.
+#[derive(Debug)]
+pub(crate) struct Upkeep {
+    /// The watchdog's look after each tick, at the clock's value `now`: whether anything
+    /// running needs the clock kept.
+    pub(crate) look: fn(now: u64) -> bool,
+    /// Whether a worker is polling a task now.
+    pub(crate) polling: fn() -> bool,
+    /// The upkeep thread could not start (said from the reporter thread).
+    pub(crate) no_thread: fn(std::io::Error),
+}
+
+static UPKEEP: OnceLock<Upkeep> = OnceLock::new();
+
+/// Registers what the upkeep thread calls (the first registration stays). Until then it only
+/// ticks.
+pub(crate) fn register_upkeep(upkeep: Upkeep) {
+    let _ = UPKEEP.set(upkeep);
+}
+
 /// How often the clock advances while anything runs, once fixed (see [`fix_tick`]).
 static FIXED_TICK: OnceLock<Duration> = OnceLock::new();
 
@@ -321,7 +342,9 @@ pub(crate) fn start_upkeep() {
             .spawn(|| upkeep(&CLOCK));
         if let Err(e) = spawned {
             CLOCK.go_idle();
-            crate::report::deferred::line(move || crate::report::no_clock_thread(&e));
+            if let Some(upkeep) = UPKEEP.get() {
+                (upkeep.no_thread)(e);
+            }
         }
     });
 }
@@ -379,21 +402,12 @@ fn advance_noting_late_spell(clock: &CoarseClock, late_after: u64) -> u64 {
 /// The upkeep thread's look after each tick: whether anything running needs the clock kept
 /// (with `tokio_unstable`, the watchdog's look at the worker slots).
 fn look(now: u64) -> bool {
-    #[cfg(tokio_unstable)]
-    return crate::hooks::watchdog::scan(now);
-    #[cfg(not(tokio_unstable))]
-    {
-        let _ = now;
-        false
-    }
+    UPKEEP.get().is_some_and(|upkeep| (upkeep.look)(now))
 }
 
 /// Whether a worker is polling a task now.
 fn polling() -> bool {
-    #[cfg(tokio_unstable)]
-    return crate::hooks::watchdog::polling();
-    #[cfg(not(tokio_unstable))]
-    false
+    UPKEEP.get().is_some_and(|upkeep| (upkeep.polling)())
 }
 
 #[cfg(test)]

@@ -112,6 +112,10 @@ macro_rules! guide_labels {
 pub mod guide;
 #[cfg(tokio_unstable)]
 mod hooks;
+// Without tokio's poll hooks: the same functions, installing nothing.
+#[cfg(not(tokio_unstable))]
+#[path = "hooks/unavailable.rs"]
+mod hooks;
 mod init;
 mod layer;
 mod report;
@@ -121,10 +125,10 @@ pub mod task;
 
 pub use builder::Builder;
 pub use config::{ConfigError, StackSignal, Toggle};
-pub use engine::locks::LockKind;
 pub use guard::Guard;
 pub use init::{console_layer, init, log_filter, try_init};
 pub use layer::StallscopeLayer;
+pub use snapshot::LockKind;
 pub use snapshot::Snapshot;
 
 #[cfg(feature = "_otlp")]

@@ -12,6 +12,7 @@ mod scopes;
 mod span_classes;
 mod task_table;
 
+pub(crate) use poll_context::{wrapper_guard_acquired, wrapper_guard_released};
 pub(crate) use resources::{wrapper_creating, WrapperCreating};
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -138,7 +139,7 @@ impl StallscopeLayer {
         &self,
         builder: &'b mut tokio::runtime::Builder,
     ) -> &'b mut tokio::runtime::Builder {
-        Engine::instrument_runtime(&self.engine, builder)
+        crate::hooks::instrument_runtime(&self.engine, builder)
     }
 }
 
@@ -260,7 +261,7 @@ where
             if span.extensions_mut().replace(task).is_some()
                 && !self.engine.refused.swap(true, Relaxed)
             {
-                crate::report::deferred::line(
+                crate::engine::deferred::line(
                     || tracing::warn!(target: "stallscope", "{}", crate::report::SECOND_LAYER),
                 );
             }
@@ -463,7 +464,7 @@ impl StallscopeLayer {
         let count_fast = |site, shard| self.engine.count_fast_polls(site, shard, 1);
         match poll_context::end_poll(span, count_fast) {
             PollEnd::Fast(site) => {
-                if let Some(lock) = crate::sync::guard_taken_in_poll_still_held(span) {
+                if let Some(lock) = poll_context::guard_taken_in_poll_still_held(span) {
                     self.engine.guard_held_across_await(lock, site);
                 }
             }
@@ -518,7 +519,7 @@ impl StallscopeLayer {
             TaskKind::Blocking => {
                 if !task.started.swap(true, Relaxed) {
                     self.engine
-                        .measuring_started(crate::report::Measuring::TaskSpans);
+                        .measuring_started(crate::engine::sink::Measuring::TaskSpans);
                     task.site.queued.fetch_sub(1, Relaxed);
                     task.site.running.fetch_add(1, Relaxed);
                     self.engine
@@ -568,7 +569,7 @@ impl StallscopeLayer {
             return;
         };
         // The lock whose guard, taken during this poll, is still held as it ends.
-        let held = crate::sync::guard_taken_in_poll_still_held(span);
+        let held = poll_context::guard_taken_in_poll_still_held(span);
         let poll = ended.poll;
         // A start read while the clock stood still is bounded by the spell's end, once the
         // poll looks slow.
@@ -624,7 +625,7 @@ impl StallscopeLayer {
             return;
         }
         self.engine
-            .measuring_started(crate::report::Measuring::TaskSpans);
+            .measuring_started(crate::engine::sink::Measuring::TaskSpans);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             Engine::watch_runtime(&self.engine, &handle);
         }
@@ -648,17 +649,6 @@ fn downcast_layer<S: Subscriber>(subscriber: &S) -> Option<&StallscopeLayer> {
             .downcast_raw(std::any::TypeId::of::<StallscopeLayer>())
             .map(|p| &*(p as *const StallscopeLayer))
     }
-}
-
-/// The span id of the task poll in progress on this thread (full mode), if any.
-pub(crate) fn current_poll_span() -> Option<u64> {
-    poll_context::current_poll_span()
-}
-
-/// This thread's polls are measured by production mode's poll hooks: the layer leaves them.
-#[cfg(tokio_unstable)]
-pub(crate) fn thread_measured_by_hooks() {
-    poll_context::thread_measured_by_hooks();
 }
 
 /// The site of the task this thread is polling (full mode), if any.

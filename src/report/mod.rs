@@ -11,7 +11,9 @@
 //! under the names log queries use. The advice for a kind of report rides on the first report
 //! of that kind in the process, as `hint`.
 
-pub(crate) mod deferred;
+mod sink;
+
+pub(crate) use sink::LogReport;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -20,23 +22,12 @@ use tracing::Metadata;
 
 use crate::engine::locks::LockSite;
 use crate::engine::runtimes::BlockingPool;
+use crate::engine::sink::Measuring;
 use crate::engine::sites::Site;
-use crate::engine::stall::{Stall, TraceParent};
+use crate::engine::stall::Stall;
 use crate::engine::starvation::{EpisodeEnd, PoolState};
 use crate::engine::Engine;
 use crate::snapshot::Snapshot;
-
-/// The innermost user span that covered (most of) a slow poll.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Culprit {
-    /// The span's id (`tracing::span::Id::into_u64`).
-    pub(crate) span: u64,
-    pub(crate) meta: &'static Metadata<'static>,
-    /// Time spent inside the span during the poll.
-    pub(crate) inclusive: Duration,
-    /// Its OpenTelemetry span, read when it exited (it may be closed by the end of the poll).
-    pub(crate) trace_parent: Option<TraceParent>,
-}
 
 /// `` `name` (file:line) `` of a span.
 fn describe_span(meta: &Metadata<'_>) -> String {
@@ -69,7 +60,7 @@ impl RateLimiter {
 
     /// `Some(lines suppressed since the last allowed one)` when a line may be written.
     pub(crate) fn allow(&self) -> Option<u64> {
-        let now = deferred::happened_at()
+        let now = crate::engine::deferred::happened_at()
             .saturating_duration_since(self.origin)
             .as_secs();
         if self.window.swap(now, Relaxed) != now {
@@ -665,16 +656,6 @@ fn lock_summary(snapshot: &Snapshot) {
     }
 }
 
-/// How an instance measures, said once when it starts measuring.
-#[derive(Clone, Debug)]
-pub(crate) enum Measuring {
-    /// Full mode: the layer reads tokio's task spans.
-    TaskSpans,
-    /// Production mode: poll hooks on the runtime with this id.
-    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
-    PollHooks { runtime: String },
-}
-
 /// tokio-console could not start (its port taken): said once, when stallscope's log is up.
 static CONSOLE_UNAVAILABLE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
@@ -715,10 +696,10 @@ pub(crate) fn measuring(engine: &Engine, how: &Measuring) {
     } else {
         "unavailable in this build"
     };
-    #[cfg(feature = "_otlp")]
-    let exporting = engine.otlp.get().map(|otlp| otlp.describe());
-    #[cfg(not(feature = "_otlp"))]
-    let exporting: Option<String> = None;
+    let exporting = engine
+        .sinks()
+        .iter()
+        .find_map(|sink| sink.describe_export());
     let mode = match how {
         Measuring::TaskSpans => "full mode (tokio task spans)".to_owned(),
         Measuring::PollHooks { runtime } => {

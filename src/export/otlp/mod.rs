@@ -36,9 +36,12 @@ pub use settings::Protocol;
 use settings::{OtlpSettings, SignalSettings};
 use spans::StallSpans;
 
+use crate::engine::locks::{LockOp, LockSite};
+use crate::engine::sink::{LockRecorder, Sink, SiteRecorder};
 use crate::engine::sites::{Site, TaskKind};
-use crate::engine::stall::Stall;
+use crate::engine::stall::{Stall, TraceParent};
 use crate::engine::Engine;
+use crate::snapshot::Snapshot;
 
 /// Why OTLP export could not start.
 #[derive(Debug)]
@@ -117,11 +120,13 @@ impl std::fmt::Debug for LockInstruments {
 }
 
 impl LockInstruments {
-    fn op(&self, op: crate::engine::locks::LockOp) -> Option<&LockOpInstruments> {
+    fn op(&self, op: LockOp) -> Option<&LockOpInstruments> {
         self.ops.get(op.index())
     }
+}
 
-    pub(crate) fn record_wait(&self, op: crate::engine::locks::LockOp, d: Duration) {
+impl LockRecorder for LockInstruments {
+    fn record_wait(&self, op: LockOp, d: Duration) {
         if let Some(i) = self.op(op) {
             i.wait
                 .get_or_init(|| self.wait.bind(&i.with_outcome("acquired")))
@@ -131,7 +136,7 @@ impl LockInstruments {
 
     /// Only tokio's locks record these: an async acquisition can be given up, a std lock's
     /// cannot.
-    pub(crate) fn record_cancelled_wait(&self, op: crate::engine::locks::LockOp, d: Duration) {
+    fn record_cancelled_wait(&self, op: LockOp, d: Duration) {
         if let Some(i) = self.op(op) {
             i.cancelled_wait
                 .get_or_init(|| self.wait.bind(&i.with_outcome("cancelled")))
@@ -139,34 +144,97 @@ impl LockInstruments {
         }
     }
 
-    pub(crate) fn record_hold(&self, op: crate::engine::locks::LockOp, d: Duration) {
+    fn record_hold(&self, op: LockOp, d: Duration) {
         if let Some(i) = self.op(op) {
             i.hold
                 .get_or_init(|| self.hold.bind(&i.attributes))
                 .record(d.as_secs_f64());
         }
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
-impl SiteInstruments {
+impl SiteRecorder for SiteInstruments {
     #[inline]
-    pub(crate) fn record_poll(&self, d: Duration) {
+    fn record_poll(&self, d: Duration) {
         if let Some(h) = &self.poll {
             h.record(d.as_secs_f64());
         }
     }
 
-    pub(crate) fn record_queue_wait(&self, d: Duration) {
+    fn record_queue_wait(&self, d: Duration) {
         if let Some(h) = &self.queue_wait {
             h.record(d.as_secs_f64());
         }
     }
 
-    pub(crate) fn record_blocking_run(&self, d: Duration) {
+    fn record_blocking_run(&self, d: Duration) {
         if let Some(h) = &self.run {
             h.record(d.as_secs_f64());
         }
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The OTLP exporter as one of an instance's sinks: each site and lock gets its bound
+/// histograms, stalls go out as spans, and the counters and gauges are read from the engine
+/// whenever the metrics reader collects (see [`instruments::register_observables`]).
+impl Sink for OtlpExporter {
+    fn bind_site(&self, site: &Site) -> Option<Box<dyn SiteRecorder>> {
+        Some(Box::new(OtlpExporter::bind_site(self, site)))
+    }
+
+    fn bind_lock(&self, lock: &LockSite) -> Option<Box<dyn LockRecorder>> {
+        Some(Box::new(OtlpExporter::bind_lock(self, lock)))
+    }
+
+    fn exports_stall_spans(&self) -> bool {
+        OtlpExporter::exports_stall_spans(self)
+    }
+
+    fn trace_parent(&self, span: Option<&tracing::span::Id>) -> Option<TraceParent> {
+        #[cfg(feature = "tracing-opentelemetry")]
+        return parent::find(span);
+        #[cfg(not(feature = "tracing-opentelemetry"))]
+        {
+            let _ = span;
+            None
+        }
+    }
+
+    fn describe_export(&self) -> Option<String> {
+        Some(self.describe())
+    }
+
+    fn stall(&self, engine: &Engine, stall: &Stall) {
+        if !engine.is_shut_down() {
+            self.export_stall(stall);
+        }
+    }
+
+    fn shutdown(&self, _engine: &Engine, _snapshot: &Snapshot) {
+        OtlpExporter::shutdown(self);
+    }
+}
+
+/// This exporter's handle on `site`, if it bound one.
+pub(crate) fn site_instruments(site: &Site) -> Option<&SiteInstruments> {
+    site.recorders
+        .iter()
+        .find_map(|recorder| recorder.as_any().downcast_ref())
+}
+
+/// This exporter's handle on `lock`, if it bound one.
+pub(crate) fn lock_instruments(lock: &LockSite) -> Option<&LockInstruments> {
+    lock.recorders
+        .iter()
+        .find_map(|recorder| recorder.as_any().downcast_ref())
 }
 
 impl OtlpExporter {
@@ -290,7 +358,7 @@ impl OtlpExporter {
         }
     }
 
-    pub(crate) fn bind_lock(&self, lock: &crate::engine::locks::LockSite) -> LockInstruments {
+    pub(crate) fn bind_lock(&self, lock: &LockSite) -> LockInstruments {
         let attributes = instruments::lock_attributes(lock);
         let ops = lock
             .kind
