@@ -29,6 +29,7 @@ pub struct Guard {
 
 impl Guard {
     pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        Engine::start(&engine);
         engine.guard_taken();
         Guard { engine }
     }

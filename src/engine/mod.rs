@@ -194,7 +194,14 @@ pub(crate) struct Engine {
     pub(crate) hooks_installed: AtomicBool,
     /// Where findings go (see [`sink`]), in order: set once when the instance is wired.
     sinks: OnceLock<Box<[Arc<dyn Sink>]>>,
+    /// What starts with the instance (threads, exporters, the default instance), run by
+    /// [`Engine::start`] at the first use, not when it is built.
+    starter: std::sync::Mutex<Option<Starter>>,
+    started: std::sync::Once,
 }
+
+/// What [`Engine::start`] runs, once.
+pub(crate) type Starter = Box<dyn FnOnce(&Arc<Engine>) + Send>;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -235,8 +242,35 @@ impl Engine {
             shut_down: AtomicBool::new(false),
             hooks_installed: AtomicBool::new(false),
             sinks: OnceLock::new(),
+            starter: std::sync::Mutex::new(None),
+            started: std::sync::Once::new(),
             config,
         })
+    }
+
+    /// Sets what [`Engine::start`] runs (the first call stays).
+    pub(crate) fn set_starter(&self, starter: Starter) {
+        let mut slot = self.starter.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() && !self.started.is_completed() {
+            *slot = Some(starter);
+        }
+    }
+
+    /// Starts what the instance runs (its exporters, the runtime sampler, the default instance
+    /// for the drop-in wrappers) the first time it is called: when the layer is registered with
+    /// a subscriber, a guard is taken or a runtime instrumented, whichever comes first. Later
+    /// calls return at once.
+    pub(crate) fn start(engine: &Arc<Engine>) {
+        engine.started.call_once(|| {
+            let starter = engine
+                .starter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(starter) = starter {
+                starter(engine);
+            }
+        });
     }
 
     /// Hands the instance its sinks (the first call stays): from now on what it finds goes to

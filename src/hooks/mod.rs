@@ -13,6 +13,13 @@
 //! when it exits; snapshots add what is pending. A watchdog thread advances the clock and
 //! watches the slots, so a poll that is still running past the threshold is reported while it
 //! runs; it sleeps while no poll runs (see [`clock`]).
+//!
+//! A source, in the flow sources → engine → sinks: the hooks call into the engine, which
+//! imports nothing from here. [`instrument_runtime`] is the one place runtime hooks are
+//! installed; what the engine and the clock ask of the hooks (the task polling on this thread,
+//! fast polls not yet published, the watchdog's look each tick) is registered with them by the
+//! builder ([`sources`], [`upkeep`]). The watchdog's own findings for tokio-console
+//! ([`console_hint`]) and the lines about stacks go straight to their sink.
 
 pub(crate) mod console_hint;
 pub(crate) mod slots;
@@ -37,6 +44,7 @@ pub(crate) fn instrument_runtime<'b>(
     engine: &Arc<Engine>,
     builder: &'b mut tokio::runtime::Builder,
 ) -> &'b mut tokio::runtime::Builder {
+    Engine::start(engine);
     engine.hooks_installed.store(true, Relaxed);
     let (before, after) = (engine.clone(), engine.clone());
     let park = engine.clone();

@@ -12,7 +12,7 @@ pub(crate) fn instrument_runtime<'b>(
     engine: &Arc<Engine>,
     builder: &'b mut tokio::runtime::Builder,
 ) -> &'b mut tokio::runtime::Builder {
-    let _ = engine;
+    Engine::start(engine);
     static SAID: AtomicBool = AtomicBool::new(false);
     if !SAID.swap(true, Relaxed) {
         tracing::warn!(

@@ -1,6 +1,12 @@
 //! Full mode's measurement source: a `tracing_subscriber::Layer` that reads tokio's own task
 //! spans (`--cfg tokio_unstable` + tokio's `tracing` feature). Each enter/exit of a
 //! `runtime.spawn` span is one poll; a blocking job's first enter ends its queue wait.
+//!
+//! A source, in the flow sources → engine → sinks: the layer calls into the engine, which
+//! imports nothing from here (it learns the task polling on this thread through
+//! `engine::Sources`, registered by the builder). The layer uses production mode's worker
+//! slots (`hooks::slots`) so the watchdog sees full mode's polls too, and keeps the drop-in
+//! wrappers' guards held on this thread, which `sync` tells it of.
 
 mod async_ops;
 mod block_on;
@@ -160,6 +166,7 @@ where
     }
 
     fn on_register_dispatch(&self, _subscriber: &tracing::Dispatch) {
+        Engine::start(&self.engine);
         // In a subscriber: if none lets TRACE through, tokio's task spans can never come.
         if !self.refused {
             self.engine.in_subscriber.store(true, Relaxed);

@@ -10,6 +10,11 @@
 //! `blocked_in`, `lock`, `block_on_at`) and the measures (`duration_ms`, ...) stay fields too,
 //! under the names log queries use. The advice for a kind of report rides on the first report
 //! of that kind in the process, as `hint`.
+//!
+//! A sink, in the flow sources → engine → sinks: [`LogReport`] implements
+//! `engine::sink::Sink`, and the engine calls it (from its reporter thread, `engine::deferred`)
+//! without importing anything from here. Each instance has its own `LogReport`, with its own
+//! rate limit.
 
 mod sink;
 

@@ -17,6 +17,11 @@
 //!
 //! Every guard is a [`Measured`] guard around the wrapped lock's own.
 //!
+//! Inside stallscope the wrappers are a measurement source, like full mode's layer and
+//! production mode's poll hooks: each wait and hold goes to the instance's engine (the default
+//! instance, see [`crate::task`]), which hands what it finds to the log report and the
+//! exporters.
+//!
 //! ```
 //! let stallscope = stallscope::Builder::new().build().unwrap();
 //! let _guard = stallscope.guard();
