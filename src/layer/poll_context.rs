@@ -83,6 +83,11 @@ struct ThreadPolls {
     /// This thread's worker slot, where the watchdog sees the outermost poll in progress.
     #[cfg(tokio_unstable)]
     slot: Cell<Option<&'static crate::hooks::slots::WorkerSlot>>,
+    /// Guards of the drop-in wrappers' locks (`crate::sync`) alive on this thread: the count,
+    /// the latest guard's lock, and the poll (its span id) that took it. A guard still alive
+    /// when a poll ends was held across an `.await`. Kept with the polls, so that the end of
+    /// every poll reads the count through the thread-local it already holds.
+    held: Cell<(u32, Option<&'static LockSite>, u64)>,
 }
 
 thread_local! {
@@ -99,6 +104,7 @@ thread_local! {
             ended_elapsed: Cell::new(0),
             #[cfg(tokio_unstable)]
             slot: Cell::new(None),
+            held: Cell::new((0, None, 0)),
         }
     };
 }
@@ -405,42 +411,35 @@ pub(crate) fn set_culprit_trace_parent(span: u64, parent: Option<TraceParent>) {
     });
 }
 
-thread_local! {
-    /// Guards of the drop-in wrappers' locks (`crate::sync`) alive on this thread, and the site of the latest one: a guard
-    /// still alive when a poll ends was held across an `.await`.
-    /// The count, the latest guard's lock, and the poll (its span id) that took it.
-    static HELD: std::cell::Cell<(u32, Option<&'static LockSite>, u64)> =
-        const { std::cell::Cell::new((0, None, 0)) };
-}
-
 /// The lock whose guard was taken during the poll of span `poll` and is still held as that poll
 /// ends, if any. (Other tasks polled on this thread while it is suspended are not blamed.)
 #[inline]
 pub(crate) fn guard_taken_in_poll_still_held(poll: u64) -> Option<&'static LockSite> {
-    HELD.try_with(|h| match h.get() {
-        (0, _, _) => None,
-        (_, site, taken_in) => site.filter(|_| taken_in == poll),
-    })
-    .ok()
-    .flatten()
+    POLLS
+        .try_with(|p| match p.held.get() {
+            (0, _, _) => None,
+            (_, site, taken_in) => site.filter(|_| taken_in == poll),
+        })
+        .ok()
+        .flatten()
 }
 
 /// A drop-in wrapper's guard of `site` was taken on this thread.
 #[inline]
 pub(crate) fn wrapper_guard_acquired(site: &'static LockSite) {
     let poll = current_poll_span().unwrap_or(0);
-    let _ = HELD.try_with(|h| h.set((h.get().0 + 1, Some(site), poll)));
+    let _ = POLLS.try_with(|p| p.held.set((p.held.get().0 + 1, Some(site), poll)));
 }
 
 /// A drop-in wrapper's guard was released on this thread.
 #[inline]
 pub(crate) fn wrapper_guard_released() {
-    let _ = HELD.try_with(|h| {
-        let (n, last, poll) = h.get();
+    let _ = POLLS.try_with(|p| {
+        let (n, last, poll) = p.held.get();
         if n <= 1 {
-            h.set((0, None, 0));
+            p.held.set((0, None, 0));
         } else {
-            h.set((n - 1, last, poll));
+            p.held.set((n - 1, last, poll));
         }
     });
 }
