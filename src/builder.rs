@@ -176,7 +176,7 @@ impl Builder {
     /// Building starts nothing: no thread, no exporter, no signal handler. The instance starts
     /// (its OTLP exporter, the sampler of the runtime `build` was called in, and the default
     /// instance for [`sync`](crate::sync) and [`task`](crate::task)) the first time it is
-    /// used, exactly once: when the layer is registered with a subscriber, when
+    /// used, exactly once: when the layer is composed into a subscriber, when
     /// [`StallscopeLayer::guard`] or [`init`](crate::init()) takes its guard, or when a runtime
     /// is instrumented, whichever comes first. An OTLP exporter that cannot start then is said
     /// in the log, and the log report goes on.
@@ -338,8 +338,9 @@ impl Builder {
 /// What OTLP export will be, read from the settings and the `OTEL_*` variables at `build`.
 #[cfg(feature = "_otlp")]
 type OtlpPlan = Option<crate::export::otlp::settings::OtlpSettings>;
+/// Without the feature there is no exporter to start.
 #[cfg(not(feature = "_otlp"))]
-type OtlpPlan = ();
+type OtlpPlan = Option<std::convert::Infallible>;
 
 #[cfg(feature = "_otlp")]
 fn resolve_otlp(
@@ -425,7 +426,7 @@ fn resolve_otlp(
                 .to_owned(),
         ));
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(not(feature = "_otlp"))]

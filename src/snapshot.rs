@@ -50,6 +50,7 @@ use std::time::Duration;
 /// # }
 /// ```
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// One entry per site of async tasks: a spawn location and task name. At most
     /// `STALLSCOPE_MAX_SITES` sites (further ones share one whose file is `<other>`), and at
@@ -111,6 +112,7 @@ impl Snapshot {
 /// call (`tokio::spawn`, `spawn_blocking`, `Mutex::new`, ...), as exported in the `code.*`
 /// attributes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct SpawnLocation {
     /// Source file as the compiler names it (relative to the crate for the crate's own code);
     /// `<other>` for the site that collects what is past the sites' limit.
@@ -137,6 +139,7 @@ impl fmt::Display for SpawnLocation {
 /// worker waits meanwhile. Well-behaved polls take microseconds; the hazards stallscope looks
 /// for take milliseconds to seconds.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TaskSiteStats {
     /// Where the tasks were spawned.
     pub location: SpawnLocation,
@@ -171,6 +174,7 @@ pub struct TaskSiteStats {
 /// Jobs run on the runtime's blocking pool; when more are running than it has threads, the
 /// next ones wait in its queue, and so does every task awaiting them.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct BlockingSiteStats {
     /// Where `spawn_blocking` was called.
     pub location: SpawnLocation,
@@ -196,6 +200,7 @@ pub struct BlockingSiteStats {
 /// is either obtained or given up (cancelled: a timeout, a dropped future). A std or
 /// parking_lot lock's wait blocks the thread; a tokio lock's wait suspends the task.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LockStats {
     /// The kind of lock (`tokio.lock.kind`).
     pub kind: LockKind,
@@ -236,6 +241,7 @@ pub struct LockStats {
 ///
 /// Fields marked `tokio_unstable` stay zero without `--cfg tokio_unstable`.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct RuntimeStats {
     /// The runtime's id (`tokio::runtime::Id` with `tokio_unstable`, else a sequence number),
     /// as exported in `tokio.runtime.id`.
@@ -292,6 +298,7 @@ pub struct RuntimeStats {
 /// bucket holding two ticks without a duration: they are in `counts` and `count`, not in `sum`
 /// or `max`.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct HistogramSnapshot {
     /// Samples per bucket: `counts[i]` holds the samples at most `bounds[i]` and over the
     /// previous bound; the last one, past every bound, the rest.

@@ -19,7 +19,7 @@ use super::sink::SiteRecorder;
 
 /// What runs at a site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TaskKind {
+pub(crate) enum TaskKind {
     /// An async task: `tokio::spawn`, `spawn_local`, `block_on`.
     Async,
     /// A `spawn_blocking` job.

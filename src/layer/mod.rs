@@ -154,6 +154,10 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_layer(&mut self, subscriber: &mut S) {
+        // The instance starts as its layer goes into a subscriber. Here, not in
+        // `on_register_dispatch`: tracing-core may hold its dispatchers' lock there, and starting
+        // spawns tasks whose spans would register callsites under it.
+        Engine::start(&self.engine);
         let Some(first) = downcast_layer(subscriber) else {
             return;
         };
@@ -166,7 +170,6 @@ where
     }
 
     fn on_register_dispatch(&self, _subscriber: &tracing::Dispatch) {
-        Engine::start(&self.engine);
         // In a subscriber: if none lets TRACE through, tokio's task spans can never come.
         if !self.refused {
             self.engine.in_subscriber.store(true, Relaxed);

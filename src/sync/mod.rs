@@ -59,6 +59,7 @@ macro_rules! wrapper_impls {
 mod acquire_async;
 mod mutex;
 #[cfg(feature = "parking_lot")]
+#[cfg_attr(stallscope_doc_cfg, doc(cfg(feature = "parking_lot")))]
 pub mod parking_lot;
 mod rwlock;
 pub mod tokio;

@@ -43,17 +43,53 @@ use crate::engine::stall::{Stall, TraceParent};
 use crate::engine::Engine;
 use crate::snapshot::Snapshot;
 
-/// Why OTLP export could not start.
+/// Why OTLP export could not start: what failed and, when another error made it fail, that
+/// error ([`Error::source`](std::error::Error::source)).
 #[derive(Debug)]
-pub struct OtlpError(String);
+pub struct OtlpError {
+    what: Option<String>,
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
 
-impl std::fmt::Display for OtlpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot start OTLP export: {}", self.0)
+impl OtlpError {
+    fn new(what: impl Into<String>) -> Self {
+        OtlpError {
+            what: Some(what.into()),
+            cause: None,
+        }
+    }
+
+    fn caused_by(
+        what: Option<&str>,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        OtlpError {
+            what: what.map(str::to_owned),
+            cause: Some(cause.into()),
+        }
     }
 }
 
-impl std::error::Error for OtlpError {}
+impl std::fmt::Display for OtlpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot start OTLP export")?;
+        if let Some(what) = &self.what {
+            write!(f, ": {what}")?;
+        }
+        if let Some(cause) = &self.cause {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for OtlpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
 
 pub(crate) struct OtlpExporter {
     provider: SdkMeterProvider,
@@ -498,11 +534,11 @@ fn grpc_runtime() -> Result<tokio::runtime::Runtime, OtlpError> {
                 ))
             })
             .build()
-            .map_err(|e| OtlpError(format!("cannot start the gRPC exporter's runtime: {e}")))
+            .map_err(|e| OtlpError::caused_by(Some("cannot start the gRPC exporter's runtime"), e))
     }
     #[cfg(not(feature = "otlp-grpc"))]
-    Err(OtlpError(
-        "gRPC support is not compiled in (feature `otlp-grpc`)".into(),
+    Err(OtlpError::new(
+        "gRPC support is not compiled in (feature `otlp-grpc`)",
     ))
 }
 
@@ -535,9 +571,9 @@ macro_rules! build_exporter {
                 $finish
             }
             #[allow(unreachable_patterns)]
-            _ => return Err(OtlpError("the selected protocol is not compiled in".into())),
+            _ => return Err(OtlpError::new("the selected protocol is not compiled in")),
         };
-        built.map_err(|e| OtlpError(e.to_string()))
+        built.map_err(|e| OtlpError::caused_by(None, e))
     }};
 }
 
