@@ -1,11 +1,13 @@
 //! Building a stallscope layer from code and from the environment.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{
     check_bounds, format_duration, Config, ConfigError, StackSignal, Toggle, SAMPLE_INTERVAL_RANGE,
     STACK_SAMPLE_INTERVAL_RANGE,
 };
+use crate::engine::sink::Sink;
 use crate::engine::Engine;
 use crate::layer::StallscopeLayer;
 use crate::Error;
@@ -168,8 +170,27 @@ impl Builder {
         self
     }
 
-    /// Validates the configuration, starts the exporters and returns the layer. An error names
-    /// the setter (or the environment variable) whose value is out of range.
+    /// Validates the configuration (the `OTEL_*` variables included) and returns the layer. An
+    /// error names the setter (or the environment variable) whose value is out of range.
+    ///
+    /// Building starts nothing: no thread, no exporter, no signal handler. The instance starts
+    /// (its OTLP exporter, the sampler of the runtime `build` was called in, and the default
+    /// instance for [`sync`](crate::sync) and [`task`](crate::task)) the first time it is
+    /// used, exactly once: when the layer is composed into a subscriber, when
+    /// [`StallscopeLayer::guard`] or [`init`](crate::init()) takes its guard, or when a runtime
+    /// is instrumented, whichever comes first. An OTLP exporter that cannot start then is said
+    /// in the log, and the log report goes on.
+    ///
+    /// Two instances in one process measure and report independently, each with its own
+    /// settings, except for what is inherently one per process:
+    /// - the coarse clock and its tick: the first instance built fixes the tick (a later one
+    ///   asking for another says so), and one thread advances it and runs the watchdog;
+    /// - the stack signal's handler, installed when production mode first captures a stack;
+    /// - the reporter thread that writes every instance's reports;
+    /// - the default instance of the drop-in wrappers and `task::spawn_blocking`: the first
+    ///   instance started;
+    /// - OTLP export: the first instance started exports, a later one says it does not (two
+    ///   would write the same series).
     pub fn build(self) -> Result<StallscopeLayer, Error> {
         self.check()?;
         let config = self.config;
@@ -181,22 +202,68 @@ impl Builder {
             ));
         }
         let otlp_toggle = config.otlp;
+        connect_sources();
         let engine = Engine::new(config);
+        if let Some((level, note)) = tick_notes(engine.config.clock_tick, engine.clock_tick) {
+            engine.add_startup_note(level, note);
+        }
         // The standard OTEL_* variables always apply when OTLP may run, as in every OTel SDK.
-        start_otlp(
-            &engine,
+        // Read now, so that a bad one fails `build`; the exporter starts with the instance.
+        let otlp = resolve_otlp(
+            &engine.config,
             otlp_toggle,
             &|name| std::env::var(name).ok(),
             &mut notes,
         )?;
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            Engine::watch_runtime(&engine, &handle);
-        }
-        crate::task::set_default_engine(&engine);
-        for (level, note) in notes {
-            engine.add_startup_note(level, note);
-        }
+        // The runtime `build` was called on is sampled once the instance starts.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        engine.set_starter(Box::new(move |engine| {
+            let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(crate::report::LogReport::new())];
+            start_otlp(engine, otlp, &mut notes, &mut sinks);
+            engine.set_sinks(sinks);
+            if let Some(handle) = runtime {
+                Engine::watch_runtime(engine, &handle);
+            }
+            crate::task::set_default_engine(engine);
+            for (level, note) in notes {
+                engine.add_startup_note(level, note);
+            }
+        }));
         Ok(StallscopeLayer::new(engine))
+    }
+}
+
+/// Registers what the engine and the clock ask of the sources (which task polls on this
+/// thread, the watchdog's look each tick), so that neither imports a source. Once per process;
+/// the registrations start nothing.
+fn connect_sources() {
+    static CONNECTED: std::sync::Once = std::sync::Once::new();
+    CONNECTED.call_once(|| {
+        crate::engine::Sources::register(crate::engine::Sources {
+            span_task: crate::layer::current_task_site,
+            ..crate::hooks::sources()
+        });
+        crate::clock::register_upkeep(crate::clock::Upkeep {
+            no_thread: |e| {
+                crate::engine::deferred::line(move || crate::report::no_clock_thread(&e));
+            },
+            ..crate::hooks::upkeep()
+        });
+    });
+}
+
+/// What an instance says of the clock tick at start-up: `requested` was not applied (the
+/// process's clock already ticks every `tick`), or the tick is not the default.
+fn tick_notes(requested: Duration, tick: Duration) -> Option<(tracing::Level, String)> {
+    if tick != requested {
+        Some((
+            tracing::Level::WARN,
+            crate::report::tick_already_fixed(requested, tick),
+        ))
+    } else if tick != crate::config::DEFAULT_CLOCK_TICK {
+        Some((tracing::Level::INFO, crate::report::clock_tick(tick)))
+    } else {
+        None
     }
 }
 
@@ -268,22 +335,42 @@ impl Builder {
     }
 }
 
+/// What OTLP export will be, read from the settings and the `OTEL_*` variables at `build`.
 #[cfg(feature = "_otlp")]
-fn start_otlp(
-    engine: &std::sync::Arc<Engine>,
+type OtlpPlan = Option<crate::export::otlp::settings::OtlpSettings>;
+/// Without the feature there is no exporter to start.
+#[cfg(not(feature = "_otlp"))]
+type OtlpPlan = Option<std::convert::Infallible>;
+
+#[cfg(feature = "_otlp")]
+fn resolve_otlp(
+    config: &crate::config::Config,
     toggle: Toggle,
     lookup: &dyn Fn(&str) -> Option<String>,
-    // Where exports go is part of the start-up line, said when measuring starts; what the SDK
-    // would read but stallscope does not follow is said as a start-up note.
+    // What the SDK would read but stallscope does not follow is said as a start-up note.
     notes: &mut Vec<(tracing::Level, String)>,
-) -> Result<(), Error> {
-    use crate::export::otlp::{settings::OtlpSettings, OtlpExporter};
-    let Some(settings) = OtlpSettings::resolve(toggle, engine.config.stall_spans, lookup)? else {
-        return Ok(());
-    };
-    for note in &settings.not_followed {
+) -> Result<OtlpPlan, Error> {
+    use crate::export::otlp::settings::OtlpSettings;
+    let settings = OtlpSettings::resolve(toggle, config.stall_spans, lookup)?;
+    for note in settings.iter().flat_map(|s| &s.not_followed) {
         notes.push((tracing::Level::WARN, note.clone()));
     }
+    Ok(settings)
+}
+
+/// Starts the OTLP exporter `plan` describes and adds it to `sinks`, as the instance starts.
+/// Where exports go is part of the start-up line, said when measuring starts.
+#[cfg(feature = "_otlp")]
+fn start_otlp(
+    engine: &Arc<Engine>,
+    plan: OtlpPlan,
+    notes: &mut Vec<(tracing::Level, String)>,
+    sinks: &mut Vec<Arc<dyn Sink>>,
+) {
+    use crate::export::otlp::OtlpExporter;
+    let Some(settings) = plan else {
+        return;
+    };
     // Two instances would export the same series (same names, same labels) with different
     // values: the receiver would see two writers of one series. The first keeps exporting.
     let mut exporting = EXPORTING.lock().unwrap_or_else(|e| e.into_inner());
@@ -293,16 +380,23 @@ fn start_otlp(
             tracing::Level::WARN,
             crate::report::SECOND_EXPORTER.to_owned(),
         ));
-        return Ok(());
+        return;
     }
-    let exporter = OtlpExporter::start(
-        std::sync::Arc::downgrade(engine),
+    match OtlpExporter::start(
+        Arc::downgrade(engine),
         settings,
         &engine.config.histogram_bounds,
-    )?;
-    let _ = engine.otlp.set(exporter);
-    exporting.push(std::sync::Arc::downgrade(engine));
-    Ok(())
+    ) {
+        Ok(exporter) => {
+            sinks.push(Arc::new(exporter));
+            exporting.push(Arc::downgrade(engine));
+        }
+        // Started with the instance, after `build` returned: said, and the log report goes on.
+        Err(e) => notes.push((
+            tracing::Level::WARN,
+            format!("{e}; metrics and stalls stay in the log report"),
+        )),
+    }
 }
 
 /// The instances exporting over OTLP in this process (at most one alive and not shut down).
@@ -311,12 +405,12 @@ static EXPORTING: std::sync::Mutex<Vec<std::sync::Weak<Engine>>> =
     std::sync::Mutex::new(Vec::new());
 
 #[cfg(not(feature = "_otlp"))]
-fn start_otlp(
-    _engine: &std::sync::Arc<Engine>,
+fn resolve_otlp(
+    _config: &crate::config::Config,
     toggle: Toggle,
     lookup: &dyn Fn(&str) -> Option<String>,
     notes: &mut Vec<(tracing::Level, String)>,
-) -> Result<(), Error> {
+) -> Result<OtlpPlan, Error> {
     let endpoint = [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
@@ -332,7 +426,16 @@ fn start_otlp(
                 .to_owned(),
         ));
     }
-    Ok(())
+    Ok(None)
+}
+
+#[cfg(not(feature = "_otlp"))]
+fn start_otlp(
+    _engine: &Arc<Engine>,
+    _plan: OtlpPlan,
+    _notes: &mut Vec<(tracing::Level, String)>,
+    _sinks: &mut Vec<Arc<dyn Sink>>,
+) {
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@
 //!
 //! **Busy.** Each tick takes a core from a worker on a saturated machine. Production mode's
 //! workers [`refresh`] the clock as they park and unpark; when [`FRESH_LOOKS`] looks in a row
-//! find it less than a tick old while polls run (or none runs), the upkeep thread sleeps up to
-//! [`LATE_AFTER_TICKS`] ticks between ticks, and goes back to every tick at the first look that
+//! find it less than a tick old while polls run (or none runs), the upkeep thread ticks every
+//! [`BUSY_TICKS`] ticks, and goes back to every tick at the first look that
 //! finds it stale. A refresh never ends a spell longer than a late one (the upkeep thread does,
 //! and records it), so the guarantees above hold unchanged.
 
@@ -45,6 +45,27 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crate::config::DEFAULT_CLOCK_TICK;
+
+/// What the upkeep thread asks of the rest of the crate, registered once by the wiring
+/// (`crate::builder`): the clock imports neither the watchdog nor the report.
+#[derive(Debug)]
+pub(crate) struct Upkeep {
+    /// The watchdog's look after each tick, at the clock's value `now`: whether anything
+    /// running needs the clock kept.
+    pub(crate) look: fn(now: u64) -> bool,
+    /// Whether a worker is polling a task now.
+    pub(crate) polling: fn() -> bool,
+    /// The upkeep thread could not start (said from the reporter thread).
+    pub(crate) no_thread: fn(std::io::Error),
+}
+
+static UPKEEP: OnceLock<Upkeep> = OnceLock::new();
+
+/// Registers what the upkeep thread calls (the first registration stays). Until then it only
+/// ticks.
+pub(crate) fn register_upkeep(upkeep: Upkeep) {
+    let _ = UPKEEP.set(upkeep);
+}
 
 /// How often the clock advances while anything runs, once fixed (see [`fix_tick`]).
 static FIXED_TICK: OnceLock<Duration> = OnceLock::new();
@@ -79,6 +100,12 @@ static LATE: LateSpells = LateSpells::new();
 /// Looks in a row that must find the clock refreshed by the workers (it stood less than a tick)
 /// before the upkeep thread sleeps longer than a tick.
 const FRESH_LOOKS: u32 = 4;
+
+/// While the workers keep the clock fresh, the upkeep thread ticks every this many ticks:
+/// half the longest spell that goes unrecorded ([`LATE_AFTER_TICKS`]), so that its thread
+/// running a little late does not make the workers' refreshes stop ([`refresh`] leaves longer
+/// spells to it).
+const BUSY_TICKS: u32 = LATE_AFTER_TICKS / 2;
 
 /// Fixes the clock's tick for the whole process on the first call, and returns the tick in
 /// force: `requested` then, the first caller's afterwards (the clock, its thread and every
@@ -332,7 +359,9 @@ pub(crate) fn start_upkeep() {
             .spawn(|| upkeep(&CLOCK));
         if let Err(e) = spawned {
             CLOCK.go_idle();
-            crate::report::deferred::line(move || crate::report::no_clock_thread(&e));
+            if let Some(upkeep) = UPKEEP.get() {
+                (upkeep.no_thread)(e);
+            }
         }
     });
 }
@@ -346,8 +375,8 @@ fn upkeep(clock: &CoarseClock) -> ! {
     let idle_after = u64::try_from(IDLE_AFTER.as_nanos()).unwrap_or(u64::MAX);
     let late_after = u64::try_from((tick * LATE_AFTER_TICKS).as_nanos()).unwrap_or(u64::MAX);
     let tick_ns = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX);
-    // How long this thread sleeps between ticks: one tick, or up to `LATE_AFTER_TICKS` ticks
-    // while the workers keep the clock fresh themselves.
+    // How long this thread sleeps between ticks: one tick, or `BUSY_TICKS` ticks while the
+    // workers keep the clock fresh themselves.
     let mut period = tick;
     let mut fresh_looks = 0u32;
     // The last look that found a poll in progress (or the end of the last idle spell).
@@ -377,7 +406,7 @@ fn upkeep(clock: &CoarseClock) -> ! {
         if stood < tick_ns || !busy {
             fresh_looks += 1;
             if fresh_looks >= FRESH_LOOKS {
-                period = (period * 2).min(tick * LATE_AFTER_TICKS);
+                period = tick * BUSY_TICKS;
             }
         } else {
             (period, fresh_looks) = (tick, 0);
@@ -435,21 +464,12 @@ pub(crate) fn refresh() {
 /// The upkeep thread's look after each tick: whether anything running needs the clock kept
 /// (with `tokio_unstable`, the watchdog's look at the worker slots).
 fn look(now: u64) -> bool {
-    #[cfg(tokio_unstable)]
-    return crate::hooks::watchdog::scan(now);
-    #[cfg(not(tokio_unstable))]
-    {
-        let _ = now;
-        false
-    }
+    UPKEEP.get().is_some_and(|upkeep| (upkeep.look)(now))
 }
 
 /// Whether a worker is polling a task now.
 fn polling() -> bool {
-    #[cfg(tokio_unstable)]
-    return crate::hooks::watchdog::polling();
-    #[cfg(not(tokio_unstable))]
-    false
+    UPKEEP.get().is_some_and(|upkeep| (upkeep.polling)())
 }
 
 #[cfg(test)]

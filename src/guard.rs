@@ -29,6 +29,7 @@ pub struct Guard {
 
 impl Guard {
     pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        Engine::start(&engine);
         engine.guard_taken();
         Guard { engine }
     }
@@ -58,7 +59,7 @@ impl Guard {
     /// assert!(guard.flush_reports());
     /// ```
     pub fn flush_reports(&self) -> bool {
-        crate::report::deferred::flush(crate::engine::SHUTDOWN_REPORTS_WAIT)
+        crate::engine::deferred::flush(crate::engine::SHUTDOWN_REPORTS_WAIT)
     }
 
     /// Samples the runtime-wide metrics of `handle`'s runtime. Runtimes whose tasks stallscope
@@ -76,7 +77,7 @@ impl Guard {
         &self,
         builder: &'b mut tokio::runtime::Builder,
     ) -> &'b mut tokio::runtime::Builder {
-        Engine::instrument_runtime(&self.engine, builder)
+        crate::hooks::instrument_runtime(&self.engine, builder)
     }
 }
 

@@ -25,9 +25,7 @@ pub fn try_init() -> Result<Guard, Error> {
     // exporter threads, a start-up line, a summary of a run that never was and a final flush
     // (seconds against a collector that does not answer) behind.
     if tracing::dispatcher::has_been_set() {
-        return Err(Error::SubscriberAlreadySet(
-            "a global default trace dispatcher has already been set".to_owned(),
-        ));
+        return Err(Error::SubscriberAlreadySet(Box::new(GlobalDefaultSet)));
     }
     let console = try_console_layer()?;
     let layer = Builder::from_env()?.build()?;
@@ -43,9 +41,22 @@ pub fn try_init() -> Result<Guard, Error> {
         .with(layer)
         .with(fmt_layer)
         .try_init()
-        .map_err(|e| Error::SubscriberAlreadySet(e.to_string()))?;
+        .map_err(|e| Error::SubscriberAlreadySet(Box::new(e)))?;
     Ok(guard)
 }
+
+/// `tracing`'s global default was set before `try_init` looked (its own error for that is
+/// made only by the call that fails to set it).
+#[derive(Debug)]
+struct GlobalDefaultSet;
+
+impl std::fmt::Display for GlobalDefaultSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a global default trace dispatcher has already been set")
+    }
+}
+
+impl std::error::Error for GlobalDefaultSet {}
 
 /// [`try_init`], panicking with the error's message (which names the bad variable).
 pub fn init() -> Guard {

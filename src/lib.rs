@@ -78,6 +78,13 @@
 //! [metrics and stall spans](guide::metrics). What stallscope measured so far is also available
 //! in code, as a [`Snapshot`] from [`Guard::snapshot`].
 #![warn(missing_docs)]
+// docs.rs (nightly) shows each feature-gated item's feature; its build passes this cfg (see
+// Cargo.toml). Not `docsrs`: CI builds the docs with `--cfg docsrs` on stable, where
+// `doc(cfg)` is unstable.
+#![cfg_attr(stallscope_doc_cfg, feature(doc_cfg))]
+// As tokio-metrics: `pub` only for what is public, every public type printable, 2018 idioms.
+// CI denies warnings (clippy -D warnings).
+#![warn(unreachable_pub, missing_debug_implementations, rust_2018_idioms)]
 
 mod builder;
 // Only the watchdog (built with `tokio_unstable`) advances the clock; without it there are no
@@ -112,6 +119,10 @@ macro_rules! guide_labels {
 pub mod guide;
 #[cfg(tokio_unstable)]
 mod hooks;
+// Without tokio's poll hooks: the same functions, installing nothing.
+#[cfg(not(tokio_unstable))]
+#[path = "hooks/unavailable.rs"]
+mod hooks;
 mod init;
 mod layer;
 mod report;
@@ -121,13 +132,17 @@ pub mod task;
 
 pub use builder::Builder;
 pub use config::{ConfigError, StackSignal, Toggle};
-pub use engine::locks::LockKind;
 pub use guard::Guard;
 pub use init::{console_layer, init, log_filter, try_init};
 pub use layer::StallscopeLayer;
+pub use snapshot::LockKind;
 pub use snapshot::Snapshot;
 
 #[cfg(feature = "_otlp")]
+#[cfg_attr(
+    stallscope_doc_cfg,
+    doc(cfg(any(feature = "otlp-http", feature = "otlp-grpc")))
+)]
 pub use export::otlp::{OtlpError, Protocol};
 
 /// Why stallscope could not start.
@@ -138,9 +153,13 @@ pub enum Error {
     Config(ConfigError),
     /// The OTLP exporter could not be built.
     #[cfg(feature = "_otlp")]
+    #[cfg_attr(
+        stallscope_doc_cfg,
+        doc(cfg(any(feature = "otlp-http", feature = "otlp-grpc")))
+    )]
     Otlp(OtlpError),
-    /// `init` found a global subscriber already installed.
-    SubscriberAlreadySet(String),
+    /// `init` found a global subscriber already installed; the error says how it found it.
+    SubscriberAlreadySet(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl std::fmt::Display for Error {
@@ -164,7 +183,7 @@ impl std::error::Error for Error {
             Error::Config(e) => Some(e),
             #[cfg(feature = "_otlp")]
             Error::Otlp(e) => Some(e),
-            Error::SubscriberAlreadySet(_) => None,
+            Error::SubscriberAlreadySet(e) => Some(e.as_ref()),
         }
     }
 }

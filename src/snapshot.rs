@@ -4,8 +4,6 @@
 use std::fmt;
 use std::time::Duration;
 
-pub use crate::engine::histogram::HistogramSnapshot;
-
 /// Everything measured so far by one stallscope instance: what the shutdown summary and the
 /// exported metrics are made of, at one moment.
 ///
@@ -52,6 +50,7 @@ pub use crate::engine::histogram::HistogramSnapshot;
 /// # }
 /// ```
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// One entry per site of async tasks: a spawn location and task name. At most
     /// `STALLSCOPE_MAX_SITES` sites (further ones share one whose file is `<other>`), and at
@@ -118,6 +117,7 @@ impl Snapshot {
 /// call (`tokio::spawn`, `spawn_blocking`, `Mutex::new`, ...), as exported in the `code.*`
 /// attributes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct SpawnLocation {
     /// Source file as the compiler names it (relative to the crate for the crate's own code);
     /// `<other>` for the site that collects what is past the sites' limit.
@@ -144,6 +144,7 @@ impl fmt::Display for SpawnLocation {
 /// worker waits meanwhile. Well-behaved polls take microseconds; the hazards stallscope looks
 /// for take milliseconds to seconds.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TaskSiteStats {
     /// Where the tasks were spawned.
     pub location: SpawnLocation,
@@ -178,6 +179,7 @@ pub struct TaskSiteStats {
 /// Jobs run on the runtime's blocking pool; when more are running than it has threads, the
 /// next ones wait in its queue, and so does every task awaiting them.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct BlockingSiteStats {
     /// Where `spawn_blocking` was called.
     pub location: SpawnLocation,
@@ -203,9 +205,10 @@ pub struct BlockingSiteStats {
 /// is either obtained or given up (cancelled: a timeout, a dropped future). A std or
 /// parking_lot lock's wait blocks the thread; a tokio lock's wait suspends the task.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LockStats {
     /// The kind of lock (`tokio.lock.kind`).
-    pub kind: crate::engine::locks::LockKind,
+    pub kind: LockKind,
     /// Where the lock was created.
     pub location: SpawnLocation,
     /// The name given with `named`, if any (`tokio.lock.name`).
@@ -243,6 +246,7 @@ pub struct LockStats {
 ///
 /// Fields marked `tokio_unstable` stay zero without `--cfg tokio_unstable`.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct RuntimeStats {
     /// The runtime's id (`tokio::runtime::Id` with `tokio_unstable`, else a sequence number),
     /// as exported in `tokio.runtime.id`.
@@ -289,4 +293,69 @@ pub struct RuntimeStats {
     pub blocking_threads_peak: usize,
     /// Idle blocking-pool threads (`tokio_unstable`).
     pub idle_blocking_threads: usize,
+}
+
+/// A point-in-time copy of a histogram of durations, with fixed buckets.
+///
+/// Its buckets are those of [`Snapshot::histogram_bounds`](crate::Snapshot::histogram_bounds);
+/// [`Snapshot::quantile`](crate::Snapshot::quantile) reads a percentile from it. Samples too
+/// short for the coarse clock (polls and lock holds under two clock ticks) are counted in the
+/// bucket holding two ticks without a duration: they are in `counts` and `count`, not in `sum`
+/// or `max`.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct HistogramSnapshot {
+    /// Samples per bucket: `counts[i]` holds the samples at most `bounds[i]` and over the
+    /// previous bound; the last one, past every bound, the rest.
+    pub counts: Vec<u64>,
+    /// Number of samples, timed or counted: the sum of `counts`.
+    pub count: u64,
+    /// Sum of the timed samples. `sum / count` underestimates the mean when short samples were
+    /// only counted.
+    pub sum: Duration,
+    /// Largest sample.
+    pub max: Duration,
+}
+
+impl HistogramSnapshot {
+    /// The upper bound of the bucket holding the `q` quantile (`0.0..=1.0`), capped at the
+    /// largest sample: an upper estimate, exact to one bucket.
+    pub fn quantile(&self, bounds_seconds: &[f64], q: f64) -> Option<Duration> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let upper = bounds_seconds
+                    .get(i)
+                    .map(|s| Duration::from_secs_f64(*s))
+                    .unwrap_or(self.max);
+                return Some(upper.min(self.max));
+            }
+        }
+        Some(self.max)
+    }
+}
+
+/// What kind of lock, as exported in `tokio.lock.kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockKind {
+    /// `stallscope::sync::Mutex` (a `std::sync::Mutex`).
+    StdMutex,
+    /// `stallscope::sync::RwLock` (a `std::sync::RwLock`).
+    StdRwLock,
+    /// `tokio::sync::Mutex`, seen through tokio's resource spans (full mode).
+    TokioMutex,
+    /// `tokio::sync::RwLock`, seen through tokio's resource spans (full mode).
+    TokioRwLock,
+    /// `tokio::sync::Semaphore`, seen through tokio's resource spans (full mode).
+    TokioSemaphore,
+    /// `stallscope::sync::parking_lot::Mutex` (feature `parking_lot`).
+    ParkingLotMutex,
+    /// `stallscope::sync::parking_lot::RwLock` (feature `parking_lot`).
+    ParkingLotRwLock,
 }

@@ -1,5 +1,5 @@
 //! Workers that park between short bursts of polls keep the clock fresh themselves (they bring
-//! it to the time when they park and unpark), so the clock's thread ticks every four ticks
+//! it to the time when they park and unpark), so the clock's thread ticks every two ticks
 //! instead of every tick. What that must not cost, checked poll by poll against the precise
 //! clock: no short poll is timed as long, and a 20 ms poll among them is timed to within the
 //! few ticks the clock promises. Production mode (poll hooks: the park hooks are theirs); its
@@ -151,13 +151,16 @@ fn parking_workers_keep_the_clock_fresh_and_durations_true() {
         long.sum
     );
 
-    // The clock's thread ticked every four ticks (500 times a second), not every tick (2,000).
+    // The clock's thread ticked every two ticks (measured: 960 to 1,000 switches a second), not
+    // every tick (1,400 to 1,570 measured; a sleep of half a millisecond lasts longer): the
+    // bound lies between the two.
     let (Some(before), Some(after)) = (switches_before, switches_after) else {
         panic!("the clock's thread is running");
     };
     let per_second = (after - before) as f64 / counted_for.as_secs_f64();
+    eprintln!("the clock's thread switched {per_second:.0} times a second");
     assert!(
-        per_second < 1_000.0,
+        per_second < 1_250.0,
         "the clock's thread switched {per_second:.0} times a second while the workers parked \
          between short bursts of polls"
     );

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::snapshot::HistogramSnapshot;
+
 /// Bucket bounds in nanoseconds, shared by every histogram of one stallscope instance.
 #[derive(Clone, Debug)]
 pub(crate) struct Bounds {
@@ -209,50 +211,6 @@ impl AtomicHistogram {
             sum: Duration::from_nanos(self.sum_ns.load(Relaxed)),
             max: Duration::from_nanos(self.max_ns.load(Relaxed)),
         }
-    }
-}
-
-/// A point-in-time copy of a histogram of durations, with fixed buckets.
-///
-/// Its buckets are those of [`Snapshot::histogram_bounds`](crate::Snapshot::histogram_bounds);
-/// [`Snapshot::quantile`](crate::Snapshot::quantile) reads a percentile from it. Samples too
-/// short for the coarse clock (polls and lock holds under two clock ticks) are counted in the
-/// bucket holding two ticks without a duration: they are in `counts` and `count`, not in `sum`
-/// or `max`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct HistogramSnapshot {
-    /// Samples per bucket: `counts[i]` holds the samples at most `bounds[i]` and over the
-    /// previous bound; the last one, past every bound, the rest.
-    pub counts: Vec<u64>,
-    /// Number of samples, timed or counted: the sum of `counts`.
-    pub count: u64,
-    /// Sum of the timed samples. `sum / count` underestimates the mean when short samples were
-    /// only counted.
-    pub sum: Duration,
-    /// Largest sample.
-    pub max: Duration,
-}
-
-impl HistogramSnapshot {
-    /// The upper bound of the bucket holding the `q` quantile (`0.0..=1.0`), capped at the
-    /// largest sample: an upper estimate, exact to one bucket.
-    pub fn quantile(&self, bounds_seconds: &[f64], q: f64) -> Option<Duration> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                let upper = bounds_seconds
-                    .get(i)
-                    .map(|s| Duration::from_secs_f64(*s))
-                    .unwrap_or(self.max);
-                return Some(upper.min(self.max));
-            }
-        }
-        Some(self.max)
     }
 }
 

@@ -10,27 +10,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::histogram::{this_threads_shard, Bounds, ShardedCounter, ShardedHistogram};
+use super::sink::LockRecorder;
 use super::sites::{Location, OTHER};
 
-/// What kind of lock, as exported in `tokio.lock.kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum LockKind {
-    /// `stallscope::sync::Mutex` (a `std::sync::Mutex`).
-    StdMutex,
-    /// `stallscope::sync::RwLock` (a `std::sync::RwLock`).
-    StdRwLock,
-    /// `tokio::sync::Mutex`, seen through tokio's resource spans (full mode).
-    TokioMutex,
-    /// `tokio::sync::RwLock`, seen through tokio's resource spans (full mode).
-    TokioRwLock,
-    /// `tokio::sync::Semaphore`, seen through tokio's resource spans (full mode).
-    TokioSemaphore,
-    /// `stallscope::sync::parking_lot::Mutex` (feature `parking_lot`).
-    ParkingLotMutex,
-    /// `stallscope::sync::parking_lot::RwLock` (feature `parking_lot`).
-    ParkingLotRwLock,
-}
+pub(crate) use crate::snapshot::LockKind;
 
 impl LockKind {
     pub(crate) fn as_str(self) -> &'static str {
@@ -197,8 +180,9 @@ pub(crate) struct LockSite {
     pub(crate) blocking_waits: AtomicU64,
     /// Polls that ended with a guard of this lock still held (held across `.await`).
     pub(crate) held_across_await: AtomicU64,
-    #[cfg(feature = "_otlp")]
-    pub(crate) otel: Option<crate::export::otlp::LockInstruments>,
+    /// The sinks' handles on this lock, bound once when its site was made (see
+    /// [`super::sink`]).
+    pub(crate) recorders: Box<[Box<dyn LockRecorder>]>,
 }
 
 impl LockSite {
@@ -209,17 +193,16 @@ impl LockSite {
     /// [`Engine::blocking_lock_wait`]: super::Engine::blocking_lock_wait
     ///
     /// A wait shorter than the coarse clock can time (under
-    /// [`fast_poll_ns`](crate::clock::fast_poll_ns)) is not handed to OpenTelemetry, as short
-    /// holds and polls are not: the SDK's histogram takes a lock per sample, and in a lock convoy
-    /// every acquisition waits. `tokio.lock.contentions` counts them all.
+    /// [`fast_poll_ns`](crate::clock::fast_poll_ns)) is not handed to the sinks, as short
+    /// holds and polls are not: OpenTelemetry's histogram takes a lock per sample, and in a lock
+    /// convoy every acquisition waits. `tokio.lock.contentions` counts them all.
     #[inline]
-    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
     pub(crate) fn record_wait(&self, op: LockOp, wait: Duration) -> bool {
         self.wait.record(self.bounds, wait);
-        #[cfg(feature = "_otlp")]
-        if wait.as_nanos() >= u128::from(crate::clock::fast_poll_ns()) {
-            if let Some(otel) = &self.otel {
-                otel.record_wait(op, wait);
+        if !self.recorders.is_empty() && wait.as_nanos() >= u128::from(crate::clock::fast_poll_ns())
+        {
+            for recorder in self.recorders.iter() {
+                recorder.record_wait(op, wait);
             }
         }
         self.kind.blocks_thread() && wait >= self.slow_threshold
@@ -240,13 +223,11 @@ impl LockSite {
     }
 
     /// An acquisition was given up after waiting `wait` (a timeout, or a dropped acquire future).
-    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
     pub(crate) fn record_cancelled_wait(&self, op: LockOp, wait: Duration) {
         self.cancellations.fetch_add(1, Relaxed);
         self.cancelled_wait.record(self.bounds, wait);
-        #[cfg(feature = "_otlp")]
-        if let Some(otel) = &self.otel {
-            otel.record_cancelled_wait(op, wait);
+        for recorder in self.recorders.iter() {
+            recorder.record_cancelled_wait(op, wait);
         }
     }
 
@@ -254,7 +235,6 @@ impl LockSite {
     /// [`fast_poll_ns`](crate::clock::fast_poll_ns)) is counted as a fast poll is: one atomic
     /// add into this thread's shard.
     #[inline]
-    #[cfg_attr(not(feature = "_otlp"), allow(unused_variables))]
     pub(crate) fn record_hold(&self, op: LockOp, held_ns: u64) {
         if held_ns < crate::clock::fast_poll_ns() {
             self.hold
@@ -263,9 +243,8 @@ impl LockSite {
         }
         let held = Duration::from_nanos(held_ns);
         self.hold.record(self.bounds, held);
-        #[cfg(feature = "_otlp")]
-        if let Some(otel) = &self.otel {
-            otel.record_hold(op, held);
+        for recorder in self.recorders.iter() {
+            recorder.record_hold(op, held);
         }
     }
 
@@ -373,8 +352,7 @@ impl LockTable {
             cancelled_wait: ShardedHistogram::new(bounds),
             blocking_waits: AtomicU64::new(0),
             held_across_await: AtomicU64::new(0),
-            #[cfg(feature = "_otlp")]
-            otel: None,
+            recorders: Box::default(),
         };
         init(&mut site);
         let site: &'static LockSite = Box::leak(Box::new(site));

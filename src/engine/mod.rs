@@ -1,32 +1,38 @@
 //! The recording engine both measurement sources feed: per-site histograms and counters,
 //! slow-poll detection, the watched runtimes, and snapshots for the report and exporters.
 //!
-//! Sources (full mode's tracing layer, production mode's poll hooks) call
-//! [`Engine::count_fast_polls`], [`Engine::record_timed_poll`] and friends; sinks (the log
-//! report, OTLP, tokio-console) read sites and runtimes. Nothing here knows about spans or hooks.
+//! Data flows one way through it. Sources (full mode's tracing layer in `layer/`, production
+//! mode's poll hooks in `hooks/`, the drop-in wrappers in `sync/` and `task.rs`) call
+//! [`Engine::count_fast_polls`], [`Engine::record_timed_poll`] and friends. The engine hands
+//! what it finds to its sinks (the log report in `report/`, OTLP in `export/`) through the
+//! [`sink::Sink`] interface they implement, on the reporter thread of [`deferred`]; sinks pull
+//! snapshots when they export. What the engine needs to know from a source (which task polls on
+//! this thread, fast polls counted but not yet published) it asks through [`Sources`], a set
+//! of functions the sources register once: nothing here imports a source or a sink, and
+//! `tests/architecture.rs` keeps it so. Only `config`, `snapshot` and the clock are imported.
 
+pub(crate) mod deferred;
 pub(crate) mod histogram;
 pub(crate) mod locks;
 pub(crate) mod runtimes;
+pub(crate) mod sink;
 pub(crate) mod sites;
 pub(crate) mod stall;
 pub(crate) mod starvation;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
-#[cfg(feature = "_otlp")]
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::report::{self, Culprit, Measuring, RateLimiter};
 use crate::snapshot::{BlockingSiteStats, Snapshot, SpawnLocation, TaskSiteStats};
 use histogram::Bounds;
 use locks::{LockKind, LockOp, LockSite, LockTable};
 use runtimes::Runtimes;
+use sink::{Measuring, Sink};
 use sites::{BlockedIn, Site, SiteKey, SiteTable, TaskKind};
-use stall::{StackKey, Stall, StallKind, TraceParent};
+use stall::{Culprit, StackKey, Stall, StallKind, TraceParent};
 use starvation::Starvation;
 
 /// How long the guard's drop waits for reports still on their way to the log.
@@ -34,9 +40,66 @@ use starvation::Starvation;
 /// info, read once), and the log's writer may be slow.
 pub(crate) const SHUTDOWN_REPORTS_WAIT: Duration = Duration::from_secs(5);
 
-/// Report lines an instance writes a second at most; the next line written says how many more
-/// there were (or a line of its own when the instance ends).
-const REPORT_LINES_PER_SECOND: u64 = 20;
+thread_local! {
+    /// Who measures this thread's polls, kept here so that the two sources agree without
+    /// importing each other: 0 = not yet known, 1 = full mode's layer, 2 = not the layer
+    /// (production mode's poll hooks measure them, or the thread runs a library's runtime that
+    /// exports for us or for the console: its tasks are not the application's).
+    pub(crate) static THREAD_ROLE: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Production mode's poll hooks measure this thread's polls (a runtime built through
+/// `instrument_runtime`): a layer in the subscriber leaves them alone, or a second instance's
+/// hooks and the layer would time the same polls on one worker slot, and the hooks would lose
+/// every one.
+#[cfg(tokio_unstable)]
+pub(crate) fn thread_measured_by_hooks() {
+    let _ = THREAD_ROLE.try_with(|role| role.set(2));
+}
+
+/// What the engine asks the sources, registered once by the wiring (`crate::builder`): the
+/// engine calls these instead of importing the sources. Until they are registered, no task is
+/// known to poll and no fast poll is held back.
+#[derive(Debug)]
+pub(crate) struct Sources {
+    /// The task whose poll full mode's layer sees in progress on this thread.
+    pub(crate) span_task: fn() -> Option<&'static Site>,
+    /// The task whose poll production mode's hooks see in progress on this thread.
+    pub(crate) hooked_task: fn() -> Option<&'static Site>,
+    /// Calls `f` with each site's fast polls that worker threads counted but have not yet
+    /// published into its histogram.
+    pub(crate) pending_fast_polls: fn(f: &mut dyn FnMut(&'static Site, u64)),
+    /// Where the workers stand in publishing those counts: taken before reading them and
+    /// compared after, so a read that raced a publication is retried.
+    pub(crate) publications: fn() -> Vec<(usize, u64)>,
+    /// True when no worker published since `before` (a stamp of `publications`).
+    pub(crate) publications_unchanged_since: fn(before: &[(usize, u64)]) -> bool,
+}
+
+static SOURCES: OnceLock<Sources> = OnceLock::new();
+
+impl Sources {
+    /// Registers the sources' functions (the first registration stays).
+    pub(crate) fn register(sources: Sources) {
+        let _ = SOURCES.set(sources);
+    }
+
+    fn get() -> Option<&'static Sources> {
+        SOURCES.get()
+    }
+}
+
+/// The task polling on this thread, as full mode's layer or else production mode's hooks see it.
+fn current_task_site() -> Option<&'static Site> {
+    let sources = Sources::get()?;
+    (sources.span_task)().or_else(|| (sources.hooked_task)())
+}
+
+/// The task polling on this thread as production mode's hooks see it.
+#[cfg(tokio_unstable)]
+fn hooked_task_site() -> Option<&'static Site> {
+    Sources::get().and_then(|sources| (sources.hooked_task)())
+}
 
 /// A stalled worker's stack, resolved: what the report and exporters say of it.
 #[derive(Clone, Debug, Default)]
@@ -96,7 +159,7 @@ pub(crate) struct Engine {
     /// Bucket that untimed fast polls are counted in.
     fast_poll_bucket: usize,
     /// The process's clock tick, as fixed when this engine was made.
-    clock_tick: std::time::Duration,
+    pub(crate) clock_tick: std::time::Duration,
     pub(crate) sites: SiteTable,
     pub(crate) locks: LockTable,
     pub(crate) runtimes: Runtimes,
@@ -106,7 +169,6 @@ pub(crate) struct Engine {
     /// Whether a `runtime.spawn` span was seen: none after tasks ran means tokio's `tracing`
     /// feature is off. Set once (a read of a line no one writes, not an add per spawn).
     pub(crate) task_spans_seen: AtomicBool,
-    limiter: RateLimiter,
     /// A second layer in a subscriber that has one: it measures nothing, and its guard
     /// logs no summary of nothing.
     pub(crate) refused: AtomicBool,
@@ -130,9 +192,16 @@ pub(crate) struct Engine {
     early_drop_said: AtomicBool,
     /// Production mode's poll hooks are installed on some runtime.
     pub(crate) hooks_installed: AtomicBool,
-    #[cfg(feature = "_otlp")]
-    pub(crate) otlp: OnceLock<crate::export::otlp::OtlpExporter>,
+    /// Where findings go (see [`sink`]), in order: set once when the instance is wired.
+    sinks: OnceLock<Box<[Arc<dyn Sink>]>>,
+    /// What starts with the instance (threads, exporters, the default instance), run by
+    /// [`Engine::start`] at the first use, not when it is built.
+    starter: std::sync::Mutex<Option<Starter>>,
+    started: std::sync::Once,
 }
+
+/// What [`Engine::start`] runs, once.
+pub(crate) type Starter = Box<dyn FnOnce(&Arc<Engine>) + Send>;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,25 +212,18 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// A new instance: its clock tick is the process's, fixed by the first instance (see
+    /// [`Engine::clock_tick`]). It tells no one anything until [`Engine::set_sinks`].
     pub(crate) fn new(config: Config) -> Arc<Engine> {
         // Before any bucket for fast polls is chosen: they are the polls under two ticks.
         let tick = crate::clock::fix_tick(config.clock_tick);
-        let mut notes = Vec::new();
-        if tick != config.clock_tick {
-            notes.push((
-                tracing::Level::WARN,
-                crate::report::tick_already_fixed(config.clock_tick, tick),
-            ));
-        } else if tick != crate::config::DEFAULT_CLOCK_TICK {
-            notes.push((tracing::Level::INFO, crate::report::clock_tick(tick)));
-        }
         let bounds = Bounds::new(&config.histogram_bounds);
         let locks = LockTable::new(config.max_sites, &bounds, config.slow_poll_threshold);
         Arc::new_cyclic(|me| Engine {
             me: me.clone(),
             fast_poll_bucket: bounds.bucket(crate::clock::fast_poll_ns()),
             clock_tick: tick,
-            startup_notes: std::sync::Mutex::new(notes),
+            startup_notes: std::sync::Mutex::new(Vec::new()),
             startup_said: AtomicBool::new(false),
             measuring_said: AtomicBool::new(false),
             dropped_before_measuring: AtomicBool::new(false),
@@ -173,17 +235,62 @@ impl Engine {
             starvation: Starvation::default(),
             task_spans_seen: AtomicBool::new(false),
             stall_stacks: AtomicU64::new(0),
-            limiter: RateLimiter::new(REPORT_LINES_PER_SECOND),
             guards: AtomicUsize::new(0),
             refused: AtomicBool::new(false),
             in_subscriber: AtomicBool::new(false),
             no_task_spans_said: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
             hooks_installed: AtomicBool::new(false),
-            #[cfg(feature = "_otlp")]
-            otlp: OnceLock::new(),
+            sinks: OnceLock::new(),
+            starter: std::sync::Mutex::new(None),
+            started: std::sync::Once::new(),
             config,
         })
+    }
+
+    /// Sets what [`Engine::start`] runs (the first call stays).
+    pub(crate) fn set_starter(&self, starter: Starter) {
+        let mut slot = self.starter.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() && !self.started.is_completed() {
+            *slot = Some(starter);
+        }
+    }
+
+    /// Starts what the instance runs (its exporters, the runtime sampler, the default instance
+    /// for the drop-in wrappers) the first time it is called: when the layer is registered with
+    /// a subscriber, a guard is taken or a runtime instrumented, whichever comes first. Later
+    /// calls return at once.
+    pub(crate) fn start(engine: &Arc<Engine>) {
+        engine.started.call_once(|| {
+            let starter = engine
+                .starter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(starter) = starter {
+                starter(engine);
+            }
+        });
+    }
+
+    /// Hands the instance its sinks (the first call stays): from now on what it finds goes to
+    /// them, in this order. Sites and locks made before are bound to no sink.
+    pub(crate) fn set_sinks(&self, sinks: Vec<Arc<dyn Sink>>) {
+        let _ = self.sinks.set(sinks.into_boxed_slice());
+    }
+
+    /// The instance's sinks, in order (none before [`Engine::set_sinks`]).
+    #[inline]
+    pub(crate) fn sinks(&self) -> &[Arc<dyn Sink>] {
+        self.sinks.get().map_or(&[], |sinks| sinks)
+    }
+
+    /// Runs `tell` with this instance on the reporter thread (see [`deferred`]): for findings
+    /// made on a worker or inside the subscriber, where writing a log line must not happen.
+    fn tell_later(&self, tell: impl FnOnce(&Engine) + Send + 'static) {
+        if let Some(engine) = self.me.upgrade() {
+            deferred::line(move || tell(&engine));
+        }
     }
 
     /// Queues a note for [`Engine::say_startup_notes`].
@@ -204,12 +311,10 @@ impl Engine {
         // the reporter: this may run on a worker's first poll.
         let notes =
             std::mem::take(&mut *self.startup_notes.lock().unwrap_or_else(|e| e.into_inner()));
-        report::deferred::line(move || {
-            for (level, note) in &notes {
-                if *level == tracing::Level::WARN {
-                    tracing::warn!(target: "stallscope", "{note}");
-                } else {
-                    tracing::info!(target: "stallscope", "{note}");
+        self.tell_later(move |engine| {
+            for sink in engine.sinks() {
+                for (level, note) in &notes {
+                    sink.startup_note(*level, note);
                 }
             }
         });
@@ -221,9 +326,11 @@ impl Engine {
     pub(crate) fn measuring_started(&self, how: Measuring) {
         if !self.measuring_said.swap(true, Relaxed) {
             // Written by the reporter thread: this runs on a worker's first poll.
-            if let Some(engine) = self.me.upgrade() {
-                report::deferred::line(move || report::measuring(&engine, &how));
-            }
+            self.tell_later(move |engine| {
+                for sink in engine.sinks() {
+                    sink.measuring(engine, &how);
+                }
+            });
         }
         self.say_startup_notes();
     }
@@ -235,7 +342,11 @@ impl Engine {
     fn note_measuring(&self) {
         if self.dropped_before_measuring.load(Relaxed) && !self.early_drop_said.swap(true, Relaxed)
         {
-            report::deferred::line(report::guard_dropped_early);
+            self.tell_later(|engine| {
+                for sink in engine.sinks() {
+                    sink.guard_dropped_early();
+                }
+            });
         }
     }
 
@@ -250,46 +361,6 @@ impl Engine {
             Arc::downgrade(engine),
             engine.config.sample_interval,
         );
-    }
-
-    /// Installs production mode's poll hooks on `builder`.
-    pub(crate) fn instrument_runtime<'b>(
-        engine: &Arc<Engine>,
-        builder: &'b mut tokio::runtime::Builder,
-    ) -> &'b mut tokio::runtime::Builder {
-        #[cfg(tokio_unstable)]
-        {
-            engine.hooks_installed.store(true, Relaxed);
-            let (before, after) = (engine.clone(), engine.clone());
-            let park = engine.clone();
-            // This runtime's first park (on any of its threads) makes it known: a thread's
-            // first poll does too, but a thread that builds a runtime per request polls the
-            // later ones with its slot long claimed.
-            let parked_before = AtomicBool::new(false);
-            builder
-                .on_before_task_poll(move |meta| crate::hooks::before_poll(&before, meta))
-                .on_after_task_poll(move |meta| crate::hooks::after_poll(&after, meta))
-                .on_thread_park(move || {
-                    if !parked_before.load(Relaxed) && !parked_before.swap(true, Relaxed) {
-                        crate::hooks::runtime_parks_first(&park);
-                    }
-                    crate::hooks::on_park(&park)
-                })
-                .on_thread_unpark(crate::hooks::on_unpark)
-        }
-        #[cfg(not(tokio_unstable))]
-        {
-            let _ = engine;
-            static SAID: AtomicBool = AtomicBool::new(false);
-            if !SAID.swap(true, Relaxed) {
-                tracing::warn!(
-                    target: "stallscope",
-                    "instrument_runtime: tokio's poll hooks need `--cfg tokio_unstable`; this runtime's polls \
-                     are not measured (runtime metrics still are)"
-                );
-            }
-            builder
-        }
     }
 
     /// Production mode: the poll hooks ran on a worker of `runtime`, so its tasks are measured.
@@ -307,7 +378,7 @@ impl Engine {
     /// said once per runtime, naming what `seen_from` describes.
     #[cfg(tokio_unstable)]
     pub(crate) fn check_runtime_measured(&self, seen_from: impl FnOnce() -> String) {
-        if !self.hooks_installed.load(Relaxed) || crate::hooks::current_task_site().is_some() {
+        if !self.hooks_installed.load(Relaxed) || hooked_task_site().is_some() {
             return;
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -340,7 +411,11 @@ impl Engine {
         }
         // Written by the reporter thread: this runs on the runtime's own threads.
         let (runtime, seen_from) = (runtime.to_string(), seen_from());
-        report::deferred::line(move || report::runtime_not_measured(&runtime, &seen_from));
+        self.tell_later(move |engine| {
+            for sink in engine.sinks() {
+                sink.runtime_not_measured(&runtime, &seen_from);
+            }
+        });
     }
 
     /// The site for a newly spawned task or job; counts the spawn.
@@ -352,11 +427,12 @@ impl Engine {
 
     /// The site of a task seen polling (production mode's hooks see polls, not spawns).
     pub(crate) fn site_seen(&self, key: &SiteKey<'_>) -> &'static Site {
-        self.sites.intern(key, &self.bounds, &|_site| {
-            #[cfg(feature = "_otlp")]
-            if let Some(otlp) = self.otlp.get() {
-                _site.otel = Some(otlp.bind_site(_site));
-            }
+        self.sites.intern(key, &self.bounds, &|site| {
+            site.recorders = self
+                .sinks()
+                .iter()
+                .filter_map(|sink| sink.bind_site(site))
+                .collect();
         })
     }
 
@@ -388,9 +464,8 @@ impl Engine {
         self.note_measuring();
         site.busy.record_in_shard(shard, &self.bounds, elapsed_ns);
         let duration = Duration::from_nanos(elapsed_ns);
-        #[cfg(feature = "_otlp")]
-        if let Some(otel) = &site.otel {
-            otel.record_poll(duration);
+        for recorder in site.recorders.iter() {
+            recorder.record_poll(duration);
         }
         if duration >= self.config.slow_poll_threshold {
             self.note_slow(site, duration);
@@ -420,14 +495,10 @@ impl Engine {
             .then(|| Stall::new(kind, site, duration, self.config.slow_poll_threshold))
     }
 
-    /// Whether stall spans are exported (OTLP on, `STALLSCOPE_STALL_SPANS` on).
+    /// Whether a sink exports stall spans (OTLP on, `STALLSCOPE_STALL_SPANS` on).
     #[inline]
     pub(crate) fn exports_stall_spans(&self) -> bool {
-        #[cfg(feature = "_otlp")]
-        if let Some(otlp) = self.otlp.get() {
-            return otlp.exports_stall_spans();
-        }
-        false
+        self.sinks().iter().any(|sink| sink.exports_stall_spans())
     }
 
     /// The user's OpenTelemetry span at `span` or above (the current span when `None`), when
@@ -435,41 +506,34 @@ impl Engine {
     /// for stalls: it looks spans up in the registry.
     pub(crate) fn trace_parent(&self, span: Option<&tracing::span::Id>) -> Option<TraceParent> {
         if self.exports_stall_spans() {
-            stall::trace_parent(span)
+            self.sinks().iter().find_map(|sink| sink.trace_parent(span))
         } else {
             None
         }
     }
 
     /// Hands a stall at or over the threshold to every sink, through the reporter thread (see
-    /// [`report::deferred`]): nothing here waits on the log's writer or an exporter. Call it on
+    /// [`deferred`]): nothing here waits on the log's writer or an exporter. Call it on
     /// the thread that stalled, right when the stall ends.
     pub(crate) fn emit_stall(&self, stall: Stall) {
         if let Some(engine) = self.me.upgrade() {
-            report::deferred::send(report::deferred::Job::Stall {
+            deferred::send(deferred::Job::Stall {
                 engine,
                 stall: Box::new(stall),
             });
         }
     }
 
-    /// [`Engine::emit_stall`], on the reporter thread: the log report (rate-limited) and the
-    /// OTLP sink, which exports it as a span (rate-limited, never blocks).
+    /// [`Engine::emit_stall`], on the reporter thread: to every sink (the log report
+    /// rate-limits it, OTLP exports it as a span). A slow queue wait is reported per
+    /// starvation episode, not per job.
     pub(crate) fn emit_stall_now(&self, stall: Stall) {
-        if self.config.report_slow_polls {
-            match stall.kind {
-                StallKind::SlowPoll => report::slow_poll(&self.limiter, &stall),
-                StallKind::LockWait => report::blocking_lock_wait(&self.limiter, &stall),
-                // Reported per starvation episode, not per job.
-                StallKind::BlockingQueueWait => {
-                    self.starvation
-                        .slow_wait(stall.duration, &self.sites, &self.runtimes)
-                }
-            }
+        if self.config.report_slow_polls && stall.kind == StallKind::BlockingQueueWait {
+            self.starvation
+                .slow_wait(stall.duration, &self.sites, &self.runtimes, self.sinks());
         }
-        #[cfg(feature = "_otlp")]
-        if let (Some(otlp), false) = (self.otlp.get(), self.is_shut_down()) {
-            otlp.export_stall(&stall);
+        for sink in self.sinks() {
+            sink.stall(self, &stall);
         }
     }
 
@@ -481,24 +545,22 @@ impl Engine {
         thread: String,
         elapsed: Duration,
     ) {
-        let Some(engine) = self.me.upgrade() else {
-            return;
-        };
         if self.config.report_slow_polls {
-            report::deferred::line(move || {
-                report::stall_in_progress(&engine.limiter, site, &thread, elapsed, &engine.config)
+            self.tell_later(move |engine| {
+                for sink in engine.sinks() {
+                    sink.stall_in_progress(engine, site, &thread, elapsed);
+                }
             });
         }
     }
 
-    /// A stack captured while a poll of `site` that began at coarse `stall_start` was stalled,
-    /// `elapsed` into it: reported, and kept for the summary (on the reporter thread).
+    /// A stack captured while a poll of `site` was stalled, `elapsed` into it: reported, and
+    /// kept for the summary (on the reporter thread).
     #[cfg_attr(not(all(tokio_unstable, feature = "stacks")), allow(dead_code))]
     pub(crate) fn report_stall_stack(
         &self,
         site: &Site,
         thread: &str,
-        stall_start: u64,
         elapsed: Duration,
         sample: u32,
         stack: &StallStack,
@@ -509,12 +571,10 @@ impl Engine {
                 frame: frame.clone(),
             });
         }
-        #[cfg(tokio_unstable)]
-        crate::hooks::console_hint::stack_resolved(site, stall_start, stack.culprit.as_deref());
-        #[cfg(not(tokio_unstable))]
-        let _ = stall_start;
         if self.config.report_slow_polls {
-            report::stall_stack(&self.limiter, site, thread, elapsed, sample, stack);
+            for sink in self.sinks() {
+                sink.stall_stack(site, thread, elapsed, sample, stack);
+            }
         }
     }
 
@@ -547,11 +607,12 @@ impl Engine {
         self.note_measuring();
         crate::clock::start_upkeep();
         self.locks
-            .intern(kind, file, line, column, name, &|_site: &mut LockSite| {
-                #[cfg(feature = "_otlp")]
-                if let Some(otlp) = self.otlp.get() {
-                    _site.otel = Some(otlp.bind_lock(_site));
-                }
+            .intern(kind, file, line, column, name, &|lock: &mut LockSite| {
+                lock.recorders = self
+                    .sinks()
+                    .iter()
+                    .filter_map(|sink| sink.bind_lock(lock))
+                    .collect();
             })
     }
 
@@ -567,9 +628,7 @@ impl Engine {
     /// polling a task, reported.
     #[cold]
     pub(crate) fn blocking_lock_wait(&self, site: &'static LockSite, op: LockOp, wait: Duration) {
-        let task = crate::layer::current_task_site();
-        #[cfg(tokio_unstable)]
-        let task = task.or_else(crate::hooks::current_task_site);
+        let task = current_task_site();
         #[cfg(tokio_unstable)]
         if task.is_none() {
             self.check_runtime_measured(|| {
@@ -610,7 +669,11 @@ impl Engine {
     #[cold]
     pub(crate) fn guard_held_across_await(&self, lock: &'static LockSite, task: &'static Site) {
         if lock.held_across_await.fetch_add(1, Relaxed) == 0 && self.config.report_slow_polls {
-            report::deferred::line(move || report::guard_held_across_await(lock, task));
+            self.tell_later(move |engine| {
+                for sink in engine.sinks() {
+                    sink.guard_held_across_await(lock, task);
+                }
+            });
         }
     }
 
@@ -625,9 +688,8 @@ impl Engine {
     ) {
         self.note_measuring();
         site.queue_wait.record(&self.bounds, wait);
-        #[cfg(feature = "_otlp")]
-        if let Some(otel) = &site.otel {
-            otel.record_queue_wait(wait);
+        for recorder in site.recorders.iter() {
+            recorder.record_queue_wait(wait);
         }
         if wait >= self.config.slow_poll_threshold {
             self.note_slow(site, wait);
@@ -641,9 +703,8 @@ impl Engine {
     /// A blocking job ran for `run` (expected to be long: not a hazard in itself).
     pub(crate) fn record_blocking_run(&self, site: &Site, run: Duration) {
         site.busy.record(&self.bounds, run);
-        #[cfg(feature = "_otlp")]
-        if let Some(otel) = &site.otel {
-            otel.record_blocking_run(run);
+        for recorder in site.recorders.iter() {
+            recorder.record_blocking_run(run);
         }
     }
 
@@ -671,27 +732,27 @@ impl Engine {
                 .filter(|s| s.kind == TaskKind::Async)
                 .map(|&s| (s as *const Site, s.busy.snapshot()))
                 .collect();
-            #[cfg(tokio_unstable)]
-            for slot in crate::hooks::slots::in_use() {
-                for (site, n) in slot.counters.pending() {
+            if let Some(sources) = Sources::get() {
+                (sources.pending_fast_polls)(&mut |site, n| {
                     if let Some(histogram) = polls.get_mut(&(site as *const Site)) {
                         if let Some(bucket) = histogram.counts.get_mut(self.fast_poll_bucket) {
                             *bucket += n;
                             histogram.count += n;
                         }
                     }
-                }
+                });
             }
             polls
         };
-        #[cfg(tokio_unstable)]
-        for _ in 0..100 {
-            let before = crate::hooks::slots::publications();
-            let polls = read();
-            if crate::hooks::slots::publications_unchanged_since(&before) {
-                return polls;
+        if let Some(sources) = Sources::get() {
+            for _ in 0..100 {
+                let before = (sources.publications)();
+                let polls = read();
+                if (sources.publications_unchanged_since)(&before) {
+                    return polls;
+                }
+                std::thread::yield_now();
             }
-            std::thread::yield_now();
         }
         read()
     }
@@ -789,7 +850,7 @@ impl Engine {
         // the summary, and the stacks they resolved are in it. Not inside a task: a guard
         // dropped there would hold up its worker (the summary then comes before them).
         if tokio::task::try_id().is_none() {
-            report::deferred::flush(SHUTDOWN_REPORTS_WAIT);
+            deferred::flush(SHUTDOWN_REPORTS_WAIT);
         }
         let snapshot = self.snapshot();
         let measured_nothing = snapshot.tasks.iter().all(|t| t.polls.count == 0)
@@ -798,20 +859,19 @@ impl Engine {
         self.dropped_before_measuring
             .store(measured_nothing, Relaxed);
         if !self.refused.load(Relaxed) {
-            report::warn_if_no_task_spans(self, true);
+            self.check_task_spans(true);
         }
-        // A burst at the very end: no later line would carry the count.
-        let suppressed = self.limiter.take_suppressed();
-        if suppressed > 0 {
-            report::suppressed_at_the_end(suppressed, REPORT_LINES_PER_SECOND);
+        for sink in self.sinks() {
+            sink.shutdown(self, &snapshot);
         }
-        if self.config.summary_on_drop && !self.refused.load(Relaxed) {
-            report::summary(&snapshot);
-        }
-        #[cfg(feature = "_otlp")]
-        if let Some(otlp) = self.otlp.get() {
-            otlp.shutdown();
-        }
+    }
+
+    /// Once tasks ran, no `runtime.spawn` span means tokio's `tracing` feature (or the global
+    /// subscriber) is missing: the sinks say so. Returns whether the check is settled.
+    pub(crate) fn check_task_spans(&self, at_shutdown: bool) -> bool {
+        self.sinks()
+            .iter()
+            .all(|sink| sink.no_task_spans(self, at_shutdown))
     }
 
     /// Whether `shutdown` ran (a later sample or export would only add noise).

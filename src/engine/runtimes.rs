@@ -11,8 +11,21 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio_metrics::{RuntimeIntervals, RuntimeMonitor};
 
+use super::sink::Sink;
 use super::Engine;
 use crate::snapshot::RuntimeStats;
+
+/// Tells each of `engine`'s sinks with `tell`, on the reporter thread: the watch that found it
+/// runs on a worker's first poll, inside the subscriber.
+fn tell_sinks(engine: Weak<Engine>, tell: impl Fn(&dyn Sink) + Send + 'static) {
+    if let Some(engine) = engine.upgrade() {
+        engine.tell_later(move |engine| {
+            for sink in engine.sinks() {
+                tell(sink.as_ref());
+            }
+        });
+    }
+}
 
 /// Runtimes alive at once beyond this many are not watched (a runtime built per thread in a
 /// loop must not grow memory without bound); the report says so once. Dropped runtimes are
@@ -253,6 +266,7 @@ impl Runtimes {
     /// Starts watching `handle`'s runtime (once per runtime) and the sampler thread.
     pub(crate) fn watch(&self, handle: &Handle, engine: Weak<Engine>, interval: Duration) {
         self.keep_dropped_visible_for(interval * 2);
+        let tell = engine.clone();
         self.forget_dropped();
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         #[cfg(tokio_unstable)]
@@ -263,14 +277,7 @@ impl Runtimes {
             drop(watched);
             if !self.over_limit_reported.swap(true, Relaxed) {
                 // Written by the reporter: this runs on a worker's first poll.
-                crate::report::deferred::line(|| {
-                    tracing::warn!(
-                        target: "stallscope",
-                        "more than {MAX_RUNTIMES} tokio runtimes alive at once in this process: \
-                         further runtimes are not sampled while that lasts; a runtime built per \
-                         thread or per request is usually a mistake"
-                    )
-                });
+                tell_sinks(tell, |sink| sink.runtimes_over_limit(MAX_RUNTIMES));
             }
             return;
         }
@@ -300,25 +307,9 @@ impl Runtimes {
         drop(watched);
         // Written by the reporter: this runs on a worker's first poll, inside the subscriber.
         if count == 2 && !self.second_said.swap(true, Relaxed) {
-            crate::report::deferred::line(move || {
-                tracing::info!(
-                    target: "stallscope",
-                    "a second tokio runtime is running (ids {}): metrics and reports tell them apart by tokio.runtime.id",
-                    ids.join(", ")
-                )
-            });
+            tell_sinks(tell, move |sink| sink.second_runtime(&ids));
         } else if count == MANY_RUNTIMES && !self.many_said.swap(true, Relaxed) {
-            crate::report::deferred::line(move || {
-                tracing::warn!(
-                    target: "stallscope",
-                    runtimes = count,
-                    "{count} tokio runtimes in this process (ids {}): threads that each build their own runtime \
-                     (the asyncio.run-per-thread mistake) split work that one runtime would balance, and block \
-                     each other through shared std locks; share one runtime (Handle::current, a global runtime) \
-                     and tokio::sync or atomics",
-                    ids.join(", ")
-                )
-            });
+            tell_sinks(tell, move |sink| sink.many_runtimes(count, &ids));
         }
         self.start_sampler(engine, interval);
     }
@@ -509,10 +500,12 @@ fn sampler_loop(engine: Weak<Engine>, interval: Duration, stop: &AtomicBool) {
         engine.runtimes.sample_all();
         engine.runtimes.publish_to_console();
         if engine.config.report_slow_polls {
-            engine.starvation.sample(&engine.sites, &engine.runtimes);
+            engine
+                .starvation
+                .sample(&engine.sites, &engine.runtimes, engine.sinks());
         }
         if !warned_no_spans {
-            warned_no_spans = crate::report::warn_if_no_task_spans(&engine, false);
+            warned_no_spans = engine.check_task_spans(false);
         }
         #[cfg(tokio_unstable)]
         if engine.hooks_installed.load(Relaxed) {

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use super::histogram::{AtomicHistogram, Bounds, ShardedHistogram};
+use super::sink::SiteRecorder;
 
 /// What runs at a site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TaskKind {
+pub(crate) enum TaskKind {
     /// An async task: `tokio::spawn`, `spawn_local`, `block_on`.
     Async,
     /// A `spawn_blocking` job.
@@ -65,12 +66,12 @@ pub(crate) struct Site {
     pub(crate) running: AtomicI64,
     /// Async only: where the latest stall of this site was blocked, from a captured stack.
     pub(crate) blocked_in: Mutex<Option<BlockedIn>>,
-    #[cfg(feature = "_otlp")]
-    pub(crate) otel: Option<crate::export::otlp::SiteInstruments>,
+    /// The sinks' handles on this site, bound once when it was made (see [`super::sink`]).
+    pub(crate) recorders: Box<[Box<dyn SiteRecorder>]>,
 }
 
 /// The user's innermost frame in a stack captured during a stall of the site, for the summary
-/// (each slow-poll report carries its own worker's stack, see `report::deferred`).
+/// (each slow-poll report carries its own worker's stack, see `engine::deferred`).
 #[derive(Clone, Debug)]
 pub(crate) struct BlockedIn {
     /// `function (file:line)`.
@@ -352,8 +353,7 @@ impl SiteTable {
             queued: AtomicI64::new(0),
             running: AtomicI64::new(0),
             blocked_in: Mutex::new(None),
-            #[cfg(feature = "_otlp")]
-            otel: None,
+            recorders: Box::default(),
         };
         init(&mut site);
         Box::leak(Box::new(site))

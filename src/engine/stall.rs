@@ -145,15 +145,14 @@ pub(crate) fn current_user_span() -> Option<&'static Metadata<'static>> {
     })
 }
 
-/// The OpenTelemetry span of `span` or of its nearest ancestor that has one; of the current
-/// span when `span` is `None`. Always `None` without the `tracing-opentelemetry` feature or
-/// without tracing-opentelemetry's layer in the subscriber.
-pub(crate) fn trace_parent(span: Option<&tracing::span::Id>) -> Option<TraceParent> {
-    #[cfg(feature = "tracing-opentelemetry")]
-    return crate::export::otlp::parent::find(span);
-    #[cfg(not(feature = "tracing-opentelemetry"))]
-    {
-        let _ = span;
-        None
-    }
+/// The innermost user span that covered (most of) a slow poll.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Culprit {
+    /// The span's id (`tracing::span::Id::into_u64`).
+    pub(crate) span: u64,
+    pub(crate) meta: &'static Metadata<'static>,
+    /// Time spent inside the span during the poll.
+    pub(crate) inclusive: Duration,
+    /// Its OpenTelemetry span, read when it exited (it may be closed by the end of the poll).
+    pub(crate) trace_parent: Option<TraceParent>,
 }

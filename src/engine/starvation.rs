@@ -11,7 +11,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use super::runtimes::{BlockingPool, Runtimes};
+use super::sink::Sink;
 use super::sites::{Site, SiteTable, TaskKind};
 
 #[derive(Debug, Default)]
@@ -108,11 +111,19 @@ fn waits_measured(sites: &SiteTable) -> u64 {
 impl Starvation {
     /// A job waited `wait` (over the threshold) before it started; its wait is already
     /// recorded at its site.
-    pub(crate) fn slow_wait(&self, wait: Duration, sites: &SiteTable, runtimes: &Runtimes) {
+    pub(crate) fn slow_wait(
+        &self,
+        wait: Duration,
+        sites: &SiteTable,
+        runtimes: &Runtimes,
+        sinks: &[Arc<dyn Sink>],
+    ) {
         let mut episode = self.episode.lock().unwrap_or_else(|e| e.into_inner());
         let e = episode.get_or_insert_with(|| {
             let state = PoolState::read(runtimes.blocking_pools_now(), sites);
-            crate::report::starvation_began(&state, Some(wait));
+            for sink in sinks {
+                sink.starvation_began(&state, Some(wait));
+            }
             // This job started during the episode: its wait counts among the episode's.
             Episode::new(state.pool, waits_measured(sites).saturating_sub(1))
         });
@@ -123,14 +134,16 @@ impl Starvation {
 
     /// The sampler's view: a queue that is not empty begins an episode, an empty one (with no
     /// slow wait since the last sample) ends it.
-    pub(crate) fn sample(&self, sites: &SiteTable, runtimes: &Runtimes) {
+    pub(crate) fn sample(&self, sites: &SiteTable, runtimes: &Runtimes, sinks: &[Arc<dyn Sink>]) {
         let pool = runtimes.blocking_pools_now();
         let queueing = pool.is_some_and(|p| p.queue_depth > 0);
         let mut episode = self.episode.lock().unwrap_or_else(|e| e.into_inner());
         match episode.as_mut() {
             None if queueing => {
                 let state = PoolState::read(pool, sites);
-                crate::report::starvation_began(&state, None);
+                for sink in sinks {
+                    sink.starvation_began(&state, None);
+                }
                 *episode = Some(Episode::new(pool, waits_measured(sites)));
             }
             None => {}
@@ -139,7 +152,7 @@ impl Starvation {
                 if queueing || e.waited_since_sample {
                     e.waited_since_sample = false;
                 } else {
-                    crate::report::starvation_ended(&EpisodeEnd {
+                    let end = EpisodeEnd {
                         lasted: e.began.elapsed(),
                         waits_measured: waits_measured(sites)
                             .saturating_sub(e.waits_measured_before)
@@ -147,7 +160,10 @@ impl Starvation {
                         slow_waits: e.slow_waits,
                         longest_wait: e.longest_wait,
                         peak: e.peak,
-                    });
+                    };
+                    for sink in sinks {
+                        sink.starvation_ended(&end);
+                    }
                     *episode = None;
                 }
             }

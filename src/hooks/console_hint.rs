@@ -43,6 +43,8 @@ struct Latest {
     /// Coarse start of the stalled poll: identifies the stall in its slot.
     start: u64,
     /// The site, as an address: which stack belongs to this stall.
+    // Stacks are captured only with the `stacks` feature.
+    #[cfg_attr(not(feature = "stacks"), allow(dead_code))]
     site: usize,
     location: String,
     /// Found since the last scan: its attributes are not published yet.
@@ -138,6 +140,7 @@ fn stall_ms(ms: u64) {
 
 /// The stack of the stall of `site` that started at `start` is resolved: where it is blocked,
 /// shown if that stall is still the latest.
+#[cfg_attr(not(feature = "stacks"), allow(dead_code))]
 pub(crate) fn stack_resolved(site: &Site, start: u64, blocked_in: Option<&str>) {
     let guard = latest().lock().unwrap_or_else(|e| e.into_inner());
     let is_latest = guard

@@ -13,6 +13,13 @@
 //! when it exits; snapshots add what is pending. A watchdog thread advances the clock and
 //! watches the slots, so a poll that is still running past the threshold is reported while it
 //! runs; it sleeps while no poll runs (see [`clock`]).
+//!
+//! A source, in the flow sources → engine → sinks: the hooks call into the engine, which
+//! imports nothing from here. [`instrument_runtime`] is the one place runtime hooks are
+//! installed; what the engine and the clock ask of the hooks (the task polling on this thread,
+//! fast polls not yet published, the watchdog's look each tick) is registered with them by the
+//! builder ([`sources`], [`upkeep`]). The watchdog's own findings for tokio-console
+//! ([`console_hint`]) and the lines about stacks go straight to their sink.
 
 pub(crate) mod console_hint;
 pub(crate) mod slots;
@@ -20,7 +27,7 @@ pub(crate) mod stacks;
 pub(crate) mod watchdog;
 
 use std::cell::Cell;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use tokio::runtime::TaskMeta;
@@ -30,6 +37,61 @@ use crate::engine::sites::{Site, SiteKey, TaskKind};
 use crate::engine::Engine;
 
 use slots::{PollCounter, WorkerSlot};
+
+/// Installs production mode's poll hooks on `builder`: the one place runtime hooks are
+/// installed (the layer's and the guard's `instrument_runtime` both come here).
+pub(crate) fn instrument_runtime<'b>(
+    engine: &Arc<Engine>,
+    builder: &'b mut tokio::runtime::Builder,
+) -> &'b mut tokio::runtime::Builder {
+    Engine::start(engine);
+    engine.hooks_installed.store(true, Relaxed);
+    let (before, after) = (engine.clone(), engine.clone());
+    let park = engine.clone();
+    // This runtime's first park (on any of its threads) makes it known: a thread's first poll
+    // does too, but a thread that builds a runtime per request polls the later ones with its
+    // slot long claimed.
+    let parked_before = AtomicBool::new(false);
+    builder
+        .on_before_task_poll(move |meta| before_poll(&before, meta))
+        .on_after_task_poll(move |meta| after_poll(&after, meta))
+        .on_thread_park(move || {
+            if !parked_before.load(Relaxed) && !parked_before.swap(true, Relaxed) {
+                runtime_parks_first(&park);
+            }
+            on_park(&park)
+        })
+        .on_thread_unpark(on_unpark)
+}
+
+/// What the engine asks of the poll hooks: which task polls on this thread, and the fast polls
+/// counted but not yet published. The wiring (`crate::builder`) registers it, with full mode's
+/// lookup in `span_task`.
+pub(crate) fn sources() -> crate::engine::Sources {
+    crate::engine::Sources {
+        span_task: || None,
+        hooked_task: current_task_site,
+        pending_fast_polls: |f| {
+            for slot in slots::in_use() {
+                for (site, n) in slot.counters.pending() {
+                    f(site, n);
+                }
+            }
+        },
+        publications: slots::publications,
+        publications_unchanged_since: slots::publications_unchanged_since,
+    }
+}
+
+/// What the clock's upkeep thread asks of the hooks: the watchdog's look at the worker slots
+/// each tick. The wiring registers it, with the report's line in `no_thread`.
+pub(crate) fn upkeep() -> clock::Upkeep {
+    clock::Upkeep {
+        look: watchdog::scan,
+        polling: watchdog::polling,
+        no_thread: |_| {},
+    }
+}
 
 /// Everything the hooks touch per poll, in one thread-local without a destructor (so reaching
 /// it is a plain TLS access, no lazy-initialisation check).
@@ -239,7 +301,7 @@ pub(crate) fn runtime_parks_first(engine: &Arc<Engine>) {
 #[cold]
 #[inline(never)]
 fn first_park_on_thread(engine: &Arc<Engine>) {
-    crate::layer::thread_measured_by_hooks();
+    crate::engine::thread_measured_by_hooks();
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         Engine::runtime_hooked(handle.id());
         Engine::watch_runtime(engine, &handle);
@@ -253,11 +315,11 @@ fn first_poll_on_thread(hot: &Hot, engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
     if hot.unmeasured.get() {
         return;
     }
-    crate::layer::thread_measured_by_hooks();
+    crate::engine::thread_measured_by_hooks();
     watchdog::start(engine);
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         Engine::runtime_hooked(handle.id());
-        engine.measuring_started(crate::report::Measuring::PollHooks {
+        engine.measuring_started(crate::engine::sink::Measuring::PollHooks {
             runtime: handle.id().to_string(),
         });
         Engine::watch_runtime(engine, &handle);

@@ -272,7 +272,7 @@ fn claim(engine: &std::sync::Arc<Engine>) -> Option<&'static WorkerSlot> {
             .is_ok()
     });
     let Some(slot) = slot else {
-        crate::report::deferred::line(|| crate::report::out_of_worker_slots(MAX_SLOTS));
+        crate::engine::deferred::line(|| crate::report::out_of_worker_slots(MAX_SLOTS));
         return None;
     };
     *slot.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(Owner {

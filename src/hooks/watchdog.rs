@@ -17,7 +17,7 @@ const LOOK_AFTER: Duration = Duration::from_millis(10);
 /// watchdog finds, starts with it, and resolves a first stack to have the symbolizer warm.
 pub(crate) fn start(engine: &crate::engine::Engine) {
     clock::start_upkeep();
-    crate::report::deferred::start();
+    crate::engine::deferred::start();
     stacks::warm_up(engine);
 }
 

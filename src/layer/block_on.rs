@@ -136,7 +136,7 @@ pub(crate) fn first_enter(engine: &Engine, site: &'static Site, block_on: &Block
     // Logged outside the lock (logging dispatches to every layer, this one included), by the
     // reporter thread: this runs where `block_on` was called, perhaps inside a task's poll.
     for finding in findings {
-        crate::report::deferred::line(move || match finding {
+        crate::engine::deferred::line(move || match finding {
             Finding::PerThread { runtimes } => crate::report::runtime_per_thread(site, &runtimes),
             Finding::Nested {
                 outer_task,

@@ -1,6 +1,12 @@
 //! Full mode's measurement source: a `tracing_subscriber::Layer` that reads tokio's own task
 //! spans (`--cfg tokio_unstable` + tokio's `tracing` feature). Each enter/exit of a
 //! `runtime.spawn` span is one poll; a blocking job's first enter ends its queue wait.
+//!
+//! A source, in the flow sources → engine → sinks: the layer calls into the engine, which
+//! imports nothing from here (it learns the task polling on this thread through
+//! `engine::Sources`, registered by the builder). The layer uses production mode's worker
+//! slots (`hooks::slots`) so the watchdog sees full mode's polls too, and keeps the drop-in
+//! wrappers' guards held on this thread, which `sync` tells it of.
 
 mod async_ops;
 mod block_on;
@@ -12,6 +18,7 @@ mod scopes;
 mod span_classes;
 mod task_table;
 
+pub(crate) use poll_context::{wrapper_guard_acquired, wrapper_guard_released};
 pub(crate) use resources::{wrapper_creating, WrapperCreating};
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -141,7 +148,7 @@ impl StallscopeLayer {
         &self,
         builder: &'b mut tokio::runtime::Builder,
     ) -> &'b mut tokio::runtime::Builder {
-        Engine::instrument_runtime(&self.engine, builder)
+        crate::hooks::instrument_runtime(&self.engine, builder)
     }
 }
 
@@ -150,6 +157,10 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_layer(&mut self, subscriber: &mut S) {
+        // The instance starts as its layer goes into a subscriber. Here, not in
+        // `on_register_dispatch`: tracing-core may hold its dispatchers' lock there, and starting
+        // spawns tasks whose spans would register callsites under it.
+        Engine::start(&self.engine);
         let Some(first) = downcast_layer(subscriber) else {
             return;
         };
@@ -263,7 +274,7 @@ where
             if span.extensions_mut().replace(task).is_some()
                 && !self.engine.refused.swap(true, Relaxed)
             {
-                crate::report::deferred::line(
+                crate::engine::deferred::line(
                     || tracing::warn!(target: "stallscope", "{}", crate::report::SECOND_LAYER),
                 );
             }
@@ -466,7 +477,7 @@ impl StallscopeLayer {
         let count_fast = |site, shard| self.engine.count_fast_polls(site, shard, 1);
         match poll_context::end_poll(span, count_fast) {
             PollEnd::Fast(site) => {
-                if let Some(lock) = crate::sync::guard_taken_in_poll_still_held(span) {
+                if let Some(lock) = poll_context::guard_taken_in_poll_still_held(span) {
                     self.engine.guard_held_across_await(lock, site);
                 }
             }
@@ -521,7 +532,7 @@ impl StallscopeLayer {
             TaskKind::Blocking => {
                 if !task.started.swap(true, Relaxed) {
                     self.engine
-                        .measuring_started(crate::report::Measuring::TaskSpans);
+                        .measuring_started(crate::engine::sink::Measuring::TaskSpans);
                     task.site.queued.fetch_sub(1, Relaxed);
                     task.site.running.fetch_add(1, Relaxed);
                     self.engine
@@ -571,7 +582,7 @@ impl StallscopeLayer {
             return;
         };
         // The lock whose guard, taken during this poll, is still held as it ends.
-        let held = crate::sync::guard_taken_in_poll_still_held(span);
+        let held = poll_context::guard_taken_in_poll_still_held(span);
         let poll = ended.poll;
         // A start read while the clock stood still is bounded by the spell's end, once the
         // poll looks slow.
@@ -627,7 +638,7 @@ impl StallscopeLayer {
             return;
         }
         self.engine
-            .measuring_started(crate::report::Measuring::TaskSpans);
+            .measuring_started(crate::engine::sink::Measuring::TaskSpans);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             Engine::watch_runtime(&self.engine, &handle);
         }
@@ -651,17 +662,6 @@ fn downcast_layer<S: Subscriber>(subscriber: &S) -> Option<&StallscopeLayer> {
             .downcast_raw(std::any::TypeId::of::<StallscopeLayer>())
             .map(|p| &*(p as *const StallscopeLayer))
     }
-}
-
-/// The span id of the task poll in progress on this thread (full mode), if any.
-pub(crate) fn current_poll_span() -> Option<u64> {
-    poll_context::current_poll_span()
-}
-
-/// This thread's polls are measured by production mode's poll hooks: the layer leaves them.
-#[cfg(tokio_unstable)]
-pub(crate) fn thread_measured_by_hooks() {
-    poll_context::thread_measured_by_hooks();
 }
 
 /// The site of the task this thread is polling (full mode), if any.

@@ -10,9 +10,11 @@ use crate::clock;
 
 use tracing::Metadata;
 
+use crate::engine::locks::LockSite;
 use crate::engine::sites::Site;
+use crate::engine::stall::Culprit;
 use crate::engine::stall::TraceParent;
-use crate::report::Culprit;
+use crate::engine::THREAD_ROLE;
 
 /// Nested polls on one thread happen with `block_in_place` + `block_on`; deeper is ignored.
 const MAX_NESTED_POLLS: usize = 4;
@@ -81,6 +83,11 @@ struct ThreadPolls {
     /// This thread's worker slot, where the watchdog sees the outermost poll in progress.
     #[cfg(tokio_unstable)]
     slot: Cell<Option<&'static crate::hooks::slots::WorkerSlot>>,
+    /// Guards of the drop-in wrappers' locks (`crate::sync`) alive on this thread: the count,
+    /// the latest guard's lock, and the poll (its span id) that took it. A guard still alive
+    /// when a poll ends was held across an `.await`. Kept with the polls, so that the end of
+    /// every poll reads the count through the thread-local it already holds.
+    held: Cell<(u32, Option<&'static LockSite>, u64)>,
 }
 
 thread_local! {
@@ -97,26 +104,16 @@ thread_local! {
             ended_elapsed: Cell::new(0),
             #[cfg(tokio_unstable)]
             slot: Cell::new(None),
+            held: Cell::new((0, None, 0)),
         }
     };
-    /// 0 = not yet known, 1 = measured, 2 = ignored (a runtime of a library that exports for
-    /// us or for the console: its tasks are not the application's).
-    static THREAD_ROLE: Cell<u8> = const { Cell::new(0) };
 }
 
 /// Threads whose tasks belong to exporters, not to the application.
 const IGNORED_THREAD_PREFIXES: &[&str] = &["reqwest-internal-sync-runtime", "stallscope-"];
 
-/// Production mode's poll hooks measure this thread's polls (a runtime built through
-/// `instrument_runtime`): a layer in the subscriber leaves them alone, or a second instance's
-/// hooks and the layer would time the same polls on one worker slot, and the hooks would lose
-/// every one.
-#[cfg(tokio_unstable)]
-pub(crate) fn thread_measured_by_hooks() {
-    let _ = THREAD_ROLE.try_with(|role| role.set(2));
-}
-
-/// Whether polls on this thread are the application's (decided once per thread).
+/// Whether polls on this thread are the application's (decided once per thread, unless
+/// production mode's hooks claimed it first: see [`THREAD_ROLE`]).
 #[inline]
 pub(crate) fn thread_is_measured() -> bool {
     THREAD_ROLE.with(|role| match role.get() {
@@ -410,6 +407,39 @@ pub(crate) fn set_culprit_trace_parent(span: u64, parent: Option<TraceParent>) {
         if let Some((mut culprit, depth)) = p.culprits[pi].get().filter(|(c, _)| c.span == span) {
             culprit.trace_parent = parent;
             p.culprits[pi].set(Some((culprit, depth)));
+        }
+    });
+}
+
+/// The lock whose guard was taken during the poll of span `poll` and is still held as that poll
+/// ends, if any. (Other tasks polled on this thread while it is suspended are not blamed.)
+#[inline]
+pub(crate) fn guard_taken_in_poll_still_held(poll: u64) -> Option<&'static LockSite> {
+    POLLS
+        .try_with(|p| match p.held.get() {
+            (0, _, _) => None,
+            (_, site, taken_in) => site.filter(|_| taken_in == poll),
+        })
+        .ok()
+        .flatten()
+}
+
+/// A drop-in wrapper's guard of `site` was taken on this thread.
+#[inline]
+pub(crate) fn wrapper_guard_acquired(site: &'static LockSite) {
+    let poll = current_poll_span().unwrap_or(0);
+    let _ = POLLS.try_with(|p| p.held.set((p.held.get().0 + 1, Some(site), poll)));
+}
+
+/// A drop-in wrapper's guard was released on this thread.
+#[inline]
+pub(crate) fn wrapper_guard_released() {
+    let _ = POLLS.try_with(|p| {
+        let (n, last, poll) = p.held.get();
+        if n <= 1 {
+            p.held.set((0, None, 0));
+        } else {
+            p.held.set((n - 1, last, poll));
         }
     });
 }

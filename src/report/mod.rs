@@ -10,8 +10,15 @@
 //! `blocked_in`, `lock`, `block_on_at`) and the measures (`duration_ms`, ...) stay fields too,
 //! under the names log queries use. The advice for a kind of report rides on the first report
 //! of that kind in the process, as `hint`.
+//!
+//! A sink, in the flow sources → engine → sinks: [`LogReport`] implements
+//! `engine::sink::Sink`, and the engine calls it (from its reporter thread, `engine::deferred`)
+//! without importing anything from here. Each instance has its own `LogReport`, with its own
+//! rate limit.
 
-pub(crate) mod deferred;
+mod sink;
+
+pub(crate) use sink::LogReport;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -20,23 +27,12 @@ use tracing::Metadata;
 
 use crate::engine::locks::LockSite;
 use crate::engine::runtimes::BlockingPool;
+use crate::engine::sink::Measuring;
 use crate::engine::sites::Site;
-use crate::engine::stall::{Stall, TraceParent};
+use crate::engine::stall::Stall;
 use crate::engine::starvation::{EpisodeEnd, PoolState};
 use crate::engine::Engine;
 use crate::snapshot::Snapshot;
-
-/// The innermost user span that covered (most of) a slow poll.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Culprit {
-    /// The span's id (`tracing::span::Id::into_u64`).
-    pub(crate) span: u64,
-    pub(crate) meta: &'static Metadata<'static>,
-    /// Time spent inside the span during the poll.
-    pub(crate) inclusive: Duration,
-    /// Its OpenTelemetry span, read when it exited (it may be closed by the end of the poll).
-    pub(crate) trace_parent: Option<TraceParent>,
-}
 
 /// `` `name` (file:line) `` of a span.
 fn describe_span(meta: &Metadata<'_>) -> String {
@@ -69,7 +65,7 @@ impl RateLimiter {
 
     /// `Some(lines suppressed since the last allowed one)` when a line may be written.
     pub(crate) fn allow(&self) -> Option<u64> {
-        let now = deferred::happened_at()
+        let now = crate::engine::deferred::happened_at()
             .saturating_duration_since(self.origin)
             .as_secs();
         if self.window.swap(now, Relaxed) != now {
@@ -666,16 +662,6 @@ fn lock_summary(snapshot: &Snapshot) {
     }
 }
 
-/// How an instance measures, said once when it starts measuring.
-#[derive(Clone, Debug)]
-pub(crate) enum Measuring {
-    /// Full mode: the layer reads tokio's task spans.
-    TaskSpans,
-    /// Production mode: poll hooks on the runtime with this id.
-    #[cfg_attr(not(tokio_unstable), allow(dead_code))]
-    PollHooks { runtime: String },
-}
-
 /// tokio-console could not start (its port taken): said once, when stallscope's log is up.
 static CONSOLE_UNAVAILABLE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
@@ -716,10 +702,10 @@ pub(crate) fn measuring(engine: &Engine, how: &Measuring) {
     } else {
         "unavailable in this build"
     };
-    #[cfg(feature = "_otlp")]
-    let exporting = engine.otlp.get().map(|otlp| otlp.describe());
-    #[cfg(not(feature = "_otlp"))]
-    let exporting: Option<String> = None;
+    let exporting = engine
+        .sinks()
+        .iter()
+        .find_map(|sink| sink.describe_export());
     let mode = match how {
         Measuring::TaskSpans => "full mode (tokio task spans)".to_owned(),
         Measuring::PollHooks { runtime } => {

@@ -17,6 +17,11 @@
 //!
 //! Every guard is a [`Measured`] guard around the wrapped lock's own.
 //!
+//! Inside stallscope the wrappers are a measurement source, like full mode's layer and
+//! production mode's poll hooks: each wait and hold goes to the instance's engine (the default
+//! instance, see [`crate::task`]), which hands what it finds to the log report and the
+//! exporters.
+//!
 //! ```
 //! let stallscope = stallscope::Builder::new().build().unwrap();
 //! let _guard = stallscope.guard();
@@ -54,6 +59,7 @@ macro_rules! wrapper_impls {
 mod acquire_async;
 mod mutex;
 #[cfg(feature = "parking_lot")]
+#[cfg_attr(stallscope_doc_cfg, doc(cfg(feature = "parking_lot")))]
 pub mod parking_lot;
 mod rwlock;
 pub mod tokio;
@@ -71,42 +77,6 @@ use std::time::Duration;
 use crate::clock;
 use crate::engine::locks::{LockKind, LockOp, LockSite};
 use crate::task::default_engine;
-
-thread_local! {
-    /// Guards of wrapped locks alive on this thread, and the site of the latest one: a guard
-    /// still alive when a poll ends was held across an `.await`.
-    /// The count, the latest guard's lock, and the poll (its span id) that took it.
-    static HELD: std::cell::Cell<(u32, Option<&'static LockSite>, u64)> =
-        const { std::cell::Cell::new((0, None, 0)) };
-}
-
-/// The lock whose guard was taken during the poll of span `poll` and is still held as that poll
-/// ends, if any. (Other tasks polled on this thread while it is suspended are not blamed.)
-#[inline]
-pub(crate) fn guard_taken_in_poll_still_held(poll: u64) -> Option<&'static LockSite> {
-    HELD.try_with(|h| match h.get() {
-        (0, _, _) => None,
-        (_, site, taken_in) => site.filter(|_| taken_in == poll),
-    })
-    .ok()
-    .flatten()
-}
-
-fn note_acquired(site: &'static LockSite) {
-    let poll = crate::layer::current_poll_span().unwrap_or(0);
-    let _ = HELD.try_with(|h| h.set((h.get().0 + 1, Some(site), poll)));
-}
-
-fn note_released() {
-    let _ = HELD.try_with(|h| {
-        let (n, last, poll) = h.get();
-        if n <= 1 {
-            h.set((0, None, 0));
-        } else {
-            h.set((n - 1, last, poll));
-        }
-    });
-}
 
 /// The site a new lock records into, if a stallscope instance exists.
 fn site(
@@ -252,7 +222,7 @@ impl Hold {
         // A guard of a lock that blocks threads, held across an `.await`, is a hazard to find;
         // tokio's guards are made to be held there.
         if site.kind.blocks_thread() {
-            note_acquired(site);
+            crate::layer::wrapper_guard_acquired(site);
         }
         Hold {
             site: Some(site),
@@ -267,7 +237,7 @@ impl Drop for Hold {
     fn drop(&mut self) {
         let Some(site) = self.site else { return };
         if site.kind.blocks_thread() {
-            note_released();
+            crate::layer::wrapper_guard_released();
         }
         site.record_hold(self.op, clock::now_ns().saturating_sub(self.since));
     }

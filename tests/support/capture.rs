@@ -58,6 +58,12 @@ pub fn stallscope(slow_poll_threshold: Duration, mode: Mode) -> &'static stallsc
     )
 }
 
+/// Installs the report capture alone as the global subscriber (production mode, for a test that
+/// builds its own instances).
+pub fn capture_reports() {
+    tracing_subscriber::registry().with(Capture).init();
+}
+
 /// The process's instance, once built.
 static GUARD: OnceLock<stallscope::Guard> = OnceLock::new();
 

@@ -104,7 +104,7 @@ fn observe_locks(
         return;
     };
     for lock in engine.locks.all() {
-        if let Some(otel) = &lock.otel {
+        if let Some(otel) = super::lock_instruments(lock) {
             f(lock, &otel.attributes);
         }
     }
@@ -116,7 +116,7 @@ fn observe_sites(engine: &Weak<Engine>, kind: TaskKind, mut f: impl FnMut(&Site,
     };
     engine.sites.for_each(|site| {
         if site.kind == kind {
-            if let Some(otel) = &site.otel {
+            if let Some(otel) = super::site_instruments(site) {
                 f(site, &otel.attributes);
             }
         }

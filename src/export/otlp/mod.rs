@@ -36,21 +36,60 @@ pub use settings::Protocol;
 use settings::{OtlpSettings, SignalSettings};
 use spans::StallSpans;
 
+use crate::engine::locks::{LockOp, LockSite};
+use crate::engine::sink::{LockRecorder, Sink, SiteRecorder};
 use crate::engine::sites::{Site, TaskKind};
-use crate::engine::stall::Stall;
+use crate::engine::stall::{Stall, TraceParent};
 use crate::engine::Engine;
+use crate::snapshot::Snapshot;
 
-/// Why OTLP export could not start.
+/// Why OTLP export could not start: what failed and, when another error made it fail, that
+/// error ([`Error::source`](std::error::Error::source)).
 #[derive(Debug)]
-pub struct OtlpError(String);
+pub struct OtlpError {
+    what: Option<String>,
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
 
-impl std::fmt::Display for OtlpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot start OTLP export: {}", self.0)
+impl OtlpError {
+    fn new(what: impl Into<String>) -> Self {
+        OtlpError {
+            what: Some(what.into()),
+            cause: None,
+        }
+    }
+
+    fn caused_by(
+        what: Option<&str>,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        OtlpError {
+            what: what.map(str::to_owned),
+            cause: Some(cause.into()),
+        }
     }
 }
 
-impl std::error::Error for OtlpError {}
+impl std::fmt::Display for OtlpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot start OTLP export")?;
+        if let Some(what) = &self.what {
+            write!(f, ": {what}")?;
+        }
+        if let Some(cause) = &self.cause {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for OtlpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
 
 pub(crate) struct OtlpExporter {
     provider: SdkMeterProvider,
@@ -117,11 +156,13 @@ impl std::fmt::Debug for LockInstruments {
 }
 
 impl LockInstruments {
-    fn op(&self, op: crate::engine::locks::LockOp) -> Option<&LockOpInstruments> {
+    fn op(&self, op: LockOp) -> Option<&LockOpInstruments> {
         self.ops.get(op.index())
     }
+}
 
-    pub(crate) fn record_wait(&self, op: crate::engine::locks::LockOp, d: Duration) {
+impl LockRecorder for LockInstruments {
+    fn record_wait(&self, op: LockOp, d: Duration) {
         if let Some(i) = self.op(op) {
             i.wait
                 .get_or_init(|| self.wait.bind(&i.with_outcome("acquired")))
@@ -131,7 +172,7 @@ impl LockInstruments {
 
     /// Only tokio's locks record these: an async acquisition can be given up, a std lock's
     /// cannot.
-    pub(crate) fn record_cancelled_wait(&self, op: crate::engine::locks::LockOp, d: Duration) {
+    fn record_cancelled_wait(&self, op: LockOp, d: Duration) {
         if let Some(i) = self.op(op) {
             i.cancelled_wait
                 .get_or_init(|| self.wait.bind(&i.with_outcome("cancelled")))
@@ -139,34 +180,97 @@ impl LockInstruments {
         }
     }
 
-    pub(crate) fn record_hold(&self, op: crate::engine::locks::LockOp, d: Duration) {
+    fn record_hold(&self, op: LockOp, d: Duration) {
         if let Some(i) = self.op(op) {
             i.hold
                 .get_or_init(|| self.hold.bind(&i.attributes))
                 .record(d.as_secs_f64());
         }
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
-impl SiteInstruments {
+impl SiteRecorder for SiteInstruments {
     #[inline]
-    pub(crate) fn record_poll(&self, d: Duration) {
+    fn record_poll(&self, d: Duration) {
         if let Some(h) = &self.poll {
             h.record(d.as_secs_f64());
         }
     }
 
-    pub(crate) fn record_queue_wait(&self, d: Duration) {
+    fn record_queue_wait(&self, d: Duration) {
         if let Some(h) = &self.queue_wait {
             h.record(d.as_secs_f64());
         }
     }
 
-    pub(crate) fn record_blocking_run(&self, d: Duration) {
+    fn record_blocking_run(&self, d: Duration) {
         if let Some(h) = &self.run {
             h.record(d.as_secs_f64());
         }
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The OTLP exporter as one of an instance's sinks: each site and lock gets its bound
+/// histograms, stalls go out as spans, and the counters and gauges are read from the engine
+/// whenever the metrics reader collects (see [`instruments::register_observables`]).
+impl Sink for OtlpExporter {
+    fn bind_site(&self, site: &Site) -> Option<Box<dyn SiteRecorder>> {
+        Some(Box::new(OtlpExporter::bind_site(self, site)))
+    }
+
+    fn bind_lock(&self, lock: &LockSite) -> Option<Box<dyn LockRecorder>> {
+        Some(Box::new(OtlpExporter::bind_lock(self, lock)))
+    }
+
+    fn exports_stall_spans(&self) -> bool {
+        OtlpExporter::exports_stall_spans(self)
+    }
+
+    fn trace_parent(&self, span: Option<&tracing::span::Id>) -> Option<TraceParent> {
+        #[cfg(feature = "tracing-opentelemetry")]
+        return parent::find(span);
+        #[cfg(not(feature = "tracing-opentelemetry"))]
+        {
+            let _ = span;
+            None
+        }
+    }
+
+    fn describe_export(&self) -> Option<String> {
+        Some(self.describe())
+    }
+
+    fn stall(&self, engine: &Engine, stall: &Stall) {
+        if !engine.is_shut_down() {
+            self.export_stall(stall);
+        }
+    }
+
+    fn shutdown(&self, _engine: &Engine, _snapshot: &Snapshot) {
+        OtlpExporter::shutdown(self);
+    }
+}
+
+/// This exporter's handle on `site`, if it bound one.
+pub(crate) fn site_instruments(site: &Site) -> Option<&SiteInstruments> {
+    site.recorders
+        .iter()
+        .find_map(|recorder| recorder.as_any().downcast_ref())
+}
+
+/// This exporter's handle on `lock`, if it bound one.
+pub(crate) fn lock_instruments(lock: &LockSite) -> Option<&LockInstruments> {
+    lock.recorders
+        .iter()
+        .find_map(|recorder| recorder.as_any().downcast_ref())
 }
 
 impl OtlpExporter {
@@ -296,7 +400,7 @@ impl OtlpExporter {
         }
     }
 
-    pub(crate) fn bind_lock(&self, lock: &crate::engine::locks::LockSite) -> LockInstruments {
+    pub(crate) fn bind_lock(&self, lock: &LockSite) -> LockInstruments {
         let attributes = instruments::lock_attributes(lock);
         let ops = lock
             .kind
@@ -436,11 +540,11 @@ fn grpc_runtime() -> Result<tokio::runtime::Runtime, OtlpError> {
                 ))
             })
             .build()
-            .map_err(|e| OtlpError(format!("cannot start the gRPC exporter's runtime: {e}")))
+            .map_err(|e| OtlpError::caused_by(Some("cannot start the gRPC exporter's runtime"), e))
     }
     #[cfg(not(feature = "otlp-grpc"))]
-    Err(OtlpError(
-        "gRPC support is not compiled in (feature `otlp-grpc`)".into(),
+    Err(OtlpError::new(
+        "gRPC support is not compiled in (feature `otlp-grpc`)",
     ))
 }
 
@@ -473,9 +577,9 @@ macro_rules! build_exporter {
                 $finish
             }
             #[allow(unreachable_patterns)]
-            _ => return Err(OtlpError("the selected protocol is not compiled in".into())),
+            _ => return Err(OtlpError::new("the selected protocol is not compiled in")),
         };
-        built.map_err(|e| OtlpError(e.to_string()))
+        built.map_err(|e| OtlpError::caused_by(None, e))
     }};
 }
 

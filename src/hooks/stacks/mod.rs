@@ -2,7 +2,7 @@
 //! the threshold, it has the stalled worker capture its own stack (a directed signal, see
 //! [`capture`]), and again every sampling interval while the stall lasts. The reporter thread
 //! resolves the frames (see [`symbolize`]), reports the user's innermost frame, and pairs the
-//! stack with the stall's own slow-poll report (see `report::deferred`).
+//! stack with the stall's own slow-poll report (see `engine::deferred`).
 //!
 //! Linux on x86_64 and aarch64 (libgcc's unwinder steps through the kernel's signal frame on
 //! both). Elsewhere, or with `STALLSCOPE_STACKS=off`, stalls are still reported live, without
@@ -38,11 +38,11 @@ mod sampler {
 
     use super::capture::{self, Status};
     use super::symbolize::Stack;
+    use crate::engine::deferred::{self, Job, ResolvedStack};
     use crate::engine::sites::Site;
     use crate::engine::stall::StackKey;
     use crate::engine::Engine;
     use crate::hooks::slots::{self, MAX_SLOTS};
-    use crate::report::deferred::{self, Job, ResolvedStack};
 
     /// A stall's samples at most (one at the threshold, then one per interval).
     const MAX_SAMPLES_PER_STALL: u32 = 10;
@@ -232,7 +232,12 @@ mod sampler {
             resolve: Box::new(move || {
                 let stack: crate::engine::StallStack = (&Stack::resolve(&frames)).into();
                 if let Some(engine) = engine.upgrade() {
-                    engine.report_stall_stack(site, &thread, key.start, elapsed, sample, &stack);
+                    engine.report_stall_stack(site, &thread, elapsed, sample, &stack);
+                    crate::hooks::console_hint::stack_resolved(
+                        site,
+                        key.start,
+                        stack.culprit.as_deref(),
+                    );
                 }
                 Some(ResolvedStack {
                     blocked_in: stack.culprit,
@@ -282,7 +287,7 @@ mod sampler {
         _now: u64,
     ) {
         if engine.config.capture_stacks {
-            crate::report::deferred::line(|| {
+            crate::engine::deferred::line(|| {
                 crate::report::stacks_unavailable(if cfg!(feature = "stacks") {
                     "stack capture needs Linux on x86_64 or aarch64"
                 } else {

@@ -1,6 +1,7 @@
 //! Reports leave the thread that found them: worker threads and the clock's thread hand every
-//! report to one background thread (`stallscope-reporter`) that formats it, writes it to the
-//! log, resolves stacks and exports stalls. Writing a log line takes the subscriber's writer
+//! report to one background thread (`stallscope-reporter`), which calls the sinks (see
+//! [`super::sink`]): they format it, write it to the log and export stalls; it also resolves
+//! stacks. Writing a log line takes the subscriber's writer
 //! (stdout's lock, a file, a pipe that may be full) and symbolizing a stack reads debug info:
 //! on a worker either can stall every task on it, and on the clock's thread it would stop the
 //! clock, so neither ever happens there.
@@ -26,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use tracing::Dispatch;
 
-use crate::engine::stall::{StackKey, Stall};
-use crate::engine::Engine;
+use super::stall::{StackKey, Stall};
+use super::Engine;
 
 /// Reports waiting for the reporter at most; more are dropped (bounded memory when the log's
 /// writer is stuck).
