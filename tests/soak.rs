@@ -125,7 +125,13 @@ fn assert_bounded(example: &str, samples: &[(f64, f64)]) {
 }
 
 /// Runs an example that keeps running (`STALLSCOPE_KEEP_RUNNING=1`) for the soak's time.
+///
+/// One soak at a time: an example's start-up (its runtime, exporters, console, and the first
+/// stack symbolized, which reads the debug binary's symbols: about 100 MB) must be over within
+/// the first second, the level growth is measured from. Five debug examples starting together
+/// on two cores took longer, and their start-up was counted as growth.
 fn soak_example(example: &str, args: &[&str]) {
+    let _one = support::service::one_at_a_time();
     let receiver = HttpReceiver::start();
     let mut child: Child = examples::command(example)
         .args(args)
