@@ -188,7 +188,7 @@ impl Builder {
     /// - the stack signal's handler, installed when production mode first captures a stack;
     /// - the reporter thread that writes every instance's reports;
     /// - the default instance of the drop-in wrappers and `task::spawn_blocking`: the first
-    ///   instance started;
+    ///   instance started (give the others' a [`Handle`](crate::Handle));
     /// - OTLP export: the first instance started exports, a later one says it does not (two
     ///   would write the same series).
     pub fn build(self) -> Result<StallscopeLayer, Error> {

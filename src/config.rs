@@ -1,5 +1,7 @@
 //! Configuration: the values a [`Builder`](crate::Builder) sets, their defaults, and how they
-//! are read from `STALLSCOPE_*` environment variables.
+//! are read from `STALLSCOPE_*` environment variables. Private: the builder is the one way to
+//! configure an instance; only [`ConfigError`], [`StackSignal`] and [`Toggle`] are public (at
+//! the crate root).
 //!
 //! Every parser here names the variable and the expected form in its error, so a typo fails at
 //! start-up with a message a user can act on instead of being silently replaced by a default.
@@ -24,17 +26,17 @@ pub(crate) use parse::{key_value_list, millis};
 ///
 /// Fast polls (a well-behaved task polls for microseconds) land in the low buckets; the
 /// interesting range, 10 ms to seconds, has a bucket every 2-2.5x so p99 stays readable.
-pub const DEFAULT_HISTOGRAM_BOUNDS: &[f64] = &[
+pub(crate) const DEFAULT_HISTOGRAM_BOUNDS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0,
 ];
 
 /// Default tick of the coarse clock that times polls: polls under two ticks (1 ms) are counted,
 /// not timed.
-pub const DEFAULT_CLOCK_TICK: Duration = Duration::from_micros(500);
+pub(crate) const DEFAULT_CLOCK_TICK: Duration = Duration::from_micros(500);
 
 /// The ticks [`Config::clock_tick`] accepts.
-pub const CLOCK_TICK_RANGE: RangeInclusive<Duration> =
+pub(crate) const CLOCK_TICK_RANGE: RangeInclusive<Duration> =
     Duration::from_micros(100)..=Duration::from_millis(50);
 
 /// The longest slow-poll threshold: a poll that blocks a worker for an hour needs no finer one.
@@ -56,40 +58,40 @@ const HISTOGRAM_BOUND_RANGE: RangeInclusive<f64> = 0.000_001..=86_400.0;
 const MAX_HISTOGRAM_BOUNDS: usize = 64;
 
 /// Default slow-poll threshold, the same as asyncio's `slow_callback_duration`.
-pub const DEFAULT_SLOW_POLL_THRESHOLD: Duration = Duration::from_millis(100);
+pub(crate) const DEFAULT_SLOW_POLL_THRESHOLD: Duration = Duration::from_millis(100);
 
 /// The resolved configuration of one stallscope instance.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub(crate) struct Config {
     /// A poll (or a blocking job's queue wait) longer than this is reported.
-    pub slow_poll_threshold: Duration,
+    pub(crate) slow_poll_threshold: Duration,
     /// Emit one WARN event per slow poll.
-    pub report_slow_polls: bool,
+    pub(crate) report_slow_polls: bool,
     /// Log the worst offenders when the guard drops.
-    pub summary_on_drop: bool,
+    pub(crate) summary_on_drop: bool,
     /// How often runtime metrics are sampled.
-    pub sample_interval: Duration,
+    pub(crate) sample_interval: Duration,
     /// Histogram bucket bounds, in seconds, strictly increasing.
-    pub histogram_bounds: Vec<f64>,
+    pub(crate) histogram_bounds: Vec<f64>,
     /// Distinct (spawn location, task name) pairs tracked, 1 to 1,024; further ones share one
     /// overflow site. Lock sites are tracked up to the same number, at most 256.
-    pub max_sites: usize,
+    pub(crate) max_sites: usize,
     /// Distinct task names tracked per spawn location; further names are recorded as `<other>`.
-    pub max_task_names_per_location: usize,
+    pub(crate) max_task_names_per_location: usize,
     /// Whether OTLP export runs.
-    pub otlp: Toggle,
+    pub(crate) otlp: Toggle,
     /// Capture the stalled worker's stack when a stall is detected (Linux x86_64/aarch64).
-    pub capture_stacks: bool,
+    pub(crate) capture_stacks: bool,
     /// The signal that asks a stalled worker for its stack.
-    pub stack_signal: StackSignal,
+    pub(crate) stack_signal: StackSignal,
     /// How often a stall that goes on is sampled again.
-    pub stack_sample_interval: Duration,
+    pub(crate) stack_sample_interval: Duration,
     /// Whether each stall over the threshold is also exported as an OTLP span (when OTLP runs).
-    pub stall_spans: bool,
+    pub(crate) stall_spans: bool,
     /// How often the coarse clock that times polls, lock waits and holds advances. Durations
     /// under two ticks are counted, not timed; longer ones are timed to within a tick. One per
     /// process: the first instance fixes it.
-    pub clock_tick: Duration,
+    pub(crate) clock_tick: Duration,
 }
 
 /// The signal stack capture uses: one the runtime and common libraries leave alone.
@@ -161,7 +163,7 @@ pub enum Toggle {
 
 impl Config {
     /// Reads every `STALLSCOPE_*` variable that is set over the defaults.
-    pub fn from_env() -> Result<Config, ConfigError> {
+    pub(crate) fn from_env() -> Result<Config, ConfigError> {
         Config::default().apply_env(&|name| std::env::var(name).ok())
     }
 
@@ -364,35 +366,35 @@ pub(crate) fn parse_signal(variable: &str, value: &str) -> Result<StackSignal, C
 }
 
 /// Names of the environment variables stallscope reads.
-pub mod vars {
+pub(crate) mod vars {
     /// Slow-poll threshold, e.g. `100ms`.
-    pub const SLOW_POLL_THRESHOLD: &str = "STALLSCOPE_SLOW_POLL_THRESHOLD";
+    pub(crate) const SLOW_POLL_THRESHOLD: &str = "STALLSCOPE_SLOW_POLL_THRESHOLD";
     /// `on`/`off`: one WARN event per slow poll.
-    pub const REPORT: &str = "STALLSCOPE_REPORT";
+    pub(crate) const REPORT: &str = "STALLSCOPE_REPORT";
     /// `on`/`off`: the summary logged when the guard drops.
-    pub const SUMMARY: &str = "STALLSCOPE_SUMMARY";
+    pub(crate) const SUMMARY: &str = "STALLSCOPE_SUMMARY";
     /// Runtime-metrics sampling interval, e.g. `1s`.
-    pub const SAMPLE_INTERVAL: &str = "STALLSCOPE_SAMPLE_INTERVAL";
+    pub(crate) const SAMPLE_INTERVAL: &str = "STALLSCOPE_SAMPLE_INTERVAL";
     /// Comma-separated histogram bounds in seconds.
-    pub const HISTOGRAM_BOUNDS: &str = "STALLSCOPE_HISTOGRAM_BOUNDS";
+    pub(crate) const HISTOGRAM_BOUNDS: &str = "STALLSCOPE_HISTOGRAM_BOUNDS";
     /// Maximum tracked (location, task name) sites.
-    pub const MAX_SITES: &str = "STALLSCOPE_MAX_SITES";
+    pub(crate) const MAX_SITES: &str = "STALLSCOPE_MAX_SITES";
     /// Maximum tracked task names per spawn location.
-    pub const MAX_TASK_NAMES: &str = "STALLSCOPE_MAX_TASK_NAMES";
+    pub(crate) const MAX_TASK_NAMES: &str = "STALLSCOPE_MAX_TASK_NAMES";
     /// `auto`/`on`/`off`: OTLP export.
-    pub const OTLP: &str = "STALLSCOPE_OTLP";
+    pub(crate) const OTLP: &str = "STALLSCOPE_OTLP";
     /// `on`/`off`: capture the stalled worker's stack.
-    pub const STACKS: &str = "STALLSCOPE_STACKS";
+    pub(crate) const STACKS: &str = "STALLSCOPE_STACKS";
     /// The signal used to capture stacks, e.g. `SIGRTMIN+6`.
-    pub const STACK_SIGNAL: &str = "STALLSCOPE_STACK_SIGNAL";
+    pub(crate) const STACK_SIGNAL: &str = "STALLSCOPE_STACK_SIGNAL";
     /// How often a lasting stall's stack is sampled again, e.g. `1s`.
-    pub const STACK_INTERVAL: &str = "STALLSCOPE_STACK_INTERVAL";
+    pub(crate) const STACK_INTERVAL: &str = "STALLSCOPE_STACK_INTERVAL";
     /// `on`/`off`: each stall over the threshold as an OTLP span (when OTLP runs).
-    pub const STALL_SPANS: &str = "STALLSCOPE_STALL_SPANS";
+    pub(crate) const STALL_SPANS: &str = "STALLSCOPE_STALL_SPANS";
     /// `on`/`off`: compose console-subscriber in `init()`.
-    pub const CONSOLE: &str = "STALLSCOPE_CONSOLE";
+    pub(crate) const CONSOLE: &str = "STALLSCOPE_CONSOLE";
     /// [`Config::clock_tick`](super::Config::clock_tick).
-    pub const CLOCK_TICK: &str = "STALLSCOPE_CLOCK_TICK";
+    pub(crate) const CLOCK_TICK: &str = "STALLSCOPE_CLOCK_TICK";
 }
 
 /// A configuration value that cannot be used: names the variable (or builder method), the value

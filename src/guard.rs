@@ -68,6 +68,12 @@ impl Guard {
     pub fn watch_runtime(&self, handle: &tokio::runtime::Handle) {
         Engine::watch_runtime(&self.engine, handle);
     }
+
+    /// A [`Handle`](crate::Handle) on this guard's instance, for drop-in wrappers that should
+    /// report to it rather than to the process's default instance.
+    pub fn handle(&self) -> crate::Handle {
+        crate::Handle::new(&self.engine)
+    }
 }
 
 impl Guard {

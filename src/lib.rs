@@ -91,10 +91,11 @@ mod builder;
 // task spans or hooks, so nothing is timed.
 #[cfg_attr(not(tokio_unstable), allow(dead_code))]
 mod clock;
-pub mod config;
+mod config;
 mod engine;
 mod export;
 mod guard;
+mod handle;
 // The guide's link labels for rustdoc, before every page (see src/guide.rs): each label the
 // pages under docs/ define, pointing to the module of the same page.
 macro_rules! guide_labels {
@@ -133,6 +134,7 @@ pub mod task;
 pub use builder::Builder;
 pub use config::{ConfigError, StackSignal, Toggle};
 pub use guard::Guard;
+pub use handle::Handle;
 pub use init::{console_layer, init, log_filter, try_init};
 pub use layer::StallscopeLayer;
 pub use snapshot::LockKind;

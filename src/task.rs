@@ -1,4 +1,7 @@
 //! Drop-in replacements for `tokio::task` functions that production mode measures itself.
+//!
+//! They measure into the process's default instance (the first one started), or with
+//! [`spawn_blocking_in`] into the instance of a [`Handle`](crate::Handle).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock, Weak};
@@ -10,7 +13,7 @@ use crate::engine::sites::{SiteKey, TaskKind};
 use crate::engine::stall::is_tokio_internal;
 use crate::engine::Engine;
 
-/// The instance drop-in functions report to: the first one built in the process.
+/// The instance drop-in functions report to by default: the first one started in the process.
 static DEFAULT_ENGINE: OnceLock<Weak<Engine>> = OnceLock::new();
 
 pub(crate) fn set_default_engine(engine: &Arc<Engine>) {
@@ -39,7 +42,37 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let engine = default_engine().filter(|e| e.hooks_installed.load(Relaxed));
+    spawn_blocking_measured(default_engine(), f)
+}
+
+/// [`spawn_blocking`], measured in the instance of `handle` instead of the default one (see
+/// [`Handle`](crate::Handle)).
+///
+/// ```
+/// # #[tokio::main] async fn main() {
+/// let stallscope = stallscope::Builder::new().build().unwrap();
+/// let handle = stallscope.handle();
+/// let sum = stallscope::task::spawn_blocking_in(|| (1..=10u64).sum::<u64>(), &handle);
+/// assert_eq!(sum.await.unwrap(), 55);
+/// # }
+/// ```
+#[track_caller]
+pub fn spawn_blocking_in<F, R>(f: F, handle: &crate::Handle) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    spawn_blocking_measured(handle.engine(), f)
+}
+
+/// `f` on tokio's blocking pool, measured in `engine` when its runtime has the poll hooks.
+#[track_caller]
+fn spawn_blocking_measured<F, R>(engine: Option<Arc<Engine>>, f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let engine = engine.filter(|e| e.hooks_installed.load(Relaxed));
     let Some(engine) = engine else {
         return tokio::task::spawn_blocking(f);
     };

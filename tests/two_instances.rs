@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::capture::{self, REPORTS};
+use support::capture::{self, reports_with_all, runtime, Mode, REPORTS};
 use support::victoria::VictoriaMetrics;
 
 /// Blocks a worker of `runtime` for `ms` in one poll of a task spawned where this is called,
@@ -17,25 +17,6 @@ fn block_a_worker(runtime: &tokio::runtime::Runtime, ms: u64) -> u32 {
     let task = runtime.spawn(async move { std::thread::sleep(Duration::from_millis(ms)) });
     runtime.block_on(task).unwrap();
     line
-}
-
-/// A two-worker runtime with `guard`'s poll hooks.
-fn runtime(guard: &stallscope::Guard) -> tokio::runtime::Runtime {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(2).enable_all();
-    guard.instrument_runtime(&mut builder);
-    builder.build().unwrap()
-}
-
-/// The captured reports containing every one of `needles`.
-fn reports_with(needles: &[&str]) -> Vec<String> {
-    REPORTS
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| needles.iter().all(|n| r.contains(n)))
-        .cloned()
-        .collect()
 }
 
 #[test]
@@ -62,7 +43,10 @@ fn two_instances_each_report_and_export_only_their_own() {
         .build()
         .unwrap()
         .guard();
-    let (exporting_runtime, quiet_runtime) = (runtime(&exporting), runtime(&quiet));
+    let (exporting_runtime, quiet_runtime) = (
+        runtime(&exporting, Mode::Production),
+        runtime(&quiet, Mode::Production),
+    );
 
     let over_both = block_a_worker(&exporting_runtime, 300);
     let over_20ms = block_a_worker(&exporting_runtime, 60);
@@ -90,20 +74,20 @@ fn two_instances_each_report_and_export_only_their_own() {
 
     // The log: each start-up line says its own threshold; only one says it exports.
     assert!(exporting.flush_reports() && quiet.flush_reports());
-    let started = reports_with(&["measuring in production mode"]);
+    let started = reports_with_all(&["measuring in production mode"]);
     assert_eq!(started.len(), 2, "{started:#?}");
-    let exporting_line = reports_with(&["measuring in production mode", "threshold_ms=20.0"]);
+    let exporting_line = reports_with_all(&["measuring in production mode", "threshold_ms=20.0"]);
     assert_eq!(exporting_line.len(), 1, "{started:#?}");
     assert!(
         exporting_line[0].contains("exporting=\"OTLP metrics (http/protobuf)"),
         "{exporting_line:?}"
     );
-    let quiet_line = reports_with(&["measuring in production mode", "threshold_ms=200.0"]);
+    let quiet_line = reports_with_all(&["measuring in production mode", "threshold_ms=200.0"]);
     assert_eq!(quiet_line.len(), 1, "{started:#?}");
     assert!(!quiet_line[0].contains("exporting"), "{quiet_line:?}");
     // Each slow poll is reported once, by its own instance, against its own threshold.
     let slow = |line: u32, threshold: &str| {
-        reports_with(&[
+        reports_with_all(&[
             "slow poll",
             &format!("two_instances.rs:{line}:"),
             &format!("threshold_ms={threshold}"),
@@ -114,7 +98,7 @@ fn two_instances_each_report_and_export_only_their_own() {
     assert_eq!(slow(over_20ms, "20.0"), 1);
     assert_eq!(slow(quiet_over_200ms, "200.0"), 1);
     assert_eq!(
-        reports_with(&["slow poll"]).len(),
+        reports_with_all(&["slow poll"]).len(),
         3,
         "{:#?}",
         REPORTS.lock()

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
 use super::histogram::{this_threads_shard, Bounds, ShardedCounter, ShardedHistogram};
@@ -183,6 +183,9 @@ pub(crate) struct LockSite {
     /// The sinks' handles on this lock, bound once when its site was made (see
     /// [`super::sink`]).
     pub(crate) recorders: Box<[Box<dyn LockRecorder>]>,
+    /// The instance whose site this is: a blocking wait is reported by it, whichever instance
+    /// is the process's default (a lock made with an explicit [`crate::Handle`]).
+    pub(crate) owner: Weak<super::Engine>,
 }
 
 impl LockSite {
@@ -353,6 +356,7 @@ impl LockTable {
             blocking_waits: AtomicU64::new(0),
             held_across_await: AtomicU64::new(0),
             recorders: Box::default(),
+            owner: Weak::new(),
         };
         init(&mut site);
         let site: &'static LockSite = Box::leak(Box::new(site));

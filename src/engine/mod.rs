@@ -608,6 +608,7 @@ impl Engine {
         crate::clock::start_upkeep();
         self.locks
             .intern(kind, file, line, column, name, &|lock: &mut LockSite| {
+                lock.owner = self.me.clone();
                 lock.recorders = self
                     .sinks()
                     .iter()

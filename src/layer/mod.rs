@@ -125,6 +125,12 @@ impl StallscopeLayer {
         Guard::new(self.engine.clone())
     }
 
+    /// A [`Handle`](crate::Handle) on this instance, for drop-in wrappers that should report
+    /// to it rather than to the process's default instance.
+    pub fn handle(&self) -> crate::Handle {
+        crate::Handle::new(&self.engine)
+    }
+
     /// Production mode: installs stallscope's poll hooks (`on_before_task_poll` /
     /// `on_after_task_poll`) on a runtime builder, so every poll of that runtime's tasks is
     /// measured without tokio's `tracing` feature, at a few nanoseconds per poll. The layer

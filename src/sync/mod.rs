@@ -17,10 +17,12 @@
 //!
 //! Every guard is a [`Measured`] guard around the wrapped lock's own.
 //!
+//! Each wrapper measures into the process's default instance (the first one started), or with
+//! `new_in` / `named_in` into the instance of a [`Handle`](crate::Handle).
+//!
 //! Inside stallscope the wrappers are a measurement source, like full mode's layer and
-//! production mode's poll hooks: each wait and hold goes to the instance's engine (the default
-//! instance, see [`crate::task`]), which hands what it finds to the log report and the
-//! exporters.
+//! production mode's poll hooks: each wait and hold goes to the instance's engine, which hands
+//! what it finds to the log report and the exporters.
 //!
 //! ```
 //! let stallscope = stallscope::Builder::new().build().unwrap();
@@ -78,13 +80,18 @@ use crate::clock;
 use crate::engine::locks::{LockKind, LockOp, LockSite};
 use crate::task::default_engine;
 
-/// The site a new lock records into, if a stallscope instance exists.
+/// The site a new lock records into: in the instance of `handle`, or the default one, if it
+/// lives.
 fn site(
+    handle: Option<&crate::Handle>,
     kind: LockKind,
     location: &'static Location<'static>,
     name: Option<&'static str>,
 ) -> Option<&'static LockSite> {
-    let engine = default_engine()?;
+    let engine = match handle {
+        Some(handle) => handle.engine()?,
+        None => default_engine()?,
+    };
     #[cfg(tokio_unstable)]
     engine.check_runtime_measured(|| format!("a {kind} created at {location}"));
     Some(engine.lock_site(kind, location, name))
@@ -277,7 +284,7 @@ fn waited(site: &'static LockSite, op: LockOp, started: u64) -> Hold {
     let now = clock::now_ns();
     let waited = Duration::from_nanos(clock::at_least(started, now, site.slow_threshold()));
     if site.record_wait(op, waited) {
-        if let Some(engine) = default_engine() {
+        if let Some(engine) = site.owner.upgrade() {
             engine.blocking_lock_wait(site, op, waited);
         }
     }

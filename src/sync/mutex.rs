@@ -18,7 +18,7 @@ impl<T> Mutex<T> {
     #[track_caller]
     pub fn new(value: T) -> Self {
         Mutex {
-            site: super::site(LockKind::StdMutex, Location::caller(), None),
+            site: super::site(None, LockKind::StdMutex, Location::caller(), None),
             inner: std::sync::Mutex::new(value),
         }
     }
@@ -27,7 +27,32 @@ impl<T> Mutex<T> {
     #[track_caller]
     pub fn named(name: &'static str, value: T) -> Self {
         Mutex {
-            site: super::site(LockKind::StdMutex, Location::caller(), Some(name)),
+            site: super::site(None, LockKind::StdMutex, Location::caller(), Some(name)),
+            inner: std::sync::Mutex::new(value),
+        }
+    }
+
+    /// A mutex measured under its creation site, in the instance of `handle` instead of the
+    /// default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn new_in(value: T, handle: &crate::Handle) -> Self {
+        Mutex {
+            site: super::site(Some(handle), LockKind::StdMutex, Location::caller(), None),
+            inner: std::sync::Mutex::new(value),
+        }
+    }
+
+    /// A mutex measured under `name` (and its creation site), in the instance of `handle`
+    /// instead of the default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn named_in(name: &'static str, value: T, handle: &crate::Handle) -> Self {
+        Mutex {
+            site: super::site(
+                Some(handle),
+                LockKind::StdMutex,
+                Location::caller(),
+                Some(name),
+            ),
             inner: std::sync::Mutex::new(value),
         }
     }

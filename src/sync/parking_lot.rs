@@ -31,7 +31,7 @@ impl<T> Mutex<T> {
     #[track_caller]
     pub fn new(value: T) -> Self {
         Mutex {
-            site: super::site(LockKind::ParkingLotMutex, Location::caller(), None),
+            site: super::site(None, LockKind::ParkingLotMutex, Location::caller(), None),
             inner: parking_lot::Mutex::new(value),
         }
     }
@@ -40,7 +40,42 @@ impl<T> Mutex<T> {
     #[track_caller]
     pub fn named(name: &'static str, value: T) -> Self {
         Mutex {
-            site: super::site(LockKind::ParkingLotMutex, Location::caller(), Some(name)),
+            site: super::site(
+                None,
+                LockKind::ParkingLotMutex,
+                Location::caller(),
+                Some(name),
+            ),
+            inner: parking_lot::Mutex::new(value),
+        }
+    }
+
+    /// A mutex measured under its creation site, in the instance of `handle` instead of the
+    /// default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn new_in(value: T, handle: &crate::Handle) -> Self {
+        Mutex {
+            site: super::site(
+                Some(handle),
+                LockKind::ParkingLotMutex,
+                Location::caller(),
+                None,
+            ),
+            inner: parking_lot::Mutex::new(value),
+        }
+    }
+
+    /// A mutex measured under `name` (and its creation site), in the instance of `handle`
+    /// instead of the default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn named_in(name: &'static str, value: T, handle: &crate::Handle) -> Self {
+        Mutex {
+            site: super::site(
+                Some(handle),
+                LockKind::ParkingLotMutex,
+                Location::caller(),
+                Some(name),
+            ),
             inner: parking_lot::Mutex::new(value),
         }
     }
@@ -108,7 +143,7 @@ impl<T> RwLock<T> {
     #[track_caller]
     pub fn new(value: T) -> Self {
         RwLock {
-            site: super::site(LockKind::ParkingLotRwLock, Location::caller(), None),
+            site: super::site(None, LockKind::ParkingLotRwLock, Location::caller(), None),
             inner: parking_lot::RwLock::new(value),
         }
     }
@@ -117,7 +152,42 @@ impl<T> RwLock<T> {
     #[track_caller]
     pub fn named(name: &'static str, value: T) -> Self {
         RwLock {
-            site: super::site(LockKind::ParkingLotRwLock, Location::caller(), Some(name)),
+            site: super::site(
+                None,
+                LockKind::ParkingLotRwLock,
+                Location::caller(),
+                Some(name),
+            ),
+            inner: parking_lot::RwLock::new(value),
+        }
+    }
+
+    /// A lock measured under its creation site, in the instance of `handle` instead of the
+    /// default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn new_in(value: T, handle: &crate::Handle) -> Self {
+        RwLock {
+            site: super::site(
+                Some(handle),
+                LockKind::ParkingLotRwLock,
+                Location::caller(),
+                None,
+            ),
+            inner: parking_lot::RwLock::new(value),
+        }
+    }
+
+    /// A lock measured under `name` (and its creation site), in the instance of `handle`
+    /// instead of the default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn named_in(name: &'static str, value: T, handle: &crate::Handle) -> Self {
+        RwLock {
+            site: super::site(
+                Some(handle),
+                LockKind::ParkingLotRwLock,
+                Location::caller(),
+                Some(name),
+            ),
             inner: parking_lot::RwLock::new(value),
         }
     }

@@ -22,7 +22,7 @@ impl<T> RwLock<T> {
     #[track_caller]
     pub fn new(value: T) -> Self {
         RwLock {
-            site: super::site(LockKind::StdRwLock, Location::caller(), None),
+            site: super::site(None, LockKind::StdRwLock, Location::caller(), None),
             inner: std::sync::RwLock::new(value),
         }
     }
@@ -31,7 +31,32 @@ impl<T> RwLock<T> {
     #[track_caller]
     pub fn named(name: &'static str, value: T) -> Self {
         RwLock {
-            site: super::site(LockKind::StdRwLock, Location::caller(), Some(name)),
+            site: super::site(None, LockKind::StdRwLock, Location::caller(), Some(name)),
+            inner: std::sync::RwLock::new(value),
+        }
+    }
+
+    /// A lock measured under its creation site, in the instance of `handle` instead of the
+    /// default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn new_in(value: T, handle: &crate::Handle) -> Self {
+        RwLock {
+            site: super::site(Some(handle), LockKind::StdRwLock, Location::caller(), None),
+            inner: std::sync::RwLock::new(value),
+        }
+    }
+
+    /// A lock measured under `name` (and its creation site), in the instance of `handle`
+    /// instead of the default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn named_in(name: &'static str, value: T, handle: &crate::Handle) -> Self {
+        RwLock {
+            site: super::site(
+                Some(handle),
+                LockKind::StdRwLock,
+                Location::caller(),
+                Some(name),
+            ),
             inner: std::sync::RwLock::new(value),
         }
     }

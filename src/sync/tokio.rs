@@ -58,11 +58,15 @@ use crate::engine::locks::{LockKind, LockOp, LockSite};
 /// chain, so tokio (and tokio-console) still see the user's creation site.
 #[track_caller]
 fn site(
+    handle: Option<&crate::Handle>,
     kind: LockKind,
     name: Option<&'static str>,
 ) -> (Option<&'static LockSite>, crate::layer::WrapperCreating) {
     let creating = crate::layer::wrapper_creating();
-    (super::site(kind, Location::caller(), name), creating)
+    (
+        super::site(handle, kind, Location::caller(), name),
+        creating,
+    )
 }
 
 /// The owned form of `guard` (a [`Measured`] tokio `$kind` borrowed from the inner lock of
@@ -109,7 +113,7 @@ impl<T> Mutex<T> {
     /// A mutex measured under its creation site.
     #[track_caller]
     pub fn new(value: T) -> Self {
-        let (site, _creating) = site(LockKind::TokioMutex, None);
+        let (site, _creating) = site(None, LockKind::TokioMutex, None);
         Mutex {
             site,
             inner: ::tokio::sync::Mutex::new(value),
@@ -119,7 +123,29 @@ impl<T> Mutex<T> {
     /// A mutex measured under `name` (and its creation site).
     #[track_caller]
     pub fn named(name: &'static str, value: T) -> Self {
-        let (site, _creating) = site(LockKind::TokioMutex, Some(name));
+        let (site, _creating) = site(None, LockKind::TokioMutex, Some(name));
+        Mutex {
+            site,
+            inner: ::tokio::sync::Mutex::new(value),
+        }
+    }
+
+    /// A mutex measured under its creation site, in the instance of `handle` instead of the
+    /// default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn new_in(value: T, handle: &crate::Handle) -> Self {
+        let (site, _creating) = site(Some(handle), LockKind::TokioMutex, None);
+        Mutex {
+            site,
+            inner: ::tokio::sync::Mutex::new(value),
+        }
+    }
+
+    /// A mutex measured under `name` (and its creation site), in the instance of `handle`
+    /// instead of the default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn named_in(name: &'static str, value: T, handle: &crate::Handle) -> Self {
+        let (site, _creating) = site(Some(handle), LockKind::TokioMutex, Some(name));
         Mutex {
             site,
             inner: ::tokio::sync::Mutex::new(value),
@@ -211,7 +237,7 @@ impl<T> RwLock<T> {
     /// A lock measured under its creation site.
     #[track_caller]
     pub fn new(value: T) -> Self {
-        let (site, _creating) = site(LockKind::TokioRwLock, None);
+        let (site, _creating) = site(None, LockKind::TokioRwLock, None);
         RwLock {
             site,
             inner: ::tokio::sync::RwLock::new(value),
@@ -221,7 +247,29 @@ impl<T> RwLock<T> {
     /// A lock measured under `name` (and its creation site).
     #[track_caller]
     pub fn named(name: &'static str, value: T) -> Self {
-        let (site, _creating) = site(LockKind::TokioRwLock, Some(name));
+        let (site, _creating) = site(None, LockKind::TokioRwLock, Some(name));
+        RwLock {
+            site,
+            inner: ::tokio::sync::RwLock::new(value),
+        }
+    }
+
+    /// A lock measured under its creation site, in the instance of `handle` instead of the
+    /// default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn new_in(value: T, handle: &crate::Handle) -> Self {
+        let (site, _creating) = site(Some(handle), LockKind::TokioRwLock, None);
+        RwLock {
+            site,
+            inner: ::tokio::sync::RwLock::new(value),
+        }
+    }
+
+    /// A lock measured under `name` (and its creation site), in the instance of `handle`
+    /// instead of the default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn named_in(name: &'static str, value: T, handle: &crate::Handle) -> Self {
+        let (site, _creating) = site(Some(handle), LockKind::TokioRwLock, Some(name));
         RwLock {
             site,
             inner: ::tokio::sync::RwLock::new(value),
@@ -330,7 +378,7 @@ impl Semaphore {
     /// A semaphore with `permits` permits, measured under its creation site.
     #[track_caller]
     pub fn new(permits: usize) -> Self {
-        let (site, _creating) = site(LockKind::TokioSemaphore, None);
+        let (site, _creating) = site(None, LockKind::TokioSemaphore, None);
         Semaphore {
             site,
             inner: ::tokio::sync::Semaphore::new(permits),
@@ -340,7 +388,29 @@ impl Semaphore {
     /// A semaphore with `permits` permits, measured under `name` (and its creation site).
     #[track_caller]
     pub fn named(name: &'static str, permits: usize) -> Self {
-        let (site, _creating) = site(LockKind::TokioSemaphore, Some(name));
+        let (site, _creating) = site(None, LockKind::TokioSemaphore, Some(name));
+        Semaphore {
+            site,
+            inner: ::tokio::sync::Semaphore::new(permits),
+        }
+    }
+
+    /// A semaphore with `permits` permits, measured under its creation site, in the instance
+    /// of `handle` instead of the default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn new_in(permits: usize, handle: &crate::Handle) -> Self {
+        let (site, _creating) = site(Some(handle), LockKind::TokioSemaphore, None);
+        Semaphore {
+            site,
+            inner: ::tokio::sync::Semaphore::new(permits),
+        }
+    }
+
+    /// A semaphore with `permits` permits, measured under `name` (and its creation site), in
+    /// the instance of `handle` instead of the default one (see [`Handle`](crate::Handle)).
+    #[track_caller]
+    pub fn named_in(name: &'static str, permits: usize, handle: &crate::Handle) -> Self {
+        let (site, _creating) = site(Some(handle), LockKind::TokioSemaphore, Some(name));
         Semaphore {
             site,
             inner: ::tokio::sync::Semaphore::new(permits),

@@ -92,6 +92,18 @@ pub fn runtime(guard: &stallscope::Guard, mode: Mode) -> tokio::runtime::Runtime
     builder.build().unwrap()
 }
 
+/// The captured reports containing every one of `needles` (as written so far: flush the
+/// instances that wrote them first).
+pub fn reports_with_all(needles: &[&str]) -> Vec<String> {
+    REPORTS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| needles.iter().all(|n| r.contains(n)))
+        .cloned()
+        .collect()
+}
+
 /// The captured reports containing `needle`, once every report found so far is written (a
 /// background thread writes them).
 pub fn reports_with(needle: &str) -> Vec<String> {
