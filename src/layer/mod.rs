@@ -10,6 +10,7 @@
 
 mod async_ops;
 mod block_on;
+mod callsites;
 mod fields;
 mod lock_holds;
 mod poll_context;
@@ -37,6 +38,7 @@ use crate::engine::sites::{Site, SiteKey, TaskKind};
 use crate::engine::{stall, Engine};
 use crate::Guard;
 use async_ops::OpOwner;
+use callsites::Callsite;
 use fields::TaskFields;
 use poll_context::{PollEnd, PollKind};
 use scopes::Scope;
@@ -193,36 +195,12 @@ where
             return;
         }
         let meta = attrs.metadata();
-        let name = meta.name();
-        let previous_op =
-            span_classes::note_new_span(id.into_u64(), name == "runtime.resource.async_op");
-        match name {
-            "runtime.spawn" => {}
-            "runtime.resource" => {
-                let lock = ctx
-                    .span(id)
-                    .and_then(|span| resources::new_resource(&self.engine, attrs, span));
-                span_classes::remember_class(id.into_u64(), SpanClass::Resource { lock });
-                return;
-            }
-            "runtime.resource.async_op" => {
-                let class = match resources::new_async_op(self.ops_owner, attrs, id, &ctx) {
-                    Some(op) => SpanClass::AsyncOp { op },
-                    None => SpanClass::Internal,
-                };
-                span_classes::remember_class(id.into_u64(), class);
-                return;
-            }
-            "runtime.resource.async_op.poll" => {
-                let class = op_poll_class(self.ops_owner, attrs, previous_op, &ctx);
-                span_classes::remember_class(id.into_u64(), class);
-                return;
-            }
-            _ => {
-                span_classes::remember_class(id.into_u64(), classify(meta));
-                return;
-            }
+        let callsite = callsites::of(meta);
+        // Task spans first, with one compare: the rest apart.
+        if callsite != Callsite::Spawn {
+            return self.new_span_not_a_task(callsite, attrs, id, &ctx);
         }
+        span_classes::note_new_span(id.into_u64(), false);
         let ignored = |id: &Id| span_classes::remember_class(id.into_u64(), SpanClass::IgnoredTask);
         if !poll_context::thread_is_measured() {
             return ignored(id);
@@ -316,6 +294,16 @@ where
         self.exit_not_scope(id);
     }
 
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        // Classified once here; the interest stays `always` (what a layer without `enabled`
+        // says): a layer's `never` would hide the callsite from every other layer too.
+        callsites::register(metadata);
+        tracing::subscriber::Interest::always()
+    }
+
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         // Records only: never emit events from here (see on_new_span).
         match resources::event_kind(event.metadata()) {
@@ -364,19 +352,20 @@ where
             }
         }
         let Some(span) = ctx.span(&id) else { return };
-        if span.metadata().name() == "runtime.resource" {
+        let callsite = callsites::of(span.metadata());
+        if callsite == Callsite::Resource {
             if let Some(lock) = resources::tracked_lock(&span) {
                 resources::lock_closed(lock);
             }
             return span_classes::shared_span_closed(id.into_u64());
         }
-        if span.metadata().name() == "runtime.resource.async_op" {
+        if callsite == Callsite::AsyncOp {
             if let Some(op) = resources::tracked_async_op(self.ops_owner, &span) {
                 resources::close_async_op(&self.engine, op);
             }
             return;
         }
-        if span.metadata().name() != "runtime.spawn" {
+        if callsite != Callsite::Spawn {
             return;
         }
         span_classes::shared_span_closed(id.into_u64());
@@ -396,6 +385,47 @@ where
 }
 
 impl StallscopeLayer {
+    /// A new span that is not a `runtime.spawn` span: tokio's resources and async ops, its
+    /// other spans, user spans. Apart from [`Layer::on_new_span`], so a task's span reaches its
+    /// own path with one compare of its callsite's class.
+    #[inline]
+    fn new_span_not_a_task<S>(
+        &self,
+        callsite: Callsite,
+        attrs: &Attributes<'_>,
+        id: &Id,
+        ctx: &Context<'_, S>,
+    ) where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let previous_op = span_classes::note_new_span(id.into_u64(), callsite == Callsite::AsyncOp);
+        match callsite {
+            Callsite::Resource => {
+                let lock = ctx
+                    .span(id)
+                    .and_then(|span| resources::new_resource(&self.engine, attrs, span));
+                span_classes::remember_class(id.into_u64(), SpanClass::Resource { lock });
+            }
+            Callsite::AsyncOp => {
+                let class = match resources::new_async_op(self.ops_owner, attrs, id, ctx) {
+                    Some(op) => SpanClass::AsyncOp { op },
+                    None => SpanClass::Internal,
+                };
+                span_classes::remember_class(id.into_u64(), class);
+            }
+            Callsite::OpPoll => {
+                let class = op_poll_class(self.ops_owner, attrs, previous_op, ctx);
+                span_classes::remember_class(id.into_u64(), class);
+            }
+            Callsite::Internal => {
+                span_classes::remember_class(id.into_u64(), SpanClass::Internal);
+            }
+            _ => {
+                span_classes::remember_class(id.into_u64(), SpanClass::User(attrs.metadata()));
+            }
+        }
+    }
+
     /// Any enter but a later poll of a remembered task on a set-up thread or a remembered
     /// span the layer ignores: a task's first poll on this thread, tasks first seen here,
     /// blocking jobs, `block_on`s, user spans.
@@ -425,13 +455,14 @@ impl StallscopeLayer {
                 }
                 let Some(span) = ctx.span(id) else { return };
                 let meta = span.metadata();
-                match meta.name() {
-                    "runtime.spawn" if poll_context::thread_is_measured() => {
+                let callsite = callsites::of(meta);
+                match callsite {
+                    Callsite::Spawn if poll_context::thread_is_measured() => {
                         return self.enter_task(id, epoch, &span)
                     }
                     // Locks and channels made elsewhere are entered on every worker. Scopes
                     // are kept on every thread: an event must never be taken for an outer one's.
-                    "runtime.resource" => {
+                    Callsite::Resource => {
                         let lock = resources::tracked_lock(&span);
                         let class = SpanClass::Resource { lock };
                         span_classes::remember_looked_up(id.into_u64(), epoch, class);
@@ -439,15 +470,15 @@ impl StallscopeLayer {
                     }
                     // An acquisition polled on another thread than the one that began it
                     // (rare: its task moved between the two).
-                    "runtime.resource.async_op.poll" => {
+                    Callsite::OpPoll => {
                         let op = resources::tracked_op_of_poll(self.ops_owner, &span);
                         return scopes::enter(id.into_u64(), Scope::OpPoll(op));
                     }
                     _ if !poll_context::thread_is_measured() => return,
                     _ => {}
                 }
-                match classify(meta) {
-                    SpanClass::User(meta) => meta,
+                match callsite {
+                    Callsite::Other => meta,
                     _ => return,
                 }
             }
@@ -700,16 +731,6 @@ where
         None => resources::tracked_async_op_of(owner, parent, ctx),
     });
     SpanClass::OpPoll { op }
-}
-
-/// tokio's own resource and async-op spans are not where user code blocks; timing them would
-/// double the cost of every lock and channel operation.
-fn classify(meta: &'static tracing::Metadata<'static>) -> SpanClass {
-    if stall::is_tokio_internal(meta) {
-        SpanClass::Internal
-    } else {
-        SpanClass::User(meta)
-    }
 }
 
 /// How long a blocking job queued (from when `spawn_blocking` queued it).

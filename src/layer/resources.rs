@@ -26,6 +26,7 @@ use crate::engine::locks::{LockKind, LockOp};
 use crate::engine::Engine;
 
 use super::async_ops::{AsyncOpWait, OpOwner, ASYNC_OPS};
+use super::callsites::{self, Callsite};
 use super::lock_holds::{OpenHolds, TrackedLock};
 use super::scopes::{self, Scope};
 
@@ -317,55 +318,21 @@ pub(crate) enum EventKind {
     LockState,
 }
 
-const EVENT_KINDS_SIZE: usize = 64;
-
-thread_local! {
-    /// Direct-mapped cache from callsite (its `&'static Metadata`) to kind: a lock operation
-    /// makes about fifteen events, three of them read; the rest cost one compare here.
-    static EVENT_KINDS: [Cell<(usize, EventKind)>; EVENT_KINDS_SIZE] =
-        const { [const { Cell::new((0, EventKind::Other)) }; EVENT_KINDS_SIZE] };
-}
-
-/// The kind of events from `meta`'s callsite (decided from the metadata alone: the fields read
-/// are named there).
+/// The kind of events from `meta`'s callsite (decided once, at its registration: the fields
+/// read are named in the metadata).
 #[inline]
 pub(crate) fn event_kind(meta: &'static Metadata<'static>) -> EventKind {
-    // Most events (tokio's waker events on every poll among them) are told apart by the length
-    // of their target alone.
-    const POLL_OP: usize = "runtime::resource::poll_op".len();
-    const STATE_UPDATE: usize = "runtime::resource::state_update".len();
-    if !matches!(meta.target().len(), POLL_OP | STATE_UPDATE) {
+    if !callsites::event_may_be_read(meta) {
         return EventKind::Other;
     }
-    cached_event_kind(meta)
+    event_kind_looked_up(meta)
 }
 
 #[inline(never)]
-fn cached_event_kind(meta: &'static Metadata<'static>) -> EventKind {
-    let key = meta as *const Metadata<'static> as usize;
-    EVENT_KINDS
-        .try_with(|kinds| {
-            let entry = &kinds[(key >> 4) % EVENT_KINDS_SIZE];
-            match entry.get() {
-                (k, kind) if k == key => kind,
-                _ => {
-                    let kind = classify_event(meta);
-                    entry.set((key, kind));
-                    kind
-                }
-            }
-        })
-        .unwrap_or_else(|_| classify_event(meta))
-}
-
-#[cold]
-fn classify_event(meta: &Metadata<'_>) -> EventKind {
-    let has = |name: &str| meta.fields().field(name).is_some();
-    match meta.target() {
-        "runtime::resource::poll_op" if has("is_ready") => EventKind::PollOp,
-        "runtime::resource::state_update" if has("locked") || has("write_locked") => {
-            EventKind::LockState
-        }
+fn event_kind_looked_up(meta: &'static Metadata<'static>) -> EventKind {
+    match callsites::of(meta) {
+        Callsite::PollOpEvent => EventKind::PollOp,
+        Callsite::LockStateEvent => EventKind::LockState,
         _ => EventKind::Other,
     }
 }
