@@ -9,10 +9,12 @@
 #   scripts/bench.sh            # full sizes, 5 rounds (~10 minutes on 2 cores)
 #   ROUNDS=3 scripts/bench.sh --quick
 #   CONFIGS="unstable production production-10ms" WORKLOADS=mutex scripts/bench.sh
-#   WORKLOADS=service scripts/bench.sh   # the saturated service alone (~8 minutes)
+#   WORKLOADS=service scripts/bench.sh   # the saturated service alone (~13 minutes)
 #
 # The `service` workload (bench/src/service.rs) is a Redis-protocol server saturated by its
-# client, both on CPU 1: it runs SERVICE_ROUNDS rounds (12) of SERVICE_SECONDS (5) each, and
+# client, both on CPU 1: it runs SERVICE_ROUNDS rounds (50) of SERVICE_SECONDS (1) each (after a
+# second's warm-up; one run differs from the next by 6-8% however long it runs, so many short
+# rounds narrow the intervals most: about +-2% after 50), and
 # prints each configuration's cost against its baseline measured in the same rounds, with a
 # 95% confidence interval over the rounds, context switches per request, and the wakeups a
 # second of each of stallscope's threads.
@@ -21,8 +23,8 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-5}
 size_flag=${1:-}
 workloads=${WORKLOADS:-"yield spawn pingpong mutex http service"}
-service_rounds=${SERVICE_ROUNDS:-12}
-service_seconds=${SERVICE_SECONDS:-5}
+service_rounds=${SERVICE_ROUNDS:-50}
+service_seconds=${SERVICE_SECONDS:-1}
 command -v taskset >/dev/null || { echo "bench.sh: the service workload needs taskset (util-linux)" >&2; exit 1; }
 out=target/bench/results.txt
 mkdir -p target/bench
