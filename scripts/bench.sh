@@ -8,7 +8,7 @@
 #
 #   scripts/bench.sh            # full sizes, 5 rounds (~10 minutes on 2 cores)
 #   ROUNDS=3 scripts/bench.sh --quick
-#   CONFIGS="unstable production production-10ms" WORKLOADS=mutex scripts/bench.sh
+#   CONFIGS="unstable production production-coarse" WORKLOADS=mutex scripts/bench.sh
 #   WORKLOADS=service scripts/bench.sh   # the saturated service alone (~13 minutes)
 #
 # The `service` workload (bench/src/service.rs) is a Redis-protocol server saturated by its
@@ -40,8 +40,8 @@ build unstable "--cfg tokio_unstable" ""
 build tracing "--cfg tokio_unstable" "--features tracing"
 
 bin() { echo "target/bench/$1/release/stallscope-bench"; }
-all_configs="bare:bare unstable:unstable unstable:empty-hooks unstable:production unstable:production-10ms unstable:tokio-metrics tracing:idle-subscriber tracing:empty-layer tracing:full tracing:console"
-# CONFIGS="unstable production production-10ms" picks configurations (bare is always run: the
+all_configs="bare:bare unstable:unstable unstable:empty-hooks unstable:production unstable:production-coarse unstable:tokio-metrics tracing:idle-subscriber tracing:empty-layer tracing:full tracing:full-coarse tracing:console"
+# CONFIGS="unstable production production-coarse" picks configurations (bare is always run: the
 # ratios are to it).
 configs=$all_configs
 if [ -n "${CONFIGS:-}" ]; then
@@ -93,7 +93,7 @@ for line in open(sys.argv[1]):
     runs[key].append(float(f["elapsed_ms"]))
     rss[key].append(int(f["peak_rss_kb"]))
     units[f["workload"]] = int(f["units"])
-configs = ["bare", "unstable", "empty-hooks", "production", "production-10ms", "tokio-metrics", "idle-subscriber", "empty-layer", "full", "console"]
+configs = ["bare", "unstable", "empty-hooks", "production", "production-coarse", "tokio-metrics", "idle-subscriber", "empty-layer", "full", "full-coarse", "console"]
 workloads = []
 for w, _ in runs:
     if w not in workloads and w != "service":
@@ -115,8 +115,8 @@ for w in workloads:
             "empty-hooks": [vs("unstable", "tokio calling two hooks that do nothing")],
             "production": [vs("unstable", "same build, no hooks"),
                            vs("empty-hooks", "stallscope's own cost")],
-            "production-10ms": [vs("unstable", "same build, no hooks"),
-                                vs("production", "a 10 ms clock tick instead of 0.5 ms")],
+            "production-coarse": [vs("unstable", "same build, no hooks"),
+                                vs("production", "the coarse clock instead of the CPU's counter")],
             "empty-layer": [vs("idle-subscriber", "composing any layer")],
             "full": [vs("idle-subscriber", "target 1.15"),
                      vs("empty-layer", "stallscope's own work")],
@@ -143,9 +143,9 @@ def service_table(path):
     def t(df):
         return t95.get(df) or t95[max(k for k in t95 if k <= df)] if df >= 1 else float("nan")
     baseline = {"unstable": "bare", "empty-hooks": "unstable", "production": "unstable",
-                "production-10ms": "unstable", "tokio-metrics": "unstable",
+                "production-coarse": "unstable", "tokio-metrics": "unstable",
                 "idle-subscriber": "unstable", "empty-layer": "unstable", "full": "empty-layer",
-                "console": "empty-layer"}
+                "full-coarse": "empty-layer", "console": "empty-layer"}
     def rate(f):
         return int(f["units"]) / (float(f["elapsed_ms"]) / 1e3)
     print()

@@ -170,6 +170,24 @@ impl Builder {
         self
     }
 
+    /// Times with the coarse clock even where the CPU's counter could be used (default
+    /// `false`). The counter is used on x86_64 when the CPU says its time-stamp counter is
+    /// invariant and, on Linux, the kernel itself times with it; it needs no thread ticking
+    /// beside the workers. The coarse clock is the fallback everywhere else. One per process:
+    /// the first instance built fixes it, and the log says at start-up which clock is used.
+    ///
+    /// ```
+    /// let layer = stallscope::Builder::new()
+    ///     .coarse_clock(true)
+    ///     .build()
+    ///     .expect("valid configuration");
+    /// # drop(layer);
+    /// ```
+    pub fn coarse_clock(mut self, coarse: bool) -> Self {
+        self.config.coarse_clock = coarse;
+        self
+    }
+
     /// Validates the configuration (the `OTEL_*` variables included) and returns the layer. An
     /// error names the setter (or the environment variable) whose value is out of range.
     ///
@@ -204,6 +222,10 @@ impl Builder {
         let otlp_toggle = config.otlp;
         connect_sources();
         let engine = Engine::new(config);
+        notes.push((
+            tracing::Level::DEBUG,
+            crate::report::clock_source(engine.clock_source),
+        ));
         if let Some((level, note)) = tick_notes(engine.config.clock_tick, engine.clock_tick) {
             engine.add_startup_note(level, note);
         }

@@ -92,6 +92,9 @@ pub(crate) struct Config {
     /// under two ticks are counted, not timed; longer ones are timed to within a tick. One per
     /// process: the first instance fixes it.
     pub(crate) clock_tick: Duration,
+    /// Time with the coarse clock even where the CPU's counter is trusted. One per process: the
+    /// first instance fixes it.
+    pub(crate) coarse_clock: bool,
 }
 
 /// The signal stack capture uses: one the runtime and common libraries leave alone.
@@ -145,6 +148,7 @@ impl Default for Config {
             stack_sample_interval: Duration::from_secs(1),
             stall_spans: true,
             clock_tick: DEFAULT_CLOCK_TICK,
+            coarse_clock: false,
         }
     }
 }
@@ -233,6 +237,13 @@ impl Config {
         }
         if let Some(v) = var(lookup, vars::STALL_SPANS) {
             self.stall_spans = parse::bool(vars::STALL_SPANS, &v)?;
+        }
+        if let Some(v) = var(lookup, vars::CLOCK) {
+            self.coarse_clock = match v.to_ascii_lowercase().as_str() {
+                "auto" => false,
+                "coarse" => true,
+                _ => return Err(ConfigError::new(vars::CLOCK, &v, "auto or coarse")),
+            };
         }
         let tick = var(lookup, vars::CLOCK_TICK);
         if let Some(v) = &tick {
@@ -395,6 +406,8 @@ pub(crate) mod vars {
     pub(crate) const CONSOLE: &str = "STALLSCOPE_CONSOLE";
     /// [`Config::clock_tick`](super::Config::clock_tick).
     pub(crate) const CLOCK_TICK: &str = "STALLSCOPE_CLOCK_TICK";
+    /// `auto`/`coarse`: [`Config::coarse_clock`](super::Config::coarse_clock).
+    pub(crate) const CLOCK: &str = "STALLSCOPE_CLOCK";
 }
 
 /// A configuration value that cannot be used: names the variable (or builder method), the value

@@ -79,7 +79,8 @@ pub struct Snapshot {
     /// The slow-poll threshold in force (`STALLSCOPE_SLOW_POLL_THRESHOLD`): a poll, a
     /// blocking job's queue wait or a lock wait on a worker at least this long is slow.
     pub slow_threshold: Duration,
-    /// The tick of the coarse clock that timed everything here (`STALLSCOPE_CLOCK_TICK`).
+    /// The clock tick in force (`STALLSCOPE_CLOCK_TICK`), whichever clock timed everything
+    /// here (the CPU's counter or the coarse clock, [resolution](crate::guide::modes)).
     /// Polls and lock holds under two ticks are counted in the bucket holding two ticks, not
     /// timed: they add to a histogram's `count` and `counts`, not to its `sum` or `max`.
     pub clock_tick: Duration,

@@ -1,5 +1,6 @@
-//! The coarse clock's thread sleeps while nothing runs, in production mode (poll hooks): see
-//! `support/idle.rs`. Its own test binary: the clock and its thread are per process.
+//! The clock's thread sleeps while nothing runs, in production mode (poll hooks), with the
+//! process's clock (the CPU's counter where it is trusted): see `support/idle.rs`. Its own test
+//! binary: the clock and its thread are per process.
 
 mod support;
 

@@ -1,5 +1,7 @@
 //! No false slow poll when the clock's thread is not scheduled, in production mode (poll
-//! hooks): see `support/late_clock.rs`. Its own test binary: the clock is per process.
+//! hooks), with the process's clock (the CPU's counter where it is trusted; the coarse clock's
+//! ledger of late spells is `late_clock_full.rs`'s): see `support/late_clock.rs`. Its own test
+//! binary: the clock is per process.
 
 mod support;
 

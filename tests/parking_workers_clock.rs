@@ -2,8 +2,9 @@
 //! it to the time when they park and unpark), so the clock's thread ticks every two ticks
 //! instead of every tick. What that must not cost, checked poll by poll against the precise
 //! clock: no short poll is timed as long, and a 20 ms poll among them is timed to within the
-//! few ticks the clock promises. Production mode (poll hooks: the park hooks are theirs); its
-//! own test binary, as the clock is per process.
+//! few ticks the clock promises. The coarse clock (the fallback where the CPU's counter is not
+//! trusted), production mode (poll hooks: the park hooks are theirs); its own test binary, as
+//! the clock is per process.
 
 mod support;
 
@@ -52,6 +53,8 @@ fn spin(d: Duration) {
 
 #[test]
 fn parking_workers_keep_the_clock_fresh_and_durations_true() {
+    // The clock these workers keep fresh: the coarse one (the CPU's counter needs no keeping).
+    support::capture::use_coarse_clock();
     let guard = support::capture::stallscope(Duration::from_millis(100), Mode::Production);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();

@@ -7,7 +7,7 @@
 //! | build | configurations |
 //! |---|---|
 //! | no cfg, no features | `bare` |
-//! | `--cfg tokio_unstable` | `unstable` (no hooks), `empty-hooks` (tokio calling two poll hooks that do nothing: the floor under production mode), `production` (stallscope's poll hooks; the `mutex` workload locks `stallscope::sync::tokio::Mutex`), `production-10ms` (the same with a 10 ms clock tick instead of 0.5 ms), `tokio-metrics` |
+//! | `--cfg tokio_unstable` | `unstable` (no hooks), `empty-hooks` (tokio calling two poll hooks that do nothing: the floor under production mode), `production` (stallscope's poll hooks; the `mutex` workload locks `stallscope::sync::tokio::Mutex`), `production-coarse` (the same with the coarse clock, `STALLSCOPE_CLOCK=coarse`, instead of the CPU's counter), `tokio-metrics` |
 //! | `--cfg tokio_unstable`, feature `tracing` | `idle-subscriber` (spans recorded by a bare registry), `empty-layer` (+ a layer that does nothing: the floor under full mode), `full` (+ stallscope's layer), `console` |
 
 use std::future::Future;
@@ -24,13 +24,15 @@ enum Config {
     Bare,
     Unstable,
     Production,
-    /// Production mode with a 10 ms clock tick: fewer wakeups, 20 ms resolution.
+    /// Production mode with the coarse clock instead of the CPU's counter.
     ProductionCoarse,
     EmptyHooks,
     TokioMetrics,
     IdleSubscriber,
     EmptyLayer,
     Full,
+    /// Full mode with the coarse clock instead of the CPU's counter.
+    FullCoarse,
     Console,
 }
 
@@ -40,12 +42,13 @@ impl Config {
             "bare" => Config::Bare,
             "unstable" => Config::Unstable,
             "production" => Config::Production,
-            "production-10ms" => Config::ProductionCoarse,
+            "production-coarse" => Config::ProductionCoarse,
             "empty-hooks" => Config::EmptyHooks,
             "tokio-metrics" => Config::TokioMetrics,
             "idle-subscriber" => Config::IdleSubscriber,
             "empty-layer" => Config::EmptyLayer,
             "full" => Config::Full,
+            "full-coarse" => Config::FullCoarse,
             "console" => Config::Console,
             _ => return None,
         })
@@ -65,7 +68,11 @@ impl Config {
             | Config::ProductionCoarse
             | Config::EmptyHooks
             | Config::TokioMetrics => unstable && !tracing,
-            Config::IdleSubscriber | Config::EmptyLayer | Config::Full | Config::Console => {
+            Config::IdleSubscriber
+            | Config::EmptyLayer
+            | Config::Full
+            | Config::FullCoarse
+            | Config::Console => {
                 unstable && tracing
             }
         }
@@ -250,7 +257,7 @@ fn peak_rss_kb() -> u64 {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: stallscope-bench <bare|unstable|empty-hooks|production|production-10ms|tokio-metrics|idle-subscriber|empty-layer|full|console> \
+        "usage: stallscope-bench <bare|unstable|empty-hooks|production|production-coarse|tokio-metrics|idle-subscriber|empty-layer|full|full-coarse|console> \
          <yield|yield-many|spawn|pingpong|mutex|http> [--quick] [--current-thread]\n       \
          stallscope-bench <config> service --client <bare build's binary> [--seconds S]\n       \
          stallscope-bench bare service-client <addr> <seconds>"
@@ -307,11 +314,12 @@ fn main() {
     builder.enable_all();
 
     // The STALLSCOPE_* variables apply (a run with another tick, threshold or bounds).
-    let quiet = |tick: Option<Duration>| {
+    let quiet = |coarse: bool| {
         let builder = stallscope::Builder::from_env().expect("STALLSCOPE_* variables");
-        let builder = match tick {
-            Some(tick) => builder.clock_tick(tick),
-            None => builder,
+        let builder = if coarse {
+            builder.coarse_clock(true)
+        } else {
+            builder
         };
         builder
             .otlp(stallscope::Toggle::Off)
@@ -324,8 +332,7 @@ fn main() {
     match config {
         Config::Bare | Config::Unstable => {}
         Config::Production | Config::ProductionCoarse => {
-            let tick = (config == Config::ProductionCoarse).then_some(Duration::from_millis(10));
-            let layer = quiet(tick);
+            let layer = quiet(config == Config::ProductionCoarse);
             layer.instrument_runtime(&mut builder);
             guard = Some(layer.guard());
         }
@@ -355,9 +362,9 @@ fn main() {
                 .unwrap();
             }
         }
-        Config::Full => {
+        Config::Full | Config::FullCoarse => {
             use tracing_subscriber::prelude::*;
-            let layer = quiet(None);
+            let layer = quiet(config == Config::FullCoarse);
             guard = Some(layer.guard());
             tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
                 .unwrap();

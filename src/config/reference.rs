@@ -170,6 +170,10 @@ fn expected() -> BTreeMap<&'static str, Row> {
                 durations(&CLOCK_TICK_RANGE),
             ),
         ),
+        (
+            vars::CLOCK,
+            read("coarse_clock", "auto".to_owned(), text("auto or coarse")),
+        ),
         (vars::CONSOLE, read("–", on_off(true), text("on or off"))),
         ("RUST_LOG", read("–", "info".to_owned(), None)),
         ("NO_COLOR", read("–", "unset".to_owned(), None)),

@@ -160,6 +160,8 @@ pub(crate) struct Engine {
     fast_poll_bucket: usize,
     /// The process's clock tick, as fixed when this engine was made.
     pub(crate) clock_tick: std::time::Duration,
+    /// The process's clock, fixed by the first instance.
+    pub(crate) clock_source: crate::clock::Source,
     pub(crate) sites: SiteTable,
     pub(crate) locks: LockTable,
     pub(crate) runtimes: Runtimes,
@@ -216,13 +218,15 @@ impl Engine {
     /// [`Engine::clock_tick`]). It tells no one anything until [`Engine::set_sinks`].
     pub(crate) fn new(config: Config) -> Arc<Engine> {
         // Before any bucket for fast polls is chosen: they are the polls under two ticks.
-        let tick = crate::clock::fix_tick(config.clock_tick);
+        let (tick, clock_source) = crate::clock::fix_tick(config.clock_tick, config.coarse_clock);
+        crate::clock::watch_for(config.slow_poll_threshold);
         let bounds = Bounds::new(&config.histogram_bounds);
         let locks = LockTable::new(config.max_sites, &bounds, config.slow_poll_threshold);
         Arc::new_cyclic(|me| Engine {
             me: me.clone(),
             fast_poll_bucket: bounds.bucket(crate::clock::fast_poll_ns()),
             clock_tick: tick,
+            clock_source,
             startup_notes: std::sync::Mutex::new(Vec::new()),
             startup_said: AtomicBool::new(false),
             measuring_said: AtomicBool::new(false),

@@ -60,7 +60,7 @@ fn latest() -> &'static Mutex<Option<Latest>> {
     &LATEST
 }
 
-/// The watchdog found slot `slot`'s poll of `site`, started at coarse `start`, running past
+/// The watchdog found slot `slot`'s poll of `site`, started at stamp `start`, running past
 /// the threshold: it is the latest stall from now on (published by the next [`scanned`]).
 pub(crate) fn stall_began(slot: usize, site: &Site, start: u64) {
     *latest().lock().unwrap_or_else(|e| e.into_inner()) = Some(Latest {
@@ -75,7 +75,7 @@ pub(crate) fn stall_began(slot: usize, site: &Site, start: u64) {
     });
 }
 
-/// The watchdog's scan at coarse `now` found `stalled` workers past the threshold: publishes
+/// The watchdog's scan at stamp `now` found `stalled` workers past the threshold: publishes
 /// the count and how long the latest stall has lasted. Ordered so no state the console
 /// publishes shows `stall_ms` growing beside a count without the stall: the final duration of
 /// a stall that ended goes out before the count drops, the first and growing ones after the
@@ -96,7 +96,8 @@ pub(crate) fn scanned(now: u64, stalled: u64) {
         drop(guard);
         return stalled_workers(stalled);
     }
-    stall.seen_ms = Duration::from_nanos(now.saturating_sub(stall.start)).as_millis() as u64;
+    let seen = crate::clock::stamp_ns(now.saturating_sub(stall.start));
+    stall.seen_ms = Duration::from_nanos(seen).as_millis() as u64;
     stalled_workers(stalled);
     if std::mem::take(&mut stall.fresh) {
         stall.shown_ms = stall.seen_ms;

@@ -4,15 +4,16 @@
 //!
 //! The per-poll path is built to be left on. Before a poll: one compare in this thread's
 //! table of spawn locations, two stores into this thread's slot (site and start, for the
-//! watchdog) and one relaxed load of a coarse clock. After it: the clock again and, for a poll
-//! under [`clock::fast_poll_ns`] (two ticks), a plain increment of this thread's counter for
-//! the location. No allocation, no lock, no locked instruction, no shared cache line written by
-//! two workers, no syscall: about 57 instructions per poll inside both hooks
+//! watchdog) and one read of the clock (the CPU's counter, or the coarse clock's value: see
+//! [`clock`]). After it: the clock again and, for a poll under [`clock::fast_poll_ns`] (two
+//! ticks), a plain increment of this thread's counter for the location. No allocation, no
+//! lock, no locked instruction, no shared cache line written by two workers, no syscall: about
+//! 59 instructions per poll inside both hooks
 //! (`scripts/hot-path-guard.sh` counts them; tokio's own dispatch of the hooks adds about 22).
 //! Counts reach the sites' histograms when a table entry is reused, when the worker parks and
-//! when it exits; snapshots add what is pending. A watchdog thread advances the clock and
-//! watches the slots, so a poll that is still running past the threshold is reported while it
-//! runs; it sleeps while no poll runs (see [`clock`]).
+//! when it exits; snapshots add what is pending. A watchdog thread watches the slots (and
+//! advances the coarse clock, where that is the clock), so a poll that is still running past
+//! the threshold is reported while it runs; it sleeps while no poll runs (see [`clock`]).
 //!
 //! A source, in the flow sources → engine → sinks: the hooks call into the engine, which
 //! imports nothing from here. [`instrument_runtime`] is the one place runtime hooks are
@@ -52,9 +53,18 @@ pub(crate) fn instrument_runtime<'b>(
     // does too, but a thread that builds a runtime per request polls the later ones with its
     // slot long claimed.
     let parked_before = AtomicBool::new(false);
+    // The clock is fixed before any hook runs (the engine fixed it as it was made): the hooks
+    // read the CPU's counter, or the coarse clock, without asking which per poll.
+    if clock::precise() {
+        builder
+            .on_before_task_poll(move |meta| before_poll::<true>(&before, meta))
+            .on_after_task_poll(move |meta| after_poll::<true>(&after, meta));
+    } else {
+        builder
+            .on_before_task_poll(move |meta| before_poll::<false>(&before, meta))
+            .on_after_task_poll(move |meta| after_poll::<false>(&after, meta));
+    }
     builder
-        .on_before_task_poll(move |meta| before_poll(&before, meta))
-        .on_after_task_poll(move |meta| after_poll(&after, meta))
         .on_thread_park(move || {
             if !parked_before.load(Relaxed) && !parked_before.swap(true, Relaxed) {
                 runtime_parks_first(&park);
@@ -117,33 +127,43 @@ thread_local! {
     };
 }
 
+/// A stamp for the hooks: the CPU's counter (`PRECISE`), or the coarse clock as stored.
+#[inline(always)]
+fn stamp<const PRECISE: bool>() -> u64 {
+    if PRECISE {
+        clock::counter_stamp()
+    } else {
+        clock::raw_ns()
+    }
+}
+
 /// A poll begins: one lookup in this thread's counters (a compare once warm), two stores into
-/// this thread's slot for the watchdog, one relaxed load of the coarse clock.
+/// this thread's slot for the watchdog, one read of the clock (`PRECISE`: the CPU's counter).
 #[inline]
-pub(crate) fn before_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
+pub(crate) fn before_poll<const PRECISE: bool>(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
     HOT.with(|hot| {
         let Some(slot) = hot.slot.get() else {
-            return first_poll_on_thread(hot, engine, meta);
+            return first_poll_on_thread::<PRECISE>(hot, engine, meta);
         };
         let location = meta.spawned_at() as *const std::panic::Location<'static> as usize;
         let counter = slot.counters.entry(location);
         if !counter.counts(location) {
-            return new_location(hot, slot, counter, engine, meta.spawned_at());
+            return new_location::<PRECISE>(hot, slot, counter, engine, meta.spawned_at());
         }
-        begin(hot, slot, counter);
+        begin::<PRECISE>(hot, slot, counter);
     })
 }
 
 /// Starts timing a poll counted by `counter`.
 #[inline(always)]
-fn begin(hot: &Hot, slot: &'static WorkerSlot, counter: &'static PollCounter) {
+fn begin<const PRECISE: bool>(hot: &Hot, slot: &'static WorkerSlot, counter: &'static PollCounter) {
     hot.counter.set(Some(counter));
     // Published for the watchdog; this thread is the slot's only writer.
     slot.site.store(counter.site_ptr(), Relaxed);
-    let start = clock::raw_ns();
+    let start = stamp::<PRECISE>();
     slot.start_ns.store(start, Relaxed);
     // Checked last, where the cold call is a jump: the fast path saves no registers for it.
-    if clock::is_idle(start) {
+    if !PRECISE && clock::is_idle(start) {
         start_after_idle(slot);
     }
 }
@@ -160,7 +180,7 @@ fn start_after_idle(slot: &WorkerSlot) {
 /// counter (a plain load and store); longer, it is timed and recorded
 /// ([`Engine::record_timed_poll`]).
 #[inline]
-pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
+pub(crate) fn after_poll<const PRECISE: bool>(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
     HOT.with(|hot| {
         let (Some(slot), Some(counter)) = (hot.slot.get(), hot.counter.get()) else {
             return;
@@ -170,19 +190,19 @@ pub(crate) fn after_poll(engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
         // The clock only moves forward; `start` 0 (a nested runtime's poll on this thread
         // ended ours) and an idle clock's mark both give a large value, sorted out off the
         // fast path.
-        let elapsed = clock::raw_ns().wrapping_sub(start);
-        if elapsed < clock::fast_poll_ns() {
+        let elapsed = stamp::<PRECISE>().wrapping_sub(start);
+        if elapsed < clock::fast_poll_stamps() {
             counter.count_one();
             return;
         }
-        timed_poll(slot, counter, engine, meta, start, elapsed);
+        timed_poll::<PRECISE>(slot, counter, engine, meta, start, elapsed);
     })
 }
 
 /// Polls of a spawn location this thread's counter has not seen (or has evicted).
 #[cold]
 #[inline(never)]
-fn new_location(
+fn new_location<const PRECISE: bool>(
     hot: &Hot,
     slot: &'static WorkerSlot,
     counter: &'static PollCounter,
@@ -206,31 +226,41 @@ fn new_location(
         location as *const std::panic::Location<'static> as usize,
         site,
     );
-    begin(hot, slot, counter);
+    begin::<PRECISE>(hot, slot, counter);
 }
 
+/// A poll that lasted `stamps` (from `start`) or began before a nested runtime's poll ended it.
 #[cold]
 #[inline(never)]
-fn timed_poll(
+fn timed_poll<const PRECISE: bool>(
     slot: &WorkerSlot,
     counter: &PollCounter,
     engine: &Engine,
     meta: &TaskMeta<'_>,
     start: u64,
-    mut elapsed: u64,
+    stamps: u64,
 ) {
     if start == 0 {
         // A nested runtime's poll on this thread ended ours: its time is unknown.
         return;
     }
-    let mut end = start.wrapping_add(elapsed);
-    if clock::is_idle(end) {
-        // The clock went idle during the poll: the precise end.
-        end = clock::now_ns();
-    }
-    // A start read while the clock stood still (its thread not scheduled) is bounded by the
-    // spell's end: a poll is timed to what it can be shown to have lasted.
-    elapsed = clock::at_least(start, end, engine.config.slow_poll_threshold);
+    let elapsed = if PRECISE {
+        if stamps > u64::MAX / 2 {
+            // The end read a counter a few counts behind the start's (the thread moved to a
+            // CPU whose counter reads a hair behind): a fast poll.
+            return counter.count_one();
+        }
+        clock::stamp_ns(stamps)
+    } else {
+        let mut end = start.wrapping_add(stamps);
+        if clock::is_idle(end) {
+            // The clock went idle during the poll: the precise end.
+            end = clock::now_ns();
+        }
+        // A start read while the clock stood still (its thread not scheduled) is bounded by
+        // the spell's end: a poll is timed to what it can be shown to have lasted.
+        clock::at_least(start, end, engine.config.slow_poll_threshold)
+    };
     if elapsed < clock::fast_poll_ns() {
         return counter.count_one();
     }
@@ -271,6 +301,7 @@ pub(crate) fn on_unpark() {
     let _ = HOT.try_with(|hot| {
         if hot.slot.get().is_some() {
             clock::refresh();
+            clock::wake_watcher();
         }
     });
 }
@@ -311,12 +342,14 @@ fn first_park_on_thread(engine: &Arc<Engine>) {
 /// Claims a slot on the thread's first poll, then measures that poll.
 #[cold]
 #[inline(never)]
-fn first_poll_on_thread(hot: &Hot, engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
+fn first_poll_on_thread<const PRECISE: bool>(hot: &Hot, engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
     if hot.unmeasured.get() {
         return;
     }
     crate::engine::thread_measured_by_hooks();
     watchdog::start(engine);
+    // A new worker polls without unparking first.
+    clock::wake_watcher();
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         Engine::runtime_hooked(handle.id());
         engine.measuring_started(crate::engine::sink::Measuring::PollHooks {
@@ -327,7 +360,7 @@ fn first_poll_on_thread(hot: &Hot, engine: &Arc<Engine>, meta: &TaskMeta<'_>) {
     match slots::claim_for_this_thread(engine) {
         Some(slot) => {
             hot.slot.set(Some(slot));
-            before_poll(engine, meta);
+            before_poll::<PRECISE>(engine, meta);
         }
         None => hot.unmeasured.set(true),
     }

@@ -21,7 +21,8 @@ pub(crate) fn start(engine: &crate::engine::Engine) {
     stacks::warm_up(engine);
 }
 
-/// One look at every worker slot (called by the clock's upkeep thread each tick). Returns
+/// One look at every worker slot (called by the clock's upkeep thread each tick), at stamp
+/// `now` (slots hold stamps: see [`clock::stamp`]). Returns
 /// whether anything needs the clock kept ticking: a poll in progress, or a stall whose stack
 /// is being taken.
 pub(crate) fn scan(now: u64) -> bool {
@@ -32,7 +33,7 @@ pub(crate) fn scan(now: u64) -> bool {
         for (index, slot) in slots::in_use_indexed() {
             let start = slot.start_ns.load(Relaxed);
             polling |= start != 0;
-            if start == 0 || now.saturating_sub(start) < look_after {
+            if start == 0 || clock::stamp_ns(now.saturating_sub(start)) < look_after {
                 continue;
             }
             if slot.reported_start.load(Relaxed) == start {
@@ -45,7 +46,7 @@ pub(crate) fn scan(now: u64) -> bool {
             // Not `now - start`: a start read while the clock stood still may be a late
             // spell's first value; only the time since the spell ended is certain.
             let threshold = engine.config.slow_poll_threshold;
-            let elapsed = Duration::from_nanos(clock::at_least(start, now, threshold));
+            let elapsed = Duration::from_nanos(clock::stamps_at_least(start, now, threshold));
             if elapsed < engine.config.slow_poll_threshold {
                 continue;
             }

@@ -623,7 +623,7 @@ impl StallscopeLayer {
         let poll = ended.poll;
         // A start read while the clock stood still is bounded by the spell's end, once the
         // poll looks slow.
-        let elapsed = clock::at_least(
+        let elapsed = clock::stamps_at_least(
             poll.start,
             poll.start.saturating_add(ended.elapsed),
             self.engine.config.slow_poll_threshold,

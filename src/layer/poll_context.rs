@@ -35,7 +35,7 @@ pub(crate) struct ActivePoll {
     pub(crate) span: u64,
     pub(crate) site: &'static Site,
     pub(crate) kind: PollKind,
-    /// Coarse clock at the start of the poll.
+    /// The clock's stamp at the start of the poll (see [`clock::stamp`]).
     pub(crate) start: u64,
     /// Depth of the user-span stack when the poll began.
     span_base: usize,
@@ -52,7 +52,7 @@ struct UserSpan {
 /// slow polls) is kept apart from the polls in progress so the per-poll path copies little.
 pub(crate) struct EndedPoll {
     pub(crate) poll: ActivePoll,
-    /// Coarse duration in nanoseconds.
+    /// Duration in stamps (see [`clock::stamp_ns`]).
     pub(crate) elapsed: u64,
     /// Where the poll was on this thread's stack, for [`take_culprit`].
     depth: usize,
@@ -157,7 +157,7 @@ pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) -> bool
             if i >= MAX_NESTED_POLLS {
                 return true;
             }
-            let start = clock::raw_ns();
+            let start = clock::stamp();
             #[cfg(tokio_unstable)]
             if let (0, Some(slot), PollKind::Async { .. }) = (i, p.slot.get(), kind) {
                 slot.site.store(
@@ -176,9 +176,11 @@ pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) -> bool
             }));
             p.culprits[i].set(None);
             p.polls_len.set(i + 1);
-            // Checked last: the fast path keeps no registers live across the cold call.
+            // Checked last: the fast path keeps no registers live across the cold calls.
             if clock::is_idle(start) {
                 start_after_idle(p, i);
+            } else if clock::watcher_idle() {
+                clock::wake_watcher();
             }
             true
         })
@@ -228,7 +230,7 @@ pub(crate) fn end_poll(span: u64, count_fast: impl FnOnce(&'static Site, usize))
             };
             // An idle clock's mark gives a duration with the top bit set: never fast, so it
             // is read precisely in `ended_poll`.
-            let elapsed = clock::raw_ns().saturating_sub(poll.start);
+            let elapsed = clock::stamp().saturating_sub(poll.start);
             #[cfg(tokio_unstable)]
             if let (0, Some(slot), PollKind::Async { .. }) = (i, p.slot.get(), poll.kind) {
                 slot.start_ns.store(0, std::sync::atomic::Ordering::Relaxed);
@@ -239,7 +241,7 @@ pub(crate) fn end_poll(span: u64, count_fast: impl FnOnce(&'static Site, usize))
                 p.spans_len.set(poll.span_base);
             }
             let fast =
-                matches!(poll.kind, PollKind::Async { .. }) && elapsed < clock::fast_poll_ns();
+                matches!(poll.kind, PollKind::Async { .. }) && elapsed < clock::fast_poll_stamps();
             p.last_fast_poll.set(if fast { span } else { 0 });
             if fast {
                 count_fast(poll.site, p.shard.get());
@@ -477,7 +479,7 @@ mod tests {
             let PollEnd::Timed(depth) = end_poll(span, |_, _| {}) else {
                 panic!("a 20 ms poll on an idle clock ended as fast");
             };
-            let elapsed = ended_poll(depth).expect("the ended poll").elapsed;
+            let elapsed = clock::stamp_ns(ended_poll(depth).expect("the ended poll").elapsed);
             assert!(
                 (19_000_000..1_000_000_000).contains(&elapsed),
                 "a 20 ms poll on an idle clock measured {elapsed} ns"

@@ -844,6 +844,20 @@ pub(crate) fn clock_tick(tick: std::time::Duration) -> String {
     )
 }
 
+/// Said at start-up (debug level): which clock times polls, lock waits and holds.
+pub(crate) fn clock_source(source: crate::clock::Source) -> String {
+    match source {
+        crate::clock::Source::Counter { hz } => format!(
+            "timing with the CPU's time-stamp counter ({:.2} GHz): no thread ticks beside the \
+             workers",
+            hz as f64 / 1e9
+        ),
+        crate::clock::Source::Coarse { why } => {
+            format!("timing with the coarse clock ({why}): its thread ticks while tasks poll")
+        }
+    }
+}
+
 /// Said once at start-up by an instance whose clock tick was not applied: the process's clock
 /// ticks as the first instance asked.
 pub(crate) fn tick_already_fixed(

@@ -67,10 +67,23 @@ pub fn capture_reports() {
 /// The process's instance, once built.
 static GUARD: OnceLock<stallscope::Guard> = OnceLock::new();
 
+/// Whether this test binary's instance times with the coarse clock.
+static COARSE_CLOCK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This test binary's instance times with the coarse clock, the fallback where the CPU's
+/// counter is not trusted (call before the instance is built; the clock is per process).
+#[allow(dead_code)]
+pub fn use_coarse_clock() {
+    COARSE_CLOCK.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// [`stallscope`] from a builder of the test's own.
 pub fn stallscope_from(builder: stallscope::Builder, mode: Mode) -> &'static stallscope::Guard {
     GUARD.get_or_init(|| {
-        let layer = builder.build().unwrap();
+        let layer = builder
+            .coarse_clock(COARSE_CLOCK.load(std::sync::atomic::Ordering::Relaxed))
+            .build()
+            .unwrap();
         let guard = layer.guard();
         let registry = tracing_subscriber::registry().with(Capture);
         match mode {

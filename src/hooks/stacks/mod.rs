@@ -146,10 +146,15 @@ mod sampler {
                         Status::Done(frames) => {
                             watched.pending_since = None;
                             watched.samples += 1;
-                            let elapsed = Duration::from_nanos(since - watched.stall.start);
+                            let elapsed = Duration::from_nanos(crate::clock::stamp_ns(
+                                since.saturating_sub(watched.stall.start),
+                            ));
                             resolve_later(&watched.stall, key, elapsed, watched.samples, frames);
                         }
-                        Status::Pending if now - since > CAPTURE_TIMEOUT_NS => {
+                        Status::Pending
+                            if crate::clock::stamp_ns(now.saturating_sub(since))
+                                > CAPTURE_TIMEOUT_NS =>
+                        {
                             if capture::abandon(index) {
                                 watched.pending_since = None;
                                 deferred::send(Job::NoStack(key));
@@ -178,7 +183,8 @@ mod sampler {
                 if let Some(interval) = interval {
                     if watched.pending_since.is_none()
                         && watched.samples < MAX_SAMPLES_PER_STALL
-                        && now - watched.last_request >= interval
+                        && crate::clock::stamp_ns(now.saturating_sub(watched.last_request))
+                            >= interval
                     {
                         request(watched, index, now);
                     }

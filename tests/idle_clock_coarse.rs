@@ -1,0 +1,11 @@
+//! The coarse clock's thread sleeps while nothing runs, in production mode (poll hooks): see
+//! `support/idle.rs`. The coarse clock is the fallback where the CPU's counter is not trusted;
+//! its own test binary: the clock and its thread are per process.
+
+mod support;
+
+#[test]
+fn an_idle_process_sleeps_and_what_comes_after_is_timed_exactly() {
+    support::capture::use_coarse_clock();
+    support::idle::idle_then_timed(support::capture::Mode::Production);
+}
