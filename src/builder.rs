@@ -201,8 +201,9 @@ impl Builder {
     ///
     /// Two instances in one process measure and report independently, each with its own
     /// settings, except for what is inherently one per process:
-    /// - the coarse clock and its tick: the first instance built fixes the tick (a later one
-    ///   asking for another says so), and one thread advances it and runs the watchdog;
+    /// - the clock, its source and its tick: the first instance built fixes them (a later one
+    ///   asking for another tick says so), and one thread runs the watchdog (and advances the
+    ///   coarse clock, where that is the clock);
     /// - the stack signal's handler, installed when production mode first captures a stack;
     /// - the reporter thread that writes every instance's reports;
     /// - the default instance of the drop-in wrappers and `task::spawn_blocking`: the first
