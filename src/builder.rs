@@ -174,7 +174,8 @@ impl Builder {
     /// `false`). The counter is used on x86_64 when the CPU says its time-stamp counter is
     /// invariant and, on Linux, the kernel itself times with it; it needs no thread ticking
     /// beside the workers. The coarse clock is the fallback everywhere else. One per process:
-    /// the first instance built fixes it, and the log says at start-up which clock is used.
+    /// the first instance built fixes it, and the start-up line's `clock` field says which is
+    /// used (`tsc`, or `coarse` and why).
     ///
     /// ```
     /// let layer = stallscope::Builder::new()
@@ -223,10 +224,6 @@ impl Builder {
         let otlp_toggle = config.otlp;
         connect_sources();
         let engine = Engine::new(config);
-        notes.push((
-            tracing::Level::DEBUG,
-            crate::report::clock_source(engine.clock_source),
-        ));
         if let Some((level, note)) = tick_notes(engine.config.clock_tick, engine.clock_tick) {
             engine.add_startup_note(level, note);
         }

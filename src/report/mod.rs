@@ -686,8 +686,9 @@ fn say_console_unavailable() {
     }
 }
 
-/// The start-up line: the mode, the threshold, stacks, where exports go and (full mode, feature
-/// `console`) whether tokio-console runs, so a reader knows stallscope is on and what it sees.
+/// The start-up line: the mode, the threshold, the clock, stacks, where exports go and (full
+/// mode, feature `console`) whether tokio-console runs, so a reader knows stallscope is on and
+/// what it sees.
 pub(crate) fn measuring(engine: &Engine, how: &Measuring) {
     let config = &engine.config;
     let stacks = if !config.capture_stacks {
@@ -718,6 +719,7 @@ pub(crate) fn measuring(engine: &Engine, how: &Measuring) {
     tracing::info!(
         target: "stallscope",
         threshold_ms = ms(config.slow_poll_threshold),
+        clock = clock_source(engine.clock_source),
         stacks,
         exporting,
         console,
@@ -844,17 +846,11 @@ pub(crate) fn clock_tick(tick: std::time::Duration) -> String {
     )
 }
 
-/// Said at start-up (debug level): which clock times polls, lock waits and holds.
-pub(crate) fn clock_source(source: crate::clock::Source) -> String {
+/// The start-up line's `clock` field: which clock times polls, lock waits and holds.
+fn clock_source(source: crate::clock::Source) -> String {
     match source {
-        crate::clock::Source::Counter { hz } => format!(
-            "timing with the CPU's time-stamp counter ({:.2} GHz): no thread ticks beside the \
-             workers",
-            hz as f64 / 1e9
-        ),
-        crate::clock::Source::Coarse { why } => {
-            format!("timing with the coarse clock ({why}): its thread ticks while tasks poll")
-        }
+        crate::clock::Source::Counter { .. } => "tsc".to_owned(),
+        crate::clock::Source::Coarse { why } => format!("coarse ({why})"),
     }
 }
 
