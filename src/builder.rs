@@ -149,11 +149,12 @@ impl Builder {
         self
     }
 
-    /// How often the coarse clock that times polls, lock waits and holds advances (default
-    /// 0.5 ms, from 100 µs to 50 ms, at most half the slow-poll threshold). Polls under two
-    /// ticks are counted, not timed, and longer ones are timed to within a tick; a longer tick
-    /// wakes the clock's thread less often. One tick per process: the first instance built
-    /// fixes it, and a later one that asks for another says so in the log.
+    /// The clock tick (default 0.5 ms, from 100 µs to 50 ms, at most half the slow-poll
+    /// threshold). Polls, lock waits and holds under two ticks are counted, not timed. Longer
+    /// ones are timed exactly by the CPU's counter, or, where the coarse clock is used (see
+    /// [`coarse_clock`](Self::coarse_clock)), to within a tick, and a longer tick wakes that
+    /// clock's thread less often. One tick per process: the first instance built fixes it,
+    /// and a later one that asks for another says so in the log.
     ///
     /// ```
     /// use std::time::Duration;
@@ -224,7 +225,9 @@ impl Builder {
         let otlp_toggle = config.otlp;
         connect_sources();
         let engine = Engine::new(config);
-        if let Some((level, note)) = tick_notes(engine.config.clock_tick, engine.clock_tick) {
+        let coarse = matches!(engine.clock_source, crate::clock::Source::Coarse { .. });
+        if let Some((level, note)) = tick_notes(engine.config.clock_tick, engine.clock_tick, coarse)
+        {
             engine.add_startup_note(level, note);
         }
         // The standard OTEL_* variables always apply when OTLP may run, as in every OTel SDK.
@@ -274,14 +277,21 @@ fn connect_sources() {
 
 /// What an instance says of the clock tick at start-up: `requested` was not applied (the
 /// process's clock already ticks every `tick`), or the tick is not the default.
-fn tick_notes(requested: Duration, tick: Duration) -> Option<(tracing::Level, String)> {
+fn tick_notes(
+    requested: Duration,
+    tick: Duration,
+    coarse: bool,
+) -> Option<(tracing::Level, String)> {
     if tick != requested {
         Some((
             tracing::Level::WARN,
             crate::report::tick_already_fixed(requested, tick),
         ))
     } else if tick != crate::config::DEFAULT_CLOCK_TICK {
-        Some((tracing::Level::INFO, crate::report::clock_tick(tick)))
+        Some((
+            tracing::Level::INFO,
+            crate::report::clock_tick(tick, coarse),
+        ))
     } else {
         None
     }

@@ -54,7 +54,7 @@
 
 use std::sync::atomic::{
     fence, AtomicBool, AtomicU64,
-    Ordering::{Acquire, Relaxed, Release},
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 use std::sync::OnceLock;
 use std::thread::Thread;
@@ -82,6 +82,12 @@ pub(crate) struct Upkeep {
     pub(crate) look: fn(now: u64) -> bool,
     /// Whether a worker is polling a task now.
     pub(crate) polling: fn() -> bool,
+    /// Whether a worker with park hooks is unparked now (it wakes the watchdog only as it
+    /// unparks, so the watchdog of the CPU's counter stays awake while one is).
+    pub(crate) unparked: fn() -> bool,
+    /// Whether there are worker slots to watch at all (`tokio_unstable`): with the CPU's
+    /// counter and none, no thread is needed.
+    pub(crate) watching: bool,
     /// The upkeep thread could not start (said from the reporter thread).
     pub(crate) no_thread: fn(std::io::Error),
 }
@@ -545,6 +551,12 @@ fn origin() -> &'static Instant {
 pub(crate) fn start_upkeep() {
     static START: std::sync::Once = std::sync::Once::new();
     START.call_once(|| {
+        let watching = UPKEEP.get().is_none_or(|upkeep| upkeep.watching);
+        if CLOCK.precise.load(Acquire) && !watching {
+            // The CPU's counter needs no keeping and there are no workers to watch (a build
+            // without `tokio_unstable`): no thread at all.
+            return;
+        }
         CLOCK.advance();
         let spawned = std::thread::Builder::new()
             .name("stallscope-watchdog".into())
@@ -643,16 +655,22 @@ fn watch(clock: &CoarseClock) -> ! {
         } else {
             std::thread::sleep(watch_period());
         }
-        if look(stamp_now()) {
+        // A worker with park hooks that is unparked keeps the watchdog awake even when the
+        // looks miss its polls: it would wake the watchdog only at its next unpark.
+        if look(stamp_now()) || unparked() {
             quiet_looks = 0;
             continue;
         }
         quiet_looks += 1;
         if quiet_looks >= QUIET_LOOKS {
             clock.watcher_idle.store(true, Relaxed);
-            // A poll that began since the look, on a worker that found the watchdog awake:
-            // keep watching it. One that begins later finds the mark (see `wake_watcher`).
-            if polling() {
+            // Paired with the fence of a worker that unparks (or starts) and then reads the
+            // mark: either it sees the mark and wakes this thread, or this thread sees it
+            // running here and stays awake. A worker without park hooks (full mode) reads the
+            // mark at each poll, without a fence: a poll that begins as this thread goes to
+            // sleep is watched from the next look, at most `IDLE_LOOK` later.
+            fence(SeqCst);
+            if polling() || unparked() {
                 clock.watcher_idle.store(false, Relaxed);
             }
         }
@@ -732,6 +750,11 @@ fn look(now: u64) -> bool {
 /// Whether a worker is polling a task now.
 fn polling() -> bool {
     UPKEEP.get().is_some_and(|upkeep| (upkeep.polling)())
+}
+
+/// Whether a worker with park hooks is unparked now.
+fn unparked() -> bool {
+    UPKEEP.get().is_some_and(|upkeep| (upkeep.unparked)())
 }
 
 #[cfg(test)]

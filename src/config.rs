@@ -88,8 +88,8 @@ pub(crate) struct Config {
     pub(crate) stack_sample_interval: Duration,
     /// Whether each stall over the threshold is also exported as an OTLP span (when OTLP runs).
     pub(crate) stall_spans: bool,
-    /// How often the coarse clock that times polls, lock waits and holds advances. Durations
-    /// under two ticks are counted, not timed; longer ones are timed to within a tick. One per
+    /// The clock tick: durations under two ticks are counted, not timed. The coarse clock (where
+    /// it is used) advances once a tick, and times longer durations to within one. One per
     /// process: the first instance fixes it.
     pub(crate) clock_tick: Duration,
     /// Time with the coarse clock even where the CPU's counter is trusted. One per process: the

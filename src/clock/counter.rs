@@ -11,9 +11,20 @@
 
 use std::time::{Duration, Instant};
 
-/// How long the counter's rate is measured against `Instant` (once per process): an error of a
-/// few tens of nanoseconds in the two readings is under 1e-4 of this.
+/// How long each measurement of the counter's rate against `Instant` lasts (twice, once per
+/// process): an error of a few tens of nanoseconds in its two readings is under 1e-4 of this.
 const CALIBRATION: Duration = Duration::from_millis(2);
+
+/// Two measurements of the rate must agree this closely, or the thread was disturbed while
+/// measuring (and it measures again, at most [`ATTEMPTS`] times).
+const AGREEMENT: f64 = 1e-3;
+const ATTEMPTS: usize = 3;
+
+/// Readings of `Instant` taken to find one that no preemption split from its counter reading.
+const PAIR_TRIES: usize = 8;
+
+/// Rates outside this are not a time-stamp counter's.
+const PLAUSIBLE_HZ: std::ops::RangeInclusive<u64> = 10_000_000..=20_000_000_000;
 
 /// A trusted counter and its rate.
 #[derive(Debug, Clone, Copy)]
@@ -34,27 +45,19 @@ impl Counter {
         if !kernel_trusts_it() {
             return Err("the kernel's clocksource is not the time-stamp counter");
         }
-        let (start, counted_from) = (Instant::now(), read());
-        let (elapsed, counts) = loop {
-            let (elapsed, counts) = (start.elapsed(), read().wrapping_sub(counted_from));
-            if elapsed >= CALIBRATION {
-                break (elapsed, counts);
+        for _ in 0..ATTEMPTS {
+            let (Some(first), Some(second)) = (measure_rate(), measure_rate()) else {
+                continue;
+            };
+            let (a, b) = (
+                first.ns_per_count_q32 as f64,
+                second.ns_per_count_q32 as f64,
+            );
+            if (a - b).abs() <= AGREEMENT * a.max(b) && PLAUSIBLE_HZ.contains(&second.hz) {
+                return Ok(second);
             }
-            std::hint::spin_loop();
-        };
-        if counts == 0 || counts > 1 << 62 {
-            return Err("the time-stamp counter did not advance");
         }
-        let ns = elapsed.as_nanos();
-        let ns_per_count_q32 = u64::try_from((ns << 32) / u128::from(counts)).unwrap_or(0);
-        let hz = u64::try_from(u128::from(counts) * 1_000_000_000 / ns.max(1)).unwrap_or(0);
-        if ns_per_count_q32 == 0 {
-            return Err("the time-stamp counter runs faster than the clock can scale");
-        }
-        Ok(Counter {
-            ns_per_count_q32,
-            hz,
-        })
+        Err("the time-stamp counter's rate could not be measured steadily")
     }
 
     /// `counts` in nanoseconds.
@@ -63,6 +66,46 @@ impl Counter {
         u64::try_from((u128::from(counts) * u128::from(self.ns_per_count_q32)) >> 32)
             .unwrap_or(u64::MAX)
     }
+}
+
+/// The counter's rate over [`CALIBRATION`], against `Instant`; `None` if it did not advance.
+fn measure_rate() -> Option<Counter> {
+    let (start, counted_from) = paired();
+    while start.elapsed() < CALIBRATION {
+        std::hint::spin_loop();
+    }
+    let (end, counted_to) = paired();
+    let counts = counted_to.wrapping_sub(counted_from);
+    if counts == 0 || counts > 1 << 62 {
+        return None;
+    }
+    let ns = end.duration_since(start).as_nanos();
+    let ns_per_count_q32 = u64::try_from((ns << 32) / u128::from(counts)).ok()?;
+    let hz = u64::try_from(u128::from(counts) * 1_000_000_000 / ns.max(1)).ok()?;
+    (ns_per_count_q32 != 0).then_some(Counter {
+        ns_per_count_q32,
+        hz,
+    })
+}
+
+/// `Instant::now()` and the counter at the same moment: of [`PAIR_TRIES`] readings of `Instant`
+/// between two of the counter, the one whose two counter readings are closest (a preemption
+/// between them would put milliseconds there), with the counter at their midpoint.
+fn paired() -> (Instant, u64) {
+    let reading = || {
+        let before = read();
+        let now = Instant::now();
+        let gap = read().wrapping_sub(before);
+        (gap, now, before.wrapping_add(gap / 2))
+    };
+    let mut best = reading();
+    for _ in 1..PAIR_TRIES {
+        let next = reading();
+        if next.0 < best.0 {
+            best = next;
+        }
+    }
+    (best.1, best.2)
 }
 
 /// The counter now. On x86_64 `rdtsc`; elsewhere never called (no counter is trusted there).

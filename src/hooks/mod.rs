@@ -99,6 +99,8 @@ pub(crate) fn upkeep() -> clock::Upkeep {
     clock::Upkeep {
         look: watchdog::scan,
         polling: watchdog::polling,
+        unparked: watchdog::unparked,
+        watching: true,
         no_thread: |_| {},
     }
 }
@@ -299,8 +301,12 @@ pub(crate) fn current_task_site() -> Option<&'static Site> {
 /// the time first, so the clock's thread need not tick while every worker is parked.
 pub(crate) fn on_unpark() {
     let _ = HOT.try_with(|hot| {
-        if hot.slot.get().is_some() {
+        if let Some(slot) = hot.slot.get() {
             clock::refresh();
+            slot.park_state.store(slots::RUNNING, Relaxed);
+            // Paired with the watchdog's fence as it goes to sleep: it sees this worker
+            // running, or this worker sees it asleep and wakes it.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             clock::wake_watcher();
         }
     });
@@ -310,6 +316,7 @@ pub(crate) fn on_park(engine: &Arc<Engine>) {
     let _ = HOT.try_with(|hot| {
         if let Some(slot) = hot.slot.get() {
             clock::refresh();
+            slot.park_state.store(slots::PARKED, Relaxed);
             slot.publish_pending(engine);
         } else if !hot.parked_before.replace(true) {
             first_park_on_thread(engine);
@@ -348,8 +355,6 @@ fn first_poll_on_thread<const PRECISE: bool>(hot: &Hot, engine: &Arc<Engine>, me
     }
     crate::engine::thread_measured_by_hooks();
     watchdog::start(engine);
-    // A new worker polls without unparking first.
-    clock::wake_watcher();
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         Engine::runtime_hooked(handle.id());
         engine.measuring_started(crate::engine::sink::Measuring::PollHooks {
@@ -360,6 +365,10 @@ fn first_poll_on_thread<const PRECISE: bool>(hot: &Hot, engine: &Arc<Engine>, me
     match slots::claim_for_this_thread(engine) {
         Some(slot) => {
             hot.slot.set(Some(slot));
+            // A new worker polls without unparking first: as on an unpark.
+            slot.park_state.store(slots::RUNNING, Relaxed);
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            clock::wake_watcher();
             before_poll::<PRECISE>(engine, meta);
         }
         None => hot.unmeasured.set(true),

@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::ptr;
 use std::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize,
+    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 use std::sync::{Mutex, Weak};
@@ -36,6 +36,9 @@ pub(crate) struct WorkerSlot {
     pub(crate) shard: std::sync::atomic::AtomicUsize,
     /// Position in [`SLOTS`] (stack capture buffers are indexed alike).
     pub(crate) index: usize,
+    /// Whether the owner is parked, as its park hooks say ([`RUNNING`] or [`PARKED`]); [`UNSEEN`]
+    /// for an owner without them (full mode). Read by the watchdog to know when it may sleep.
+    pub(crate) park_state: AtomicU8,
     in_use: AtomicBool,
     /// Set when the slot is claimed; read by the watchdog.
     pub(crate) owner: Mutex<Option<Owner>>,
@@ -45,6 +48,13 @@ pub(crate) struct Owner {
     pub(crate) engine: Weak<Engine>,
     pub(crate) thread: String,
 }
+
+/// [`WorkerSlot::park_state`] of an owner whose parks are not seen (no park hooks).
+pub(crate) const UNSEEN: u8 = 0;
+/// [`WorkerSlot::park_state`]: the owner unparked (or started) and has not parked since.
+pub(crate) const RUNNING: u8 = 1;
+/// [`WorkerSlot::park_state`]: the owner is parked.
+pub(crate) const PARKED: u8 = 2;
 
 /// Counters per slot: a direct-mapped table from spawn location to site, so tasks spawned at a
 /// few dozen places poll without evicting each other.
@@ -213,6 +223,7 @@ fn at_or_new(index: usize) -> &'static WorkerSlot {
         publishing: AtomicU64::new(0),
         shard: std::sync::atomic::AtomicUsize::new(0),
         index,
+        park_state: AtomicU8::new(UNSEEN),
         in_use: AtomicBool::new(false),
         owner: Mutex::new(None),
     }));
@@ -284,6 +295,7 @@ fn claim(engine: &std::sync::Arc<Engine>) -> Option<&'static WorkerSlot> {
     });
     slot.reported_start.store(0, Relaxed);
     slot.stack_for.store(0, Relaxed);
+    slot.park_state.store(UNSEEN, Relaxed);
     // A previous owner published what it counted when its thread exited; its sites may
     // belong to another stallscope instance, so every counter starts unused.
     for counter in &slot.counters.0 {

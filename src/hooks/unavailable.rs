@@ -40,6 +40,8 @@ pub(crate) fn upkeep() -> crate::clock::Upkeep {
     crate::clock::Upkeep {
         look: |_| false,
         polling: || false,
+        unparked: || false,
+        watching: false,
         no_thread: |_| {},
     }
 }

@@ -73,3 +73,9 @@ pub(crate) fn scan(now: u64) -> bool {
 pub(crate) fn polling() -> bool {
     slots::in_use().any(|slot| slot.start_ns.load(Relaxed) != 0)
 }
+
+/// Whether a worker with park hooks is unparked now: it may poll at any moment, and it wakes
+/// the watchdog only as it unparks, so the watchdog stays awake while one is.
+pub(crate) fn unparked() -> bool {
+    slots::in_use().any(|slot| slot.park_state.load(Relaxed) == slots::RUNNING)
+}

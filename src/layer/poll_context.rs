@@ -177,6 +177,9 @@ pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) -> bool
             p.culprits[i].set(None);
             p.polls_len.set(i + 1);
             // Checked last: the fast path keeps no registers live across the cold calls.
+            // (A stamp of the CPU's counter never has the idle mark's bit set in practice;
+            // `start_after_idle` checks.) With the CPU's counter, a watchdog asleep for want of
+            // polls is woken: this one is watched from now on.
             if clock::is_idle(start) {
                 start_after_idle(p, i);
             } else if clock::watcher_idle() {
@@ -192,6 +195,10 @@ pub(crate) fn begin_poll(span: u64, site: &'static Site, kind: PollKind) -> bool
 #[cold]
 #[inline(never)]
 fn start_after_idle(p: &ThreadPolls, depth: usize) {
+    if clock::precise() {
+        // A stamp of the CPU's counter with its top bit set: a time like any other.
+        return;
+    }
     let Some(mut poll) = p.polls[depth].get() else {
         return;
     };
@@ -260,7 +267,7 @@ pub(crate) fn ended_poll(depth: usize) -> Option<EndedPoll> {
         .try_with(|p| {
             let poll = p.polls[depth].get()?;
             let elapsed = p.ended_elapsed.get();
-            let end = if clock::is_idle(elapsed) {
+            let end = if !clock::precise() && clock::is_idle(elapsed) {
                 // The clock went idle during the poll: the precise end. (A poll that turns out
                 // fast is timed rather than counted: the same in the histogram.)
                 clock::now_ns()

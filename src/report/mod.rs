@@ -838,10 +838,15 @@ pub(crate) fn warn_if_no_task_spans(engine: &Engine, at_shutdown: bool) -> bool 
 }
 
 /// Said once at start-up when the clock's tick is not the default.
-pub(crate) fn clock_tick(tick: std::time::Duration) -> String {
+pub(crate) fn clock_tick(tick: std::time::Duration, coarse: bool) -> String {
+    let timed = if coarse {
+        format!("longer ones are timed to within {tick:?}")
+    } else {
+        "longer ones are timed by the CPU's counter".to_owned()
+    };
     format!(
         "timing to a {tick:?} clock tick: polls, lock waits and holds under {:?} are counted, \
-         not timed, longer ones are timed to within {tick:?}",
+         not timed, {timed}",
         tick * 2
     )
 }
