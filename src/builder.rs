@@ -270,6 +270,9 @@ fn connect_sources() {
             no_thread: |e| {
                 crate::engine::deferred::line(move || crate::report::no_clock_thread(&e));
             },
+            counter_left: |source| {
+                crate::engine::deferred::line(move || crate::report::counter_left(&source));
+            },
             ..crate::hooks::upkeep()
         });
     });

@@ -90,6 +90,9 @@ pub(crate) struct Upkeep {
     pub(crate) watching: bool,
     /// The upkeep thread could not start (said from the reporter thread).
     pub(crate) no_thread: fn(std::io::Error),
+    /// The kernel stopped timing with the CPU's counter after the process chose it: it uses
+    /// this clocksource now (said once, from the reporter thread).
+    pub(crate) counter_left: fn(String),
 }
 
 static UPKEEP: OnceLock<Upkeep> = OnceLock::new();
@@ -639,12 +642,27 @@ fn upkeep(clock: &CoarseClock) -> ! {
 /// so a busy worker whose polls the looks keep missing is not taken for an idle one.
 const QUIET_LOOKS: u32 = 5;
 
+/// How often the watchdog reads the kernel's clocksource again, with the CPU's counter.
+const CLOCKSOURCE_LOOK: Duration = Duration::from_secs(10);
+
 /// The upkeep thread with the CPU's counter: nothing to keep, so it is the watchdog alone. It
 /// looks every [`watch_period`] while polls run; after [`QUIET_LOOKS`] looks without one it
 /// sleeps, looking every [`IDLE_LOOK`], until a worker unparks or starts ([`wake_watcher`]).
+/// Every [`CLOCKSOURCE_LOOK`] it checks that the kernel still times with the counter.
 fn watch(clock: &CoarseClock) -> ! {
     let mut quiet_looks = 0u32;
+    let mut clocksource_looked = Instant::now();
+    let mut counter_left = false;
     loop {
+        if !counter_left && clocksource_looked.elapsed() >= CLOCKSOURCE_LOOK {
+            clocksource_looked = Instant::now();
+            if let Some(now) = counter::kernel_switched_away(counter::kernel_clocksource()) {
+                counter_left = true;
+                if let Some(upkeep) = UPKEEP.get() {
+                    (upkeep.counter_left)(now);
+                }
+            }
+        }
         if clock.watcher_idle.load(Relaxed) {
             std::thread::park_timeout(IDLE_LOOK);
             if clock.watcher_idle.load(Relaxed) && !polling() {

@@ -138,14 +138,28 @@ fn invariant() -> bool {
     false
 }
 
-/// On Linux, whether the kernel times itself with the TSC (a sysfs file, read once); elsewhere
-/// the CPU's word is taken.
+/// On Linux, whether the kernel times itself with the TSC (a sysfs file); elsewhere the CPU's
+/// word is taken.
 fn kernel_trusts_it() -> bool {
-    if !cfg!(target_os = "linux") {
-        return true;
-    }
+    !cfg!(target_os = "linux") || kernel_clocksource().is_some_and(|source| source == "tsc")
+}
+
+/// The kernel's clocksource now (Linux; a small sysfs file, never on a worker's path: at the
+/// first instance's start and from the watchdog thread).
+pub(crate) fn kernel_clocksource() -> Option<String> {
     std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-        .is_ok_and(|source| source.trim() == "tsc")
+        .ok()
+        .map(|source| source.trim().to_owned())
+}
+
+/// Whether the kernel has switched away from the TSC since the counter was trusted: the
+/// clocksource it uses now, if it is another one. (A kernel that finds the CPUs' counters
+/// disagreeing marks the TSC unstable and switches; the process keeps timing with it.)
+pub(crate) fn kernel_switched_away(now: Option<String>) -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    now.filter(|source| source != "tsc")
 }
 
 #[cfg(test)]
@@ -165,6 +179,19 @@ mod tests {
             off < 0.002,
             "the counter said {counted} ns where Instant said {instant:?}"
         );
+    }
+
+    #[test]
+    fn a_kernel_that_left_the_tsc_is_noticed_and_an_unreadable_file_is_not_a_switch() {
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        assert_eq!(kernel_switched_away(Some("tsc".into())), None);
+        assert_eq!(
+            kernel_switched_away(Some("hpet".into())),
+            Some("hpet".to_owned())
+        );
+        assert_eq!(kernel_switched_away(None), None);
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub(crate) fn upkeep() -> clock::Upkeep {
         unparked: watchdog::unparked,
         watching: true,
         no_thread: |_| {},
+        counter_left: |_| {},
     }
 }
 

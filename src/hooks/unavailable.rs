@@ -43,5 +43,6 @@ pub(crate) fn upkeep() -> crate::clock::Upkeep {
         unparked: || false,
         watching: false,
         no_thread: |_| {},
+        counter_left: |_| {},
     }
 }

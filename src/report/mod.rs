@@ -443,10 +443,30 @@ pub(crate) fn out_of_worker_slots(max: usize) {
 
 /// The clock's upkeep thread could not start: every read of the clock is a precise one.
 pub(crate) fn no_clock_thread(e: &std::io::Error) {
+    if crate::clock::precise() {
+        tracing::warn!(
+            target: "stallscope",
+            "cannot start the stallscope-watchdog thread ({e}): stalls are reported when they \
+             end, not while they run"
+        );
+        return;
+    }
     tracing::warn!(
         target: "stallscope",
         "cannot start the stallscope-watchdog thread ({e}): every poll and lock is timed on the \
          precise clock instead (slower), and stalls are reported when they end, not while they run"
+    );
+}
+
+/// The kernel stopped timing with the CPU's time-stamp counter after stallscope chose it (it
+/// found the CPUs' counters disagreeing): durations may be off from now on.
+pub(crate) fn counter_left(source: &str) {
+    tracing::warn!(
+        target: "stallscope",
+        clocksource = source,
+        hint = "restart with STALLSCOPE_CLOCK=coarse",
+        "the kernel stopped timing with the CPU's time-stamp counter, which stallscope times \
+         with: durations it measures may be off from now on"
     );
 }
 
