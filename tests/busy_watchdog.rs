@@ -2,13 +2,16 @@
 //! hooks that has not parked since it last ran keeps the watchdog awake, even when its looks
 //! find no poll in progress. So a stall that begins after a long stretch of such work is still
 //! reported live within a look of passing the threshold, not up to a sleeping watchdog's
-//! 100 ms in. Production mode; its own test binary, as the clock and its watchdog are per process.
+//! 100 ms in. And a thread that leaves its runtime without parking (a current-thread
+//! runtime's `block_on` returns without a park) keeps the watchdog awake for a second at most.
+//! Production mode; its own test binary, as the clock and its watchdog are per process.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use support::capture::{reports_with, Mode};
+use support::idle::count_clock_wakeups;
 
 /// Under the watchdog's 100 ms look while it sleeps (at 100 ms and over, that look alone finds a
 /// stall before it passes the threshold).
@@ -19,7 +22,7 @@ const STALLS: usize = 6;
 
 /// A live report may come this long after the threshold: the watchdog looks every 2 ms at this
 /// threshold, and a sleeping one only every 100 ms.
-const LIVE_WITHIN: Duration = Duration::from_millis(25);
+const LIVE_WITHIN: Duration = Duration::from_millis(40);
 
 fn spin(d: Duration) {
     let start = Instant::now();
@@ -36,13 +39,14 @@ fn a_worker_busy_outside_its_polls_keeps_the_watchdog_awake() {
     builder.enable_all();
     guard.instrument_runtime(&mut builder);
     let runtime = builder.build().unwrap();
-    let site = line!() + 8;
+    let site = line!() + 9;
     runtime.block_on(async {
-        for _ in 0..STALLS {
-            // The runtime's one thread runs `block_on`'s own future, which is no task: for
-            // 250 ms no poll is in progress, and the thread does not park. (Not a multiple of
-            // a sleeping watchdog's 100 ms looks: one would land just as the stall begins.)
-            spin(Duration::from_millis(250));
+        for i in 0..STALLS as u64 {
+            // The runtime's one thread runs `block_on`'s own future, which is no task: for a
+            // quarter of a second or so no poll is in progress, and the thread does not park.
+            // (Of varying length: a sleeping watchdog's 100 ms looks land at a different point
+            // of each stall, well after the threshold in some.)
+            spin(Duration::from_millis(250 + 17 * i));
             // Then a task blocks it for 150 ms.
             tokio::spawn(async { spin(Duration::from_millis(150)) })
                 .await
@@ -50,6 +54,9 @@ fn a_worker_busy_outside_its_polls_keeps_the_watchdog_awake() {
         }
     });
     drop(runtime);
+    // This thread left the runtime unparked. Its last poll ended just now; a second later it
+    // no longer keeps the watchdog awake (which would look every 2 ms at this threshold).
+    let wakeups = count_clock_wakeups(Duration::from_millis(1500), Duration::from_millis(1000));
 
     let live = reports_with(&format!("busy_watchdog.rs:{site}:"));
     let live: Vec<_> = live
@@ -70,4 +77,10 @@ fn a_worker_busy_outside_its_polls_keeps_the_watchdog_awake() {
              watchdog slept while the worker was busy\n{report}"
         );
     }
+    let wakeups = wakeups.join().unwrap();
+    assert!(
+        wakeups <= 30,
+        "the watchdog woke {wakeups} times in a second after the worker left its runtime: a \
+         thread that will never poll again keeps it awake"
+    );
 }

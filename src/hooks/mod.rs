@@ -304,11 +304,7 @@ pub(crate) fn on_unpark() {
     let _ = HOT.try_with(|hot| {
         if let Some(slot) = hot.slot.get() {
             clock::refresh();
-            slot.park_state.store(slots::RUNNING, Relaxed);
-            // Paired with the watchdog's fence as it goes to sleep: it sees this worker
-            // running, or this worker sees it asleep and wakes it.
-            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-            clock::wake_watcher();
+            slot.mark_unparked();
         }
     });
 }
@@ -317,7 +313,7 @@ pub(crate) fn on_park(engine: &Arc<Engine>) {
     let _ = HOT.try_with(|hot| {
         if let Some(slot) = hot.slot.get() {
             clock::refresh();
-            slot.park_state.store(slots::PARKED, Relaxed);
+            slot.mark_parked();
             slot.publish_pending(engine);
         } else if !hot.parked_before.replace(true) {
             first_park_on_thread(engine);
@@ -367,9 +363,7 @@ fn first_poll_on_thread<const PRECISE: bool>(hot: &Hot, engine: &Arc<Engine>, me
         Some(slot) => {
             hot.slot.set(Some(slot));
             // A new worker polls without unparking first: as on an unpark.
-            slot.park_state.store(slots::RUNNING, Relaxed);
-            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-            clock::wake_watcher();
+            slot.mark_unparked();
             before_poll::<PRECISE>(engine, meta);
         }
         None => hot.unmeasured.set(true),

@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::ptr;
 use std::sync::atomic::{
-    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize,
+    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 use std::sync::{Mutex, Weak};
@@ -36,9 +36,12 @@ pub(crate) struct WorkerSlot {
     pub(crate) shard: std::sync::atomic::AtomicUsize,
     /// Position in [`SLOTS`] (stack capture buffers are indexed alike).
     pub(crate) index: usize,
-    /// Whether the owner is parked, as its park hooks say ([`RUNNING`] or [`PARKED`]); [`UNSEEN`]
-    /// for an owner without them (full mode). Read by the watchdog to know when it may sleep.
-    pub(crate) park_state: AtomicU8,
+    /// With the CPU's counter: the stamp at which the owner last unparked (or started), 0 while
+    /// it is parked or for an owner without park hooks (full mode). Read by the watchdog to
+    /// know when it may sleep.
+    pub(crate) unparked_at: AtomicU64,
+    /// The stamp of the watchdog's last look that found the owner polling (watchdog only).
+    pub(crate) seen_polling_at: AtomicU64,
     in_use: AtomicBool,
     /// Set when the slot is claimed; read by the watchdog.
     pub(crate) owner: Mutex<Option<Owner>>,
@@ -48,13 +51,6 @@ pub(crate) struct Owner {
     pub(crate) engine: Weak<Engine>,
     pub(crate) thread: String,
 }
-
-/// [`WorkerSlot::park_state`] of an owner whose parks are not seen (no park hooks).
-pub(crate) const UNSEEN: u8 = 0;
-/// [`WorkerSlot::park_state`]: the owner unparked (or started) and has not parked since.
-pub(crate) const RUNNING: u8 = 1;
-/// [`WorkerSlot::park_state`]: the owner is parked.
-pub(crate) const PARKED: u8 = 2;
 
 /// Counters per slot: a direct-mapped table from spawn location to site, so tasks spawned at a
 /// few dozen places poll without evicting each other.
@@ -132,6 +128,22 @@ impl PollCounter {
 }
 
 impl WorkerSlot {
+    /// The owner unparked or started (with the CPU's counter; owner thread only): the watchdog
+    /// stays awake while it runs. Paired with the watchdog's fence as it goes to sleep: it sees
+    /// this, or the owner sees it asleep and wakes it.
+    pub(crate) fn mark_unparked(&self) {
+        if crate::clock::precise() {
+            self.unparked_at.store(crate::clock::stamp_now(), Relaxed);
+            fence(std::sync::atomic::Ordering::SeqCst);
+            crate::clock::wake_watcher();
+        }
+    }
+
+    /// The owner is about to park (owner thread only).
+    pub(crate) fn mark_parked(&self) {
+        self.unparked_at.store(0, Relaxed);
+    }
+
     /// Adds every pending count to its site's histogram (owner thread only).
     pub(crate) fn publish_pending(&self, engine: &Engine) {
         let shard = self.shard.load(Relaxed);
@@ -223,7 +235,8 @@ fn at_or_new(index: usize) -> &'static WorkerSlot {
         publishing: AtomicU64::new(0),
         shard: std::sync::atomic::AtomicUsize::new(0),
         index,
-        park_state: AtomicU8::new(UNSEEN),
+        unparked_at: AtomicU64::new(0),
+        seen_polling_at: AtomicU64::new(0),
         in_use: AtomicBool::new(false),
         owner: Mutex::new(None),
     }));
@@ -295,7 +308,8 @@ fn claim(engine: &std::sync::Arc<Engine>) -> Option<&'static WorkerSlot> {
     });
     slot.reported_start.store(0, Relaxed);
     slot.stack_for.store(0, Relaxed);
-    slot.park_state.store(UNSEEN, Relaxed);
+    slot.unparked_at.store(0, Relaxed);
+    slot.seen_polling_at.store(0, Relaxed);
     // A previous owner published what it counted when its thread exited; its sites may
     // belong to another stallscope instance, so every counter starts unused.
     for counter in &slot.counters.0 {

@@ -32,7 +32,10 @@ pub(crate) fn scan(now: u64) -> bool {
     {
         for (index, slot) in slots::in_use_indexed() {
             let start = slot.start_ns.load(Relaxed);
-            polling |= start != 0;
+            if start != 0 {
+                polling = true;
+                slot.seen_polling_at.store(now, Relaxed);
+            }
             if start == 0 || clock::stamp_ns(now.saturating_sub(start)) < look_after {
                 continue;
             }
@@ -74,8 +77,21 @@ pub(crate) fn polling() -> bool {
     slots::in_use().any(|slot| slot.start_ns.load(Relaxed) != 0)
 }
 
-/// Whether a worker with park hooks is unparked now: it may poll at any moment, and it wakes
-/// the watchdog only as it unparks, so the watchdog stays awake while one is.
+/// How long a worker that has not parked since it unparked keeps the watchdog awake after its
+/// unpark or the last look that found it polling, whichever is later: a busy worker keeps it
+/// awake for good, a thread that left its runtime without parking (a current-thread runtime's
+/// `block_on` returns without a park) only this long.
+const UNPARKED_FOR: Duration = Duration::from_secs(1);
+
+/// Whether a worker with park hooks is unparked and active: it may poll at any moment, and it
+/// wakes the watchdog only as it unparks, so the watchdog stays awake while one is (see
+/// [`UNPARKED_FOR`]).
 pub(crate) fn unparked() -> bool {
-    slots::in_use().any(|slot| slot.park_state.load(Relaxed) == slots::RUNNING)
+    let now = clock::stamp_now();
+    let within = UNPARKED_FOR.as_nanos() as u64;
+    slots::in_use().any(|slot| {
+        let unparked_at = slot.unparked_at.load(Relaxed);
+        let active_at = unparked_at.max(slot.seen_polling_at.load(Relaxed));
+        unparked_at != 0 && clock::stamp_ns(now.saturating_sub(active_at)) < within
+    })
 }
