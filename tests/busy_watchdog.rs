@@ -8,10 +8,11 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::capture::{reports_with, Mode};
 use support::idle::count_clock_wakeups;
+use support::spin;
 
 /// Under the watchdog's 100 ms look while it sleeps (at 100 ms and over, that look alone finds a
 /// stall before it passes the threshold).
@@ -23,14 +24,6 @@ const STALLS: usize = 6;
 /// A live report may come this long after the threshold: the watchdog looks every 2 ms at this
 /// threshold, and a sleeping one only every 100 ms.
 const LIVE_WITHIN: Duration = Duration::from_millis(40);
-
-fn spin(d: Duration) {
-    let start = Instant::now();
-    let mut x = 0u64;
-    while start.elapsed() < d {
-        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-    }
-}
 
 #[test]
 fn a_worker_busy_outside_its_polls_keeps_the_watchdog_awake() {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::capture::Mode;
+use support::spin;
 
 /// The clock's default tick, and how late its thread may tick without the spell being recorded
 /// (four ticks): a duration may read that much long or short.
@@ -40,15 +41,6 @@ fn clock_thread_switches() -> Option<u64> {
                 .sum(),
         )
     })
-}
-
-/// Spins for `d` of wall time.
-fn spin(d: Duration) {
-    let start = Instant::now();
-    let mut x = 0u64;
-    while start.elapsed() < d {
-        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-    }
 }
 
 #[test]

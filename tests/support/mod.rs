@@ -14,3 +14,13 @@ pub mod otlp;
 pub mod service;
 pub mod tick;
 pub mod victoria;
+
+/// Spins a CPU-bound loop for `d` of wall time: a poll (or a stretch between polls) that holds
+/// its thread without blocking.
+pub fn spin(d: std::time::Duration) {
+    let start = std::time::Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < d {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+}
